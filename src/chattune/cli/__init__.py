@@ -20,7 +20,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 # Each module registers its commands on `app` / `data_app`.
-from . import data, demo, infer, serve, synth, train  # noqa: E402,F401
+from . import data, demo, infer, model, serve, synth, train  # noqa: E402,F401
 
 
 def main() -> None:
