@@ -1,0 +1,414 @@
+"""Generation from a run dir (adapter or merged), a model folder, a .gguf file or a Hub id.
+
+`Generator` is what `eval`, `predict`, `chat` and the OpenAI-compatible server all use:
+
+* `generate`: batched (left padding + attention mask), greedy at temperature 0, stops on the chat
+  template's end-of-turn token(s); a row that finished early is cut at its end-of-turn, so the padding
+  `generate` appends after it never reaches the text.
+* `stream`: one conversation, text deltas as tokens arrive, then one `Completion`; a `threading.Event`
+  cancels it promptly.
+
+Both decode the same way (full decode of the new ids, special tokens skipped, stop strings cut), so
+the concatenated stream deltas equal `generate()`'s text for greedy decoding.
+
+Thread-safety: no per-call state lives on the `Generator`; the server serialises calls anyway because
+one model cannot run two `generate` calls at once efficiently.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import ChattuneError, ModelError
+
+# End-of-turn tokens of the common chat templates, used only until data.render.end_of_turn_ids exists
+# (fallback) — the template-derived list from render is the source of truth.
+_KNOWN_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end▁of▁sentence|>", "<|end|>")
+
+
+@dataclass
+class Completion:
+    """The result of one generation.
+
+    Attributes:
+        text: generated text without the end-of-turn token, cut before the first stop string.
+        prompt_tokens: number of prompt tokens (the rendered conversation).
+        completion_tokens: number of generated tokens counted up to and including the end-of-turn
+            token (or the token that completed a stop string).
+        finish_reason: "stop" (end-of-turn, a stop string or cancelled) or "length" (max_new_tokens hit).
+    """
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+def _torch_dtype(dtype: Any):
+    import torch
+
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    return getattr(torch, str(dtype))
+
+
+def _fallback_load(path: str | Path, *, device=None, dtype=None):
+    """Plain HF folder / Hub id loading, used only while chattune.model.adapters is not importable."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path)
+    tok = AutoTokenizer.from_pretrained(str(p))
+    td = _torch_dtype(dtype) or torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(p), dtype=td)
+    if device:
+        model.to(device)
+    model.eval()
+    return model, tok, {"kind": "model", "base": str(path), "path": str(path), "thinking": "off"}
+
+
+def _load(path, *, device=None, dtype=None):
+    try:
+        from ..model.adapters import load_run_model
+    except ImportError:
+        return _fallback_load(path, device=device, dtype=dtype)
+    try:
+        return load_run_model(path, device=device, dtype=dtype)
+    except ModuleNotFoundError as e:
+        # A sibling chattune module still being written: plain folders keep working meanwhile.
+        if (e.name or "").startswith("chattune.") and Path(str(path)).is_dir():
+            return _fallback_load(path, device=device, dtype=dtype)
+        raise
+
+
+def _as_list(x) -> list[int]:
+    if x is None:
+        return []
+    if isinstance(x, (list, tuple)):
+        return [int(i) for i in x if i is not None]
+    return [int(x)]
+
+
+def _end_of_turn_ids(tokenizer) -> list[int]:
+    try:
+        from ..data.render import end_of_turn_ids
+    except ImportError:
+        ids = _as_list(tokenizer.eos_token_id)
+        vocab = tokenizer.get_vocab()
+        ids += [vocab[t] for t in _KNOWN_END_OF_TURN if t in vocab]
+        return ids
+    return list(end_of_turn_ids(tokenizer))
+
+
+def _run_dir_eos(path) -> list[int]:
+    """eos_token_id from a folder's generation_config.json (the run dir writes the end-of-turn list there)."""
+    try:
+        f = Path(path) / "generation_config.json"
+        if f.is_file():
+            return _as_list(json.loads(f.read_text(encoding="utf-8")).get("eos_token_id"))
+    except (OSError, ValueError, TypeError):
+        pass
+    return []
+
+
+def _render_prompt(tokenizer, messages: list[dict], thinking: str) -> list[int]:
+    try:
+        from ..data.render import prompt_ids
+    except ImportError:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                             enable_thinking=(thinking == "keep"))
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(prompt_ids(tokenizer, messages, thinking=thinking))
+
+
+def _cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
+    """Cut `text` before the earliest occurrence of any stop string; return (text, found)."""
+    if not stop:
+        return text, False
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _held_back(text: str, stop: list[str] | None) -> int:
+    """How many trailing characters of `text` must wait: an incomplete UTF-8 character (decoded as
+    U+FFFD) or the start of a stop string that the next tokens may complete."""
+    n = 0
+    while n < len(text) and text[len(text) - 1 - n] == "\ufffd":
+        n += 1
+    for s in stop or ():
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                n = max(n, k)
+                break
+    return n
+
+
+class _StopStrings:
+    """Per-row stopping criterion for stop strings: decodes each row's new ids and checks the text.
+
+    Own code rather than transformers' StopStringCriteria: we need the same text-level rule as the cut
+    in `_finish` (and in streaming), and rows must stop independently.
+    """
+
+    def __init__(self, tokenizer, stop: list[str], prompt_len: int):
+        self.tokenizer, self.stop, self.prompt_len = tokenizer, stop, prompt_len
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        done = [_cut_at_stop(self.tokenizer.decode(row[self.prompt_len:], skip_special_tokens=True),
+                             self.stop)[1] for row in input_ids.tolist()]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class _Cancel:
+    """Stops every row as soon as one of the events is set (checked after each generated token)."""
+
+    def __init__(self, *events: threading.Event):
+        self.events = events
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        stop = any(e.is_set() for e in self.events)
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+class _QueueStreamer:
+    """A transformers streamer that hands the new token ids to the consuming thread.
+
+    Decoding happens in `Generator.stream` (not in TextIteratorStreamer) so streaming applies exactly
+    the same decode + stop-string rule as `generate`.
+    """
+
+    def __init__(self):
+        self.q: queue.Queue = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value):
+        if not self._prompt_seen:  # generate() first puts the prompt
+            self._prompt_seen = True
+            return
+        self.q.put(("ids", [int(i) for i in value.reshape(-1).tolist()]))
+
+    def end(self):
+        self.q.put(("end", None))
+
+
+class Generator:
+    """A loaded model + tokenizer that renders conversations exactly as training did and generates.
+
+    Attributes:
+        model: the causal LM (eval mode; a PeftModel for adapter run dirs).
+        tokenizer: its tokenizer, with the chat template used in training.
+        eos_token_ids: end-of-turn token ids generation stops on.
+        name: the model name shown to users (run dir / folder name or Hub id).
+        thinking: "off" or "keep" (Qwen3-style thinking, as in training).
+    """
+
+    def __init__(self, model, tokenizer, *, eos_token_ids: list[int] | None = None, name: str = "model",
+                 thinking: str = "off"):
+        self.model = model
+        self.tokenizer = tokenizer
+        eos = list(eos_token_ids or [])
+        if not eos:
+            eos = _end_of_turn_ids(tokenizer) + _as_list(getattr(getattr(model, "generation_config", None),
+                                                                  "eos_token_id", None))
+        self.eos_token_ids = list(dict.fromkeys(eos))
+        if not self.eos_token_ids:
+            raise ModelError(f"{name}: no end-of-turn token found (tokenizer has no eos_token and the chat "
+                             "template's end-of-turn is unknown); generation would never stop")
+        self.name = name
+        self.thinking = thinking
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = int(pad) if pad is not None else self.eos_token_ids[0]
+
+    @classmethod
+    def from_path(cls, path, *, device=None, dtype=None, thinking=None) -> "Generator":
+        """Load a run dir, merged/plain model folder, the alias 'smollm2-135m-instruct', a .gguf or a Hub id.
+
+        Args:
+            path: what to load (see `chattune.model.adapters.load_run_model`).
+            device: torch device (default: cuda if available, else cpu — decided by the loader).
+            dtype: torch dtype or its name (default: the loader's choice, fp32 on CPU).
+            thinking: "off"/"keep"; default from the run dir (training's data.thinking), else "off".
+
+        Returns:
+            A ready `Generator`.
+        """
+        model, tok, info = _load(path, device=device, dtype=dtype)
+        model.eval()
+        eos = _end_of_turn_ids(tok) + _run_dir_eos(path) + _as_list(
+            getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+        name = Path(str(path)).name if Path(str(path)).exists() else str(path)
+        return cls(model, tok, eos_token_ids=eos, name=name or str(path),
+                   thinking=thinking or info.get("thinking") or "off")
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The token ids of `messages` rendered for generation, exactly as training renders them."""
+        if not messages:
+            raise ChattuneError("cannot generate from an empty conversation")
+        return _render_prompt(self.tokenizer, messages, self.thinking)
+
+    # --- generation -------------------------------------------------------------------------------
+
+    def _gen_kwargs(self, max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict:
+        import torch
+
+        if max_new_tokens < 1:
+            raise ChattuneError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ChattuneError(f"temperature must be >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        kw: dict = {"max_new_tokens": int(max_new_tokens), "eos_token_id": self.eos_token_ids,
+                    "pad_token_id": self.pad_token_id}
+        if temperature == 0:
+            # Override sampling fields a Hub generation_config may carry (Qwen3: temp 0.6, top_k 20),
+            # so greedy really is greedy and transformers does not warn about unused flags.
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kw.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=None)
+            if seed is not None:
+                # The global RNG: transformers' sampling draws from it. Calls are serialised by callers.
+                torch.manual_seed(int(seed))
+        return kw
+
+    def _finish(self, new_ids: list[int], prompt_len: int, max_new_tokens: int,
+                stop: list[str] | None, cancelled: bool = False) -> Completion:
+        """Turn one row's generated ids into a Completion (cut at end-of-turn, then at stop strings)."""
+        eos = set(self.eos_token_ids)
+        n, hit_eos = len(new_ids), False
+        for i, t in enumerate(new_ids):
+            if t in eos:
+                n, hit_eos = i + 1, True
+                break
+        kept = new_ids[:n - 1] if hit_eos else new_ids[:n]
+        text = self.tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        text, hit_stop = _cut_at_stop(text, stop)
+        if hit_stop:
+            # Count tokens only up to the one that completed the stop string: generate() pads a stopped
+            # row afterwards, and those pads are not part of the completion.
+            n = next(k for k in range(1, len(kept) + 1) if _cut_at_stop(
+                self.tokenizer.decode(kept[:k], skip_special_tokens=True, clean_up_tokenization_spaces=False),
+                stop)[1])
+        if hit_eos or hit_stop or cancelled or n < max_new_tokens:
+            reason = "stop"
+        else:
+            reason = "length"
+        return Completion(text=text, prompt_tokens=prompt_len, completion_tokens=n, finish_reason=reason)
+
+    def generate(self, conversations: list[list[dict]], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None) -> list[Completion]:
+        """Generate one answer per conversation, all in one left-padded batch.
+
+        Args:
+            conversations: each a list of {role, content} messages ending before the answer.
+            max_new_tokens: generation limit per row.
+            temperature: 0 = greedy; > 0 samples with `top_p`.
+            top_p: nucleus sampling mass (sampling only).
+            seed: seeds the sampler (sampling only) for reproducible output.
+            stop: strings that end a row; the text is cut before the first one.
+
+        Returns:
+            One `Completion` per conversation, in order.
+        """
+        import torch
+
+        if not conversations:
+            return []
+        prompts = [self.prompt_ids(c) for c in conversations]
+        kw = self._gen_kwargs(max_new_tokens, temperature, top_p, seed)
+        width = max(len(p) for p in prompts)
+        # Left padding: every row's last prompt token sits at the same column, so new tokens line up.
+        ids = torch.tensor([[self.pad_token_id] * (width - len(p)) + p for p in prompts], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+        stop = [s for s in (stop or []) if s]
+        criteria = [_StopStrings(self.tokenizer, stop, width)] if stop else []
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      stopping_criteria=criteria or None, **kw)
+        rows = out[:, width:].tolist()
+        return [self._finish(r, len(p), max_new_tokens, stop) for r, p in zip(rows, prompts)]
+
+    def stream(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
+               top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
+               cancel: threading.Event | None = None) -> Iterator[str | Completion]:
+        """Stream one answer: yields text deltas (str) as tokens arrive, then one final `Completion`.
+
+        Args:
+            messages: the conversation, ending before the answer.
+            max_new_tokens, temperature, top_p, seed, stop: as in `generate`.
+            cancel: set it (from any thread) to stop generation after the current token.
+
+        Yields:
+            str deltas whose concatenation equals the final Completion's text, then the Completion.
+        """
+        import torch
+
+        prompt = self.prompt_ids(messages)
+        kw = self._gen_kwargs(max_new_tokens, temperature, top_p, seed)
+        stop = [s for s in (stop or []) if s]
+        cancel = cancel or threading.Event()
+        abandoned = threading.Event()  # ours: the consumer stopped iterating; the caller's event stays untouched
+        streamer = _QueueStreamer()
+        criteria = [_Cancel(cancel, abandoned)] + ([_StopStrings(self.tokenizer, stop, len(prompt))] if stop else [])
+        errors: list[BaseException] = []
+
+        def work():
+            try:
+                with torch.inference_mode():
+                    self.model.generate(input_ids=torch.tensor([prompt], device=self.device),
+                                        attention_mask=torch.ones(1, len(prompt), dtype=torch.long,
+                                                                  device=self.device),
+                                        stopping_criteria=criteria, streamer=streamer, **kw)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the consuming thread
+                errors.append(e)
+                streamer.end()
+
+        thread = threading.Thread(target=work, name="chattune-stream", daemon=True)
+        thread.start()
+        eos = set(self.eos_token_ids)
+        new_ids: list[int] = []
+        sent = ""
+        finished = False  # end-of-turn or stop string seen: later ids (if any) are ignored
+        try:
+            while True:
+                kind, value = streamer.q.get()
+                if kind == "end":
+                    break
+                if finished:
+                    continue
+                for t in value:
+                    new_ids.append(t)
+                    if t in eos:
+                        finished = True
+                        break
+                if finished:
+                    continue
+                text = self.tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                text, hit = _cut_at_stop(text, stop)
+                if hit:
+                    finished = True
+                    ready = text
+                else:
+                    ready = text[:len(text) - _held_back(text, stop)]
+                if len(ready) > len(sent) and ready.startswith(sent):
+                    yield ready[len(sent):]
+                    sent = ready
+        finally:
+            # A consumer that stops iterating (client went away) must not leave the model running.
+            abandoned.set()
+            thread.join()
+        if errors:
+            raise errors[0]
+        final = self._finish(new_ids, len(prompt), max_new_tokens, stop, cancelled=cancel.is_set())
+        if final.text.startswith(sent) and len(final.text) > len(sent):
+            yield final.text[len(sent):]
+        yield final
