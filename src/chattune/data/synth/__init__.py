@@ -1,0 +1,6 @@
+"""Synthetic task generators. Package data (city names) lives beside them."""
+from __future__ import annotations
+
+from .city_date import PHRASINGS, PROMPTS, generate_city_date, load_cities, make_prompt
+
+__all__ = ["PHRASINGS", "PROMPTS", "generate_city_date", "load_cities", "make_prompt"]

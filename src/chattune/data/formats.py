@@ -1,0 +1,381 @@
+"""Records → conversations: detect each file's shape, map columns, convert, clean, dedupe.
+
+Shapes (auto-detected per file, or named with ``format:`` in the data source):
+
+- alpaca: instruction, output [, input, system, history = [[q, a], ...]]
+- qa: question/answer or query/response [, system]
+- prompt_completion: prompt, completion [, system]
+- messages: ``messages: [{role, content[, reasoning_content]}]`` (OpenAI)
+- sharegpt: ``conversations: [{from, value}]`` (human/gpt/system)
+- text: raw documents in ``text`` → continuation pairs (see `split_text`)
+
+Field names match in any case; ``columns:`` maps our names to the file's (``{instruction: 问题}``).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from ..config import DataConfig, DataSource, TextSplitConfig
+from ..errors import DataError
+from ..fsutil import sha256_file
+from .clean import clean_text, dedupe
+from .readers import read_records
+from .types import Conversation
+
+FORMATS = ("alpaca", "qa", "prompt_completion", "messages", "sharegpt", "text")
+# Detection order and the field sets that identify each shape (any one alternative).
+_REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
+    "messages": (("messages",),),
+    "sharegpt": (("conversations",),),
+    "alpaca": (("instruction", "output"),),
+    "qa": (("question", "answer"), ("query", "response")),
+    "prompt_completion": (("prompt", "completion"),),
+    "text": (("text",),),
+}
+SHAPES_HELP = ("alpaca (instruction, output[, input, system, history]), qa (question, answer | query, response), "
+               "prompt_completion (prompt, completion), messages (messages: [{role, content}]), "
+               "sharegpt (conversations: [{from, value}]), text (text)")
+_USED = {"instruction", "input", "output", "system", "history", "question", "answer", "query", "response",
+         "prompt", "completion", "messages", "conversations", "text"}
+_MESSAGE_KEYS = {"role", "content", "from", "value"}
+_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
+          "bot": "assistant", "model": "assistant", "chatgpt": "assistant"}
+# Sentence ends, with any closing quotes/brackets that follow them.
+_SENTENCE_END = re.compile(r"(?:[。！？!?]|\.(?=\s|$))[”’\"')）」』]*|\n+")
+
+
+class _Skip(Exception):
+    """A row that yields no conversation; `reason` is counted in the report."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+class _Row:
+    """One record with normalised field names and the context its errors need."""
+
+    def __init__(self, rec: dict, num: int, path: str, unit: str, columns: dict[str, str]):
+        self.num, self.path, self.unit, self.columns = num, path, unit, columns
+        self.fields: dict[str, Any] = {}
+        self.origin: dict[str, str] = {}  # our name -> the file's column name, for messages
+        mapped = {theirs.strip().lower(): ours for ours, theirs in columns.items() if ours not in _MESSAGE_KEYS}
+        replaced = set(mapped.values())
+        for key, value in rec.items():
+            low = str(key).strip().lower()
+            if low in mapped:
+                ours = mapped[low]
+            elif low in replaced:
+                continue  # the file's own column of that name is replaced by the `columns:` mapping
+            else:
+                ours = low
+            if ours in self.fields and str(key) != ours:
+                continue  # a second spelling ("Text" and "text"): keep the lower-case one
+            self.fields[ours], self.origin[ours] = value, str(key)
+
+    def error(self, msg: str, field: str | None = None) -> DataError:
+        return DataError(msg, file=self.path, row=self.num, field=self.origin.get(field, field), unit=self.unit)
+
+    def keys(self) -> list[str]:
+        return [self.origin[k] for k in self.fields]
+
+    def text(self, name: str, value: Any = None, *, use_value: bool = False, where: str | None = None) -> str:
+        """The field as text: numbers become str, empty/NaN become "", a list/dict is an error."""
+        v = value if use_value else self.fields.get(name)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        if isinstance(v, str):
+            return v
+        if isinstance(v, (int, float)):
+            return str(v)
+        if isinstance(v, (_dt.datetime, _dt.date)):
+            return v.isoformat()
+        preview = json.dumps(v, ensure_ascii=False, default=str)[:80]
+        raise self.error(f"found {type(v).__name__} {preview}{' in ' + where if where else ''}; expected text "
+                         "(a string or a number)", name)
+
+
+def _shape_of(fields: dict) -> str | None:
+    for shape, alternatives in _REQUIRED.items():
+        if any(all(f in fields for f in alt) for alt in alternatives):
+            return shape
+    return None
+
+
+def _rows(records: list, path: str, columns: dict[str, str]) -> list[_Row]:
+    unit = "line" if Path(path).suffix.lower() in (".json", ".jsonl") else "row"
+    pairs = [r if isinstance(r, tuple) else (i, r) for i, r in enumerate(records, start=1)]
+    rows = [_Row(rec, num, path, unit, columns) for num, rec in pairs]
+    if rows and columns:
+        unknown = sorted(set(columns) - _USED - _MESSAGE_KEYS)
+        if unknown:
+            raise DataError(f"unknown field name(s) {unknown} in `columns:`; expected some of {sorted(_USED)}",
+                            file=path, field="columns")
+        first = {str(k).strip().lower() for k in pairs[0][1]}
+        for ours, theirs in columns.items():
+            if ours not in _MESSAGE_KEYS and theirs.strip().lower() not in first:
+                raise rows[0].error(f"`columns:` maps '{ours}' to '{theirs}', but there is no such column; "
+                                    f"columns found: {list(pairs[0][1])}", theirs)
+    return rows
+
+
+def detect_format(records: list, path: str | Path, *, columns: dict[str, str] | None = None) -> str:
+    """The shape of one file, from its records' field names.
+
+    Args:
+        records: ``read_records`` output (``[(number, record)]``) or plain dicts.
+        path: the file, for error messages.
+        columns: the data source's column map (our name -> the file's column name).
+
+    Returns:
+        One of `FORMATS`.
+
+    Raises:
+        DataError: no known shape (lists the columns found and the shapes accepted), or a row whose
+            shape differs from the first row's (names that row).
+    """
+    return _detect(_rows(records, str(path), columns or {}))
+
+
+def _detect(rows: list[_Row]) -> str:
+    if not rows:
+        raise DataError("no records; expected at least one")
+    first = rows[0]
+    shape = _shape_of(first.fields)
+    if shape is None:
+        raise first.error(f"no known data shape: columns found {first.keys()}; expected one of {SHAPES_HELP}; "
+                          "or map your column names with `columns:` in the data source (e.g. "
+                          "{instruction: 问题, output: 答案})")
+    for row in rows[1:]:
+        other = _shape_of(row.fields)
+        if other != shape:
+            _check_fields(row, shape, first_num=first.num)
+            raise row.error(f"this record looks like {other} but the first record ({first.unit} {first.num}) "
+                            f"is {shape}; one file must hold one shape (columns found: {row.keys()})")
+    return shape
+
+
+def _check_fields(row: _Row, shape: str, first_num: int | None = None) -> None:
+    alternatives = _REQUIRED["messages"] + _REQUIRED["sharegpt"] if shape in ("messages", "sharegpt") \
+        else _REQUIRED[shape]
+    if any(all(f in row.fields for f in alt) for alt in alternatives):
+        return
+    missing = [f for f in alternatives[0] if f not in row.fields]
+    origin = f" (like the first record, {row.unit} {first_num})" if first_num is not None else ""
+    raise row.error(f"missing field(s) {missing} needed by the {shape} shape{origin}; columns found: "
+                    f"{row.keys()}; expected {SHAPES_HELP}", missing[0])
+
+
+# ---------------------------------------------------------------- one row → messages
+
+
+def _history(row: _Row) -> list[dict]:
+    h = row.fields.get("history")
+    if isinstance(h, str) and h.strip().startswith("["):  # a JSON list in a CSV/xlsx cell
+        try:
+            h = json.loads(h)
+        except json.JSONDecodeError:
+            pass
+    if h is None or h == "" or (isinstance(h, float) and math.isnan(h)):
+        return []
+    if not isinstance(h, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in h):
+        raise row.error(f"found {json.dumps(h, ensure_ascii=False, default=str)[:80]}; expected a list of "
+                        "[question, answer] pairs", "history")
+    out = []
+    for q, a in h:
+        out += [{"role": "user", "content": row.text("history", q, use_value=True)},
+                {"role": "assistant", "content": row.text("history", a, use_value=True)}]
+    return out
+
+
+def _single_turn(row: _Row, shape: str) -> list[dict]:
+    f = row.fields
+    if shape == "alpaca":
+        instruction, extra = row.text("instruction"), row.text("input")
+        user = f"{instruction}\n{extra}" if instruction.strip() and extra.strip() else instruction + extra
+        answer = row.text("output")
+        msgs = _history(row)
+    elif shape == "qa":
+        q, a = ("question", "answer") if "question" in f and "answer" in f else ("query", "response")
+        user, answer, msgs = row.text(q), row.text(a), []
+    else:
+        user, answer, msgs = row.text("prompt"), row.text("completion"), []
+    system = row.text("system")
+    msgs = ([{"role": "system", "content": system}] if system else []) + msgs
+    return msgs + [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+
+
+def _message_list(row: _Row, shape: str) -> list[dict]:
+    key = "messages" if "messages" in row.fields else "conversations"
+    value = row.fields[key]
+    if isinstance(value, str):  # a JSON list in a CSV/xlsx cell
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    if not isinstance(value, list) or not value:
+        raise row.error(f"found {json.dumps(value, ensure_ascii=False, default=str)[:80]}; expected a non-empty "
+                        "list of messages like [{\"role\": \"user\", \"content\": ...}]", key)
+    cols = row.columns
+    role_keys = [cols.get("role", "role"), cols.get("from", "from")]
+    content_keys = [cols.get("content", "content"), cols.get("value", "value")]
+    out = []
+    for i, m in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(m, dict):
+            raise row.error(f"{where} is {type(m).__name__}; expected an object with role and content", key)
+        rk = next((k for k in role_keys if k in m), None)
+        ck = next((k for k in content_keys if k in m), None)
+        if rk is None or ck is None:
+            raise row.error(f"{where} has keys {list(m)}; expected role/content (OpenAI) or from/value "
+                            "(ShareGPT); map other names with `columns: {role: ..., content: ...}`", key)
+        role = _ROLES.get(str(m[rk]).strip().lower())
+        if role is None:
+            raise row.error(f"{where}.{rk} is {m[rk]!r}; expected one of {sorted(_ROLES)} (tool and function "
+                            "messages are not supported yet)", key)
+        if role == "system" and i != 0:
+            raise row.error(f"{where} is a system message; expected a system message only first", key)
+        msg = {"role": role, "content": row.text(key, m[ck], use_value=True, where=f"{where}.{ck}")}
+        if role == "assistant" and m.get("reasoning_content") not in (None, ""):
+            msg["reasoning_content"] = row.text(key, m["reasoning_content"], use_value=True,
+                                                where=f"{where}.reasoning_content")
+        out.append(msg)
+    while out and out[-1]["role"] != "assistant":
+        out.pop()  # trailing user turns have no answer to learn
+    return out
+
+
+def _cut(doc: str, ratio: float) -> int:
+    """Index to cut `doc` at: the sentence end nearest ``ratio * len``, else the nearest space."""
+    target = ratio * len(doc)
+    ends = [m.end() for m in _SENTENCE_END.finditer(doc) if 0 < m.end() < len(doc.rstrip())]
+    if not ends:
+        ends = [m.start() for m in re.finditer(r"\s", doc) if 0 < m.start()]
+    if not ends:
+        return max(1, round(target))
+    return min(ends, key=lambda e: abs(e - target))
+
+
+def split_text(doc: str, cfg: TextSplitConfig) -> tuple[str, str]:
+    """Turn one document into a (prompt, completion) continuation pair.
+
+    Args:
+        doc: the cleaned document.
+        cfg: prefix, minimum lengths and the cut ratio.
+
+    Returns:
+        ``(prompt_prefix + first part, rest)``, cut at a sentence end (。！？.!? or a line break) near
+        ``prompt_ratio`` of the text.
+
+    Raises:
+        _Skip: "text_too_short" or "completion_too_short" (counted in the report).
+    """
+    doc = doc.strip()
+    if len(doc) < cfg.min_chars:
+        raise _Skip("text_too_short")
+    at = _cut(doc, cfg.prompt_ratio)
+    head, tail = doc[:at].rstrip(), doc[at:].strip()
+    if len(tail) < cfg.min_completion_chars or not head:
+        raise _Skip("completion_too_short")
+    return cfg.prompt_prefix + head, tail
+
+
+def _convert(row: _Row, shape: str, data_cfg: DataConfig, default_system: str | None) -> Conversation:
+    if shape == "text":
+        prompt, completion = split_text(clean_text(row.text("text"), data_cfg.clean), data_cfg.text)
+        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    else:
+        raw = _message_list(row, shape) if shape in ("messages", "sharegpt") else _single_turn(row, shape)
+        msgs = []
+        for m in raw:
+            m = {**m, "content": clean_text(m["content"], data_cfg.clean)}
+            if "reasoning_content" in m:
+                m["reasoning_content"] = clean_text(m["reasoning_content"], data_cfg.clean)
+            msgs.append(m)
+        if not any(m["role"] == "assistant" for m in msgs):
+            raise _Skip("no_assistant")
+        if any(m["role"] == "assistant" and not m["content"] and not m.get("reasoning_content") for m in msgs):
+            raise _Skip("empty_output")
+        if any(m["role"] == "user" and not m["content"] for m in msgs):
+            raise _Skip("empty_prompt")
+        if msgs[0]["role"] == "system" and not msgs[0]["content"]:
+            msgs = msgs[1:]
+    if default_system and msgs[0]["role"] != "system":
+        msgs.insert(0, {"role": "system", "content": default_system})
+    meta = {k: v for k, v in row.fields.items() if k not in _USED and isinstance(v, (str, int, float, bool))}
+    return Conversation(messages=msgs, source=row.path, row=row.num, meta=meta)
+
+
+def conversations_from_records(records: list, source: DataSource, data_cfg: DataConfig | None = None,
+                               ) -> tuple[list[Conversation], dict]:
+    """Convert one file's records (no dedupe).
+
+    Args:
+        records: ``read_records`` output.
+        source: the data source (format, columns, system).
+        data_cfg: cleaning, text splitting and the default system prompt.
+
+    Returns:
+        ``(conversations, {"format", "records", "conversations", "skipped": {reason: count}})``.
+
+    Raises:
+        DataError: bad shape or value (names file, line/row, field), or no usable row at all.
+    """
+    data_cfg = data_cfg or DataConfig()
+    rows = _rows(records, source.path, source.columns)
+    if source.format == "auto":
+        shape = _detect(rows)
+    else:
+        shape = source.format
+        for row in rows:
+            _check_fields(row, shape)
+    system = source.system if source.system is not None else data_cfg.system
+    convs: list[Conversation] = []
+    skipped: dict[str, int] = {}
+    for row in rows:
+        try:
+            convs.append(_convert(row, shape, data_cfg, system))
+        except _Skip as s:
+            skipped[s.reason] = skipped.get(s.reason, 0) + 1
+    if not convs:
+        hint = {"empty_output": "every answer is empty; expected the assistant's text in each row",
+                "text_too_short": f"every document is shorter than data.text.min_chars={data_cfg.text.min_chars}"}
+        top = max(skipped, key=skipped.get)
+        answer = {"alpaca": "output", "qa": "answer" if "answer" in rows[0].fields else "response",
+                  "prompt_completion": "completion", "text": "text"}.get(shape)
+        field = rows[0].origin.get(answer, answer) if answer else ("messages" if shape == "messages" else
+                                                                    "conversations")
+        raise DataError(f"no usable conversation in {len(rows)} records (skipped: {skipped}); "
+                        f"{hint.get(top, 'check the field values')}", file=source.path, field=field)
+    return convs, {"format": shape, "records": len(rows), "conversations": len(convs), "skipped": skipped}
+
+
+def load_conversations(sources: list[DataSource], data_cfg: DataConfig) -> tuple[list[Conversation], dict]:
+    """Read, convert, clean and dedupe every source.
+
+    Args:
+        sources: the data files (``data_cfg.train`` or ``data_cfg.eval``).
+        data_cfg: cleaning, text splitting, default system prompt.
+
+    Returns:
+        ``(conversations, report)`` where report is ``{"files": [{"path", "sha256", "format", "records",
+        "conversations", "skipped": {reason: count}}], "duplicates_removed": int, "conversations": int}``.
+        System prompt precedence: the row's own > ``source.system`` > ``data_cfg.system``.
+
+    Raises:
+        DataError: any unreadable file or bad record (names file, line/row and field).
+    """
+    all_convs: list[Conversation] = []
+    files = []
+    for src in sources:
+        convs, info = conversations_from_records(read_records(src), src, data_cfg)
+        files.append({"path": src.path, "sha256": sha256_file(src.path), **info})
+        all_convs += convs
+    removed = 0
+    if data_cfg.clean.dedupe:
+        all_convs, removed = dedupe(all_convs)
+    return all_convs, {"files": files, "duplicates_removed": removed, "conversations": len(all_convs)}
