@@ -1,0 +1,219 @@
+"""The OpenAI wire format for `chattune serve`: request validation, error objects and response shapes.
+
+Kept apart from `serve.py` (the worker and the app) so the protocol can be read in one place.
+
+Request policy (OpenAI semantics; see docs for each field):
+* honoured: messages (system/developer/user/assistant; content as a string or a list of
+  ``{"type": "text", "text": ...}`` parts), max_tokens / max_completion_tokens, temperature, top_p,
+  stop (str or up to 4 strings), seed, stream, stream_options.include_usage, n=1.
+* rejected with 400 (they would change the *shape* of the answer, so silently ignoring them would lie):
+  n > 1, logprobs=true / top_logprobs, tools or functions (unless tool_choice is "none"), non-text
+  response_format, non-text content parts, tool/function messages.
+* ignored (hints that only nudge sampling or bookkeeping): model (any string; the answer names the
+  served model), user, metadata, store, presence/frequency_penalty, logit_bias, service_tier, and any
+  field this server does not know — like vLLM, so clients that send extra fields keep working.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_STOP = 4  # OpenAI's limit on stop sequences
+_TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+class APIError(Exception):
+    """An error answered as OpenAI does: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(self, status: int, message: str, *, type: str | None = None, param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or ("invalid_request_error" if status < 500 else "server_error")
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict:
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+
+def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict:
+    """The OpenAI error object."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def validation_error(errors: list[dict]) -> APIError:
+    """Turn pydantic/FastAPI validation errors into one 400 naming the first bad field.
+
+    Args:
+        errors: `RequestValidationError.errors()`.
+
+    Returns:
+        An `APIError` (400) whose `param` is the dotted field path, e.g. ``messages.0.role``.
+    """
+    if not errors:
+        return APIError(400, "invalid request body")
+    e = errors[0]
+    loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+    # pydantic puts the union branch in the path (messages.0.content.str); drop type names.
+    loc = [p for p in loc if p not in _TYPE_NAMES and "[" not in p]
+    param = ".".join(loc) or None
+    if e.get("type") == "json_invalid":
+        return APIError(400, "We could not parse the JSON body of your request: "
+                        f"{e.get('ctx', {}).get('error', e.get('msg'))}", code="invalid_json")
+    found = e.get("input")
+    shown = json.dumps(found, ensure_ascii=False, default=str) if found is not None else "nothing"
+    if len(shown) > 120:
+        shown = shown[:117] + "..."
+    extra = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+    where = f"'{param}'" if param else "the request body"
+    return APIError(400, f"Invalid value for {where}: {e.get('msg')}; got {shown}{extra}", param=param,
+                    code="invalid_value" if param else "invalid_request_body")
+
+
+class _Open(BaseModel):
+    # extra="allow": OpenAI keeps adding fields; clients send them; unknown ones are ignored (module doc).
+    # strict: JSON types must match ("10" is not an integer), as the OpenAI API checks them.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class ChatMessage(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class StreamOptions(_Open):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Open):
+    """The body of ``POST /v1/chat/completions`` (only the fields this server looks at are typed)."""
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0)
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+
+
+def _content_text(content: Any, i: int) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type")
+        if kind != "text" or not isinstance(part.get("text"), str):
+            raise APIError(400, f"messages[{i}].content[{j}]: only text content parts "
+                           f"({{\"type\": \"text\", \"text\": ...}}) are supported; got type {kind!r}",
+                           param=f"messages.{i}.content.{j}.type", code="unsupported_content")
+        texts.append(part["text"])
+    # OpenAI joins text parts without a separator for text-only models.
+    return "".join(texts)
+
+
+def check_unsupported(req: ChatCompletionRequest) -> None:
+    """Reject the fields whose meaning this server cannot honour (see module doc).
+
+    Raises:
+        APIError: 400 naming the field.
+    """
+    if req.n is not None and req.n != 1:
+        raise APIError(400, f"n={req.n} is not supported: this server returns one choice per request (n=1); "
+                       "send several requests instead", param="n", code="unsupported_value")
+    if req.logprobs or req.top_logprobs:
+        raise APIError(400, "logprobs are not supported by this server", param="logprobs",
+                       code="unsupported_parameter")
+    if (req.tools or req.functions) and req.tool_choice != "none":
+        raise APIError(400, "tools/function calling are not supported by this server (send tool_choice='none' "
+                       "or leave tools out)", param="tools", code="unsupported_parameter")
+    if req.response_format and req.response_format.get("type", "text") != "text":
+        raise APIError(400, f"response_format type {req.response_format.get('type')!r} is not supported; "
+                       "only 'text'", param="response_format.type", code="unsupported_value")
+
+
+def to_messages(req: ChatCompletionRequest) -> list[dict]:
+    """The request's messages as plain ``{"role", "content"}`` dicts for the chat template.
+
+    "developer" (OpenAI's newer name for system) becomes "system"; text parts are joined.
+
+    Raises:
+        APIError: 400 for tool/function messages or non-text content parts.
+    """
+    out = []
+    for i, m in enumerate(req.messages):
+        if m.role in ("tool", "function"):
+            raise APIError(400, f"messages[{i}]: role {m.role!r} is not supported (no tool calling)",
+                           param=f"messages.{i}.role", code="unsupported_value")
+        role = "system" if m.role == "developer" else m.role
+        out.append({"role": role, "content": _content_text(m.content, i)})
+    return out
+
+
+def stop_list(stop: str | list[str] | None) -> tuple[str, ...]:
+    """Normalise `stop` to a tuple of non-empty strings.
+
+    Raises:
+        APIError: more than 4 stop sequences.
+    """
+    items = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(items) > MAX_STOP:
+        raise APIError(400, f"at most {MAX_STOP} stop sequences are allowed; got {len(items)}", param="stop",
+                       code="invalid_value")
+    return tuple(s for s in items if s)
+
+
+def new_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_body(cid: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
+                    completion_tokens: int) -> dict:
+    """A non-streaming ``chat.completion`` object."""
+    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                         "logprobs": None, "finish_reason": finish_reason}],
+            "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def chunk_body(cid: str, created: int, model: str, delta: dict | None, finish_reason: str | None = None,
+               *, with_usage_field: bool = False, usage_value: dict | None = None) -> dict:
+    """One ``chat.completion.chunk``; `delta=None` makes the usage-only chunk (empty choices)."""
+    body: dict = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                  "choices": [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None,
+                                                        "finish_reason": finish_reason}]}
+    if with_usage_field:
+        # With include_usage, OpenAI sends "usage": null on every chunk and the numbers on the last one.
+        body["usage"] = usage_value
+    return body
+
+
+def sse(obj: dict | str) -> str:
+    """One server-sent event: ``data: <json>\\n\\n`` (or the literal ``[DONE]``)."""
+    data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {data}\n\n"
