@@ -1,4 +1,63 @@
-"""CLI commands: synth (registered on the app in cli/__init__.py)."""
+"""CLI commands: ``data synth city-date`` and ``data convert`` (registered on `data_app`)."""
 from __future__ import annotations
 
-from . import app, console, data_app  # noqa: F401
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import ChattuneError
+from . import console, data_app, err_console
+
+synth_app = typer.Typer(help="Generate synthetic training data.", no_args_is_help=True)
+data_app.add_typer(synth_app, name="synth")
+
+
+def _fail(e: ChattuneError) -> typer.Exit:
+    # Caught here (not only in cli.main) so the exit code is 2 under any runner, CliRunner included.
+    err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(e.exit_code)
+
+
+@synth_app.command("city-date")
+def city_date(
+    n: int = typer.Option(1000, "--n", min=0, help="Number of train rows."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same rows)."),
+    out: Path = typer.Option(..., "--out", help="Train file: .jsonl (prompt/completion/sentence) or .xlsx "
+                             "(Prompt/Completion, pandas index) or .json."),
+    prompt: str = typer.Option("short", "--prompt", help="short (one-line instruction) or steps (the "
+                               "tutorial's step-by-step prompt)."),
+    split: int = typer.Option(0, "--split", min=0, help="Number of held-out test rows (no sentence in both)."),
+    test_out: Optional[Path] = typer.Option(None, "--test-out", help="Test file, needed with --split."),
+) -> None:
+    """City + date → JSON extraction examples (the Chinese SFT tutorials' task)."""
+    from ..data.synth import make_city_date_files
+
+    if prompt not in ("short", "steps"):
+        raise _fail(ChattuneError(f"--prompt {prompt!r}: expected short or steps"))
+    try:
+        counts = make_city_date_files(out, n, seed, prompt=prompt, n_test=split, test_out=test_out)
+    except ChattuneError as e:
+        raise _fail(e) from None
+    console.print(f"wrote {counts['train']} train rows to {out}")
+    if test_out is not None:
+        console.print(f"wrote {counts['test']} test rows to {test_out}")
+
+
+@data_app.command("convert")
+def convert(
+    src: Path = typer.Argument(..., help="Input file in any supported shape and type."),
+    to: Path = typer.Option(..., "--to", help="Output: .jsonl (messages), .json (alpaca) or .xlsx (Prompt/Completion)."),
+    fmt: str = typer.Option("auto", "--format", help="Input shape: auto, alpaca, qa, prompt_completion, "
+                            "messages, sharegpt, text."),
+    shape: Optional[str] = typer.Option(None, "--shape", help="Output shape: messages, alpaca or "
+                                        "prompt_completion (default by suffix)."),
+) -> None:
+    """Normalise a data file into messages JSONL, Alpaca JSON or an xlsx sheet."""
+    from ..data.convert import convert_file
+
+    try:
+        count = convert_file(src, to, fmt=fmt, to=shape)
+    except ChattuneError as e:
+        raise _fail(e) from None
+    console.print(f"wrote {count} conversations to {to}")

@@ -12,6 +12,7 @@ import json
 import random
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 # (template, has_year). The first twelve follow the tutorial's phrasings; the rest add variety in
 # where the city and date sit and in the date's spelling (号/日, "3-15号").
@@ -124,3 +125,56 @@ def generate_city_date(n: int, seed: int = 0, *, prompt: str = "short",
         seen.add(sentence)
         rows.append({"prompt": make_prompt(sentence, prompt), "completion": completion, "sentence": sentence})
     return rows[:n], rows[n:]
+
+
+def write_city_date(rows: list[dict], path: str | Path) -> int:
+    """Write rows atomically: .jsonl keeps prompt/completion/sentence; .xlsx has Prompt/Completion columns
+    written by pandas with its index (the tutorials' ``train.xlsx``); .json is an array of the rows.
+
+    Returns:
+        The number of rows written.
+    """
+    from ..convert import write_records
+
+    if Path(path).suffix.lower() == ".xlsx":
+        rows = [{"Prompt": r["prompt"], "Completion": r["completion"]} for r in rows]
+    return write_records(rows, path)
+
+
+def make_city_date_files(out: str | Path, n: int, seed: int = 0, *, prompt: str = "short", n_test: int = 0,
+                         test_out: str | Path | None = None) -> dict[str, int]:
+    """Generate and write a train file (and a test file when `n_test` > 0).
+
+    Args:
+        out: train file (.jsonl, .json or .xlsx).
+        n, seed, prompt, n_test: as in `generate_city_date`.
+        test_out: test file; required when `n_test` > 0.
+
+    Returns:
+        ``{"train": rows written, "test": rows written}``.
+
+    Raises:
+        DataError: a bad suffix, `n_test` without `test_out`, or the same path twice; nothing is written.
+    """
+    from ...errors import DataError
+    from ..convert import OUT_SUFFIXES
+
+    paths = [Path(out)] + ([Path(test_out)] if test_out is not None else [])
+    for p in paths:
+        if p.suffix.lower() not in OUT_SUFFIXES:
+            raise DataError(f"cannot write {p.suffix or 'a file without suffix'!r}; expected one of "
+                            f"{', '.join(OUT_SUFFIXES)}", file=str(p))
+    if n_test > 0 and test_out is None:
+        raise DataError(f"--split {n_test} needs --test-out PATH for the held-out rows", field="test_out")
+    if test_out is not None and n_test <= 0:
+        raise DataError("--test-out given without --split N (the number of test rows)", field="split")
+    if len(paths) == 2 and paths[0].resolve() == paths[1].resolve():
+        raise DataError("--out and --test-out are the same file", file=str(out))
+    try:
+        train, test = generate_city_date(n, seed, prompt=prompt, n_test=n_test)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    counts = {"train": write_city_date(train, out), "test": 0}
+    if test_out is not None:
+        counts["test"] = write_city_date(test, test_out)
+    return counts
