@@ -1,0 +1,224 @@
+"""Distributed training (torchrun + Trainer DDP/FSDP/DeepSpeed kwargs) and the GPU fast-path decisions.
+
+The end-to-end test runs a real 2-process DDP job (gloo, CPU) on the tiny random Qwen3 and checks its loss
+trajectory against a 1-process run with the same global batch, and that a resumed DDP run continues it.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chattune.config import load_config
+from chattune.errors import ConfigError
+from chattune.train import distributed as dist
+from chattune.train import fast_path as fp
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------- distributed helpers
+
+
+def _clear_launch_env(monkeypatch):
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "PMI_SIZE", "PMI_RANK",
+                "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_rank_helpers_read_the_launcher_env(monkeypatch):
+    _clear_launch_env(monkeypatch)
+    assert dist.world_size() == 1 and dist.is_main_process() and not dist.is_distributed()
+    with dist.main_process_first():  # no process group is created outside a launch
+        pass
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    assert dist.world_size() == 4 and dist.process_rank() == 3 and not dist.is_main_process()
+
+
+def test_global_batch_is_per_device_times_accum_times_world(monkeypatch):
+    _clear_launch_env(monkeypatch)
+    cfg = load_config(None, ["train.batch_size=4", "train.grad_accum=3"])
+    assert dist.global_batch_size(cfg) == 12
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert dist.global_batch_size(cfg) == 24
+    assert dist.describe_batch(cfg) == ("global batch 24 sequences = 4 per device × 3 accumulation × 2 processes "
+                                        "(ddp)")
+
+
+def test_ddp_args_on_cpu_use_gloo_and_use_cpu(monkeypatch):
+    _clear_launch_env(monkeypatch)
+    cfg = load_config(None)
+    assert dist.training_args_for(cfg) == {"ddp_find_unused_parameters": False}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "_accelerator_available", lambda: False)
+    # use_cpu is what makes accelerate build a gloo process group instead of N lone runs
+    assert dist.training_args_for(cfg) == {"ddp_find_unused_parameters": False, "ddp_backend": "gloo",
+                                           "use_cpu": True}
+    monkeypatch.setattr(dist, "_accelerator_available", lambda: True)
+    assert dist.training_args_for(cfg)["ddp_backend"] == "nccl"
+
+
+def test_fsdp2_args_wrap_the_decoder_layer_and_build_training_arguments(monkeypatch, tiny_qwen3_dir, tmp_path):
+    _clear_launch_env(monkeypatch)
+    from transformers import TrainingArguments
+
+    cfg = load_config(None, ["train.distributed=fsdp", f"model.name_or_path={tiny_qwen3_dir}",
+                             "train.gradient_checkpointing=true"])
+    kw = dist.training_args_for(cfg)
+    fc = kw["fsdp_config"]
+    assert kw["fsdp"] is True and kw["activation_checkpointing"] is False
+    assert fc["version"] == 2 and fc["transformer_layer_cls_to_wrap"] == ["Qwen3DecoderLayer"]
+    assert fc["activation_checkpointing"] is True and fc["state_dict_type"] == "FULL_STATE_DICT"
+    args = TrainingArguments(output_dir=str(tmp_path), **kw)
+    plugin = args.fsdp_plugin_args
+    assert plugin["fsdp_version"] == 2 and plugin["transformer_cls_names_to_wrap"] == "Qwen3DecoderLayer"
+    assert plugin["activation_checkpointing"] is True and args.activation_checkpointing is False
+
+
+def test_fsdp_and_deepspeed_refuse_what_cannot_work(monkeypatch):
+    _clear_launch_env(monkeypatch)
+    with pytest.raises(ConfigError, match="qlora with train.distributed: fsdp"):
+        dist.training_args_for(load_config(None, ["train.distributed=fsdp", "method.type=qlora"]))
+    with pytest.raises(ConfigError, match="set train.distributed: deepspeed"):
+        dist.training_args_for(load_config(None, ["train.deepspeed=zero3"]))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "deepspeed" else object())
+    with pytest.raises(ConfigError, match="pip install deepspeed"):
+        dist.training_args_for(load_config(None, ["train.distributed=deepspeed"]))
+
+
+def test_deepspeed_presets_match_the_shipped_json_files(monkeypatch, tmp_path):
+    for name in ("zero2", "zero3"):
+        shipped = json.loads((REPO / "examples" / "deepspeed" / f"{name}.json").read_text())
+        assert dist.deepspeed_config(name) == shipped
+        assert shipped["zero_optimization"]["stage"] == int(name[-1])
+    assert dist.deepspeed_config(None)["zero_optimization"]["stage"] == 2
+    own = tmp_path / "ds.json"
+    own.write_text("{}")
+    assert dist.deepspeed_config(str(own)) == str(own)
+    with pytest.raises(ConfigError, match="neither 'zero2', 'zero3' nor an existing JSON file"):
+        dist.deepspeed_config("zero4")
+
+
+def test_accelerate_configs_load_and_agree_with_training_args_for():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    loaded = {p.stem: load_config_from_file(str(p)) for p in (REPO / "examples" / "accelerate").glob("*.yaml")}
+    assert set(loaded) == {"ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3"}
+    assert str(loaded["fsdp2"].fsdp_config["fsdp_version"]) == "2"
+    assert loaded["fsdp2"].fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    for z in ("zero2", "zero3"):
+        ds_file = loaded[f"deepspeed_{z}"].deepspeed_config["deepspeed_config_file"]
+        assert json.loads((REPO / ds_file).read_text()) == dist.deepspeed_config(z)
+
+
+def test_torchrun_command_and_launch_guard(monkeypatch):
+    _clear_launch_env(monkeypatch)
+    cmd = dist.torchrun_command(dist.train_argv("c.yaml", ["train.lr=1e-4"], resume=True), nproc=2, nnodes=2,
+                                node_rank=1, master_addr="10.0.0.1", master_port=29501)
+    assert cmd == [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--nnodes=2",
+                   "--node-rank=1", "--master-addr=10.0.0.1", "--master-port=29501",
+                   "-m", "chattune", "train", "c.yaml", "train.lr=1e-4", "--resume"]
+    with pytest.raises(ConfigError, match="--node-rank must be in 0..1"):
+        dist.torchrun_command(["train"], nproc=1, nnodes=2, node_rank=2)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(ConfigError, match="inside a process that torchrun"):
+        dist.launch(["train", "c.yaml"], nproc=2)
+
+
+# ----------------------------------------------------------------------------------------- fast path
+
+QWEN3_8B = {"hidden_size": 4096, "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "head_dim": 128, "intermediate_size": 12288, "vocab_size": 151936, "tie_word_embeddings": False}
+QWEN3_06B = {**QWEN3_8B, "hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16,
+             "intermediate_size": 3072, "tie_word_embeddings": True}
+H100 = dict(device="cuda", cuda_capability=(9, 0), gpu_name="H100", gpu_memory_bytes=80 * fp.GIB)
+
+
+def test_flops_per_token_match_the_perf_table():
+    # PERF.md: Qwen3 LoRA r16 all-linear, T=2048, causal attention: 3.15 and 32.35 GFLOP/token
+    assert fp.flops_per_token(fp.ModelShape.from_config(QWEN3_06B), 2048) / 1e9 == pytest.approx(3.15, abs=0.005)
+    assert fp.flops_per_token(fp.ModelShape.from_config(QWEN3_8B), 2048) / 1e9 == pytest.approx(32.35, abs=0.005)
+    assert fp.ModelShape.from_config(QWEN3_06B).matmul_params() == 595_984_384
+
+
+def test_fast_path_on_cpu_is_plain_and_says_why():
+    plan = fp.resolve_fast_path(load_config(None, ["train.packing=true", "train.use_liger_kernel=true"]),
+                                caps=fp.Capabilities(device="cpu"))
+    assert (plan["attn_implementation"], plan["use_liger_kernel"], plan["torch_compile"],
+            plan["gradient_checkpointing"]) == ("sdpa", False, False, False)
+    assert "block-diagonal mask" in plan["reasons"]["attn_implementation"]
+    assert plan["reasons"]["use_liger_kernel"] == "no CUDA GPU; asked for but skipped"
+    assert fp.training_args(plan) == {"use_liger_kernel": False, "torch_compile": False,
+                                      "activation_checkpointing": False, "activation_checkpointing_kwargs": None}
+    assert len(fp.describe(plan).splitlines()) == 5
+
+
+def test_fast_path_picks_flash_attention_by_gpu_and_package():
+    cfg = load_config(None, ["train.packing=true"])
+    hopper = fp.resolve_fast_path(cfg, caps=fp.Capabilities(**H100, flash_attn_3=True, flash_attn_2=True),
+                                  model_config=QWEN3_06B)
+    assert hopper["attn_implementation"] == "flash_attention_3"
+    ampere = fp.Capabilities(**{**H100, "cuda_capability": (8, 0)}, flash_attn_2=True, flash_attn_3=True)
+    assert fp.resolve_fast_path(cfg, caps=ampere, model_config=QWEN3_06B)["attn_implementation"] == \
+        "flash_attention_2"
+    hub_only = fp.Capabilities(**H100, hub_kernels=True)
+    plan = fp.resolve_fast_path(cfg, caps=hub_only, model_config=QWEN3_06B)
+    assert plan["attn_implementation"] == "flash_attention_3" and "Hub" in plan["reasons"]["attn_implementation"]
+    turing = fp.Capabilities(**{**H100, "cuda_capability": (7, 5)}, flash_attn_2=True)
+    assert fp.resolve_fast_path(cfg, caps=turing, model_config=QWEN3_06B)["attn_implementation"] == "sdpa"
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        fp.resolve_fast_path(load_config(None, ["model.attn_implementation=flash_attention_2"]),
+                             caps=fp.Capabilities(device="cpu"))
+    with pytest.raises(ConfigError, match="flash-attn is not installed"):
+        fp.resolve_fast_path(load_config(None, ["model.attn_implementation=flash_attention_2"]),
+                             caps=fp.Capabilities(**H100), model_config=QWEN3_06B)
+
+
+def test_fast_path_liger_compile_switches():
+    caps = fp.Capabilities(**H100, liger=True)
+    assert fp.resolve_fast_path(load_config(None, ["train.use_liger_kernel=true"]), caps=caps,
+                                model_config=QWEN3_06B)["use_liger_kernel"] is True
+    off = fp.resolve_fast_path(load_config(None, ["train.use_liger_kernel=false"]), caps=caps, model_config=QWEN3_06B)
+    assert off["use_liger_kernel"] is False and off["reasons"]["use_liger_kernel"] == "off in config"
+    missing = fp.resolve_fast_path(load_config(None, ["train.use_liger_kernel=true"]),
+                                   caps=fp.Capabilities(**H100), model_config=QWEN3_06B)
+    assert missing["use_liger_kernel"] is False and "chattune[gpu]" in missing["reasons"]["use_liger_kernel"]
+    comp = fp.resolve_fast_path(load_config(None, ["train.torch_compile=true"]), caps=caps, model_config=QWEN3_06B)
+    assert comp["torch_compile"] is True and fp.training_args(comp)["torch_compile"] is True
+
+
+def test_gradient_checkpointing_follows_the_memory_estimate():
+    small = load_config(None, ["train.batch_size=1", "data.max_length=2048"])
+    big = load_config(None, ["train.batch_size=8", "data.max_length=2048"])
+    caps = fp.Capabilities(**H100)
+    p_small = fp.resolve_fast_path(small, caps=caps, model_config=QWEN3_06B)
+    p_big = fp.resolve_fast_path(big, caps=caps, model_config=QWEN3_8B)
+    assert p_small["gradient_checkpointing"] is False and p_small["memory_estimate_gib"] < 20
+    assert p_big["gradient_checkpointing"] is True and "budget" in p_big["reasons"]["gradient_checkpointing"]
+    assert fp.training_args(p_big)["activation_checkpointing_kwargs"] == {"use_reentrant": False}
+    forced = load_config(None, ["train.gradient_checkpointing=false", "train.batch_size=8"])
+    assert fp.resolve_fast_path(forced, caps=caps, model_config=QWEN3_8B)["gradient_checkpointing"] is False
+    # the fused loss never builds logits: 8 × 2048 tokens × 151,936 vocab × 10 bytes ≈ 23 GiB less
+    est = fp.estimate_train_memory(fp.ModelShape.from_config(QWEN3_06B), 8 * 2048)
+    assert est["logits"] / fp.GIB == pytest.approx(23.2, abs=0.1)
+    assert fp.estimate_train_memory(fp.ModelShape.from_config(QWEN3_06B), 8 * 2048, fused_loss=True)["logits"] == 0
+
+
+def test_prepare_model_turns_off_the_cache_that_would_merge_packed_examples(tiny_qwen3_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir, attn_implementation="sdpa").train()
+    a, b = torch.tensor([[11, 12, 13, 14]]), torch.tensor([[21, 22, 23, 24, 25]])
+    alone = model(input_ids=b, use_cache=False).logits
+    packed = dict(input_ids=torch.cat([a, b], 1), position_ids=torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4]]))
+    assert model.config.use_cache is True
+    leaked = model(**packed).logits[:, 4:]
+    assert (leaked - alone).abs().max() > 1e-3  # with the cache on, b attends to a
+    fp.prepare_model(model)
+    assert torch.allclose(model(**packed).logits[:, 4:], alone, atol=1e-5)
