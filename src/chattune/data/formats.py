@@ -37,9 +37,11 @@ _REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
     "prompt_completion": (("prompt", "completion"),),
     "text": (("text",),),
 }
-SHAPES_HELP = ("alpaca (instruction, output[, input, system, history]), qa (question, answer | query, response), "
-               "prompt_completion (prompt, completion), messages (messages: [{role, content}]), "
-               "sharegpt (conversations: [{from, value}]), text (text)")
+_SHAPE_FIELDS = {"alpaca": "instruction, output[, input, system, history]",
+                 "qa": "question, answer | query, response", "prompt_completion": "prompt, completion",
+                 "messages": "messages: [{role, content}]", "sharegpt": "conversations: [{from, value}]",
+                 "text": "text"}
+SHAPES_HELP = ", ".join(f"{k} ({v})" for k, v in _SHAPE_FIELDS.items())
 _USED = {"instruction", "input", "output", "system", "history", "question", "answer", "query", "response",
          "prompt", "completion", "messages", "conversations", "text"}
 _MESSAGE_KEYS = {"role", "content", "from", "value"}
@@ -152,8 +154,9 @@ def _detect(rows: list[_Row]) -> str:
                           "{instruction: 问题, output: 答案})")
     for row in rows[1:]:
         other = _shape_of(row.fields)
-        if other != shape:
+        if other is None:
             _check_fields(row, shape, first_num=first.num)
+        elif other != shape:
             raise row.error(f"this record looks like {other} but the first record ({first.unit} {first.num}) "
                             f"is {shape}; one file must hold one shape (columns found: {row.keys()})")
     return shape
@@ -167,7 +170,8 @@ def _check_fields(row: _Row, shape: str, first_num: int | None = None) -> None:
     missing = [f for f in alternatives[0] if f not in row.fields]
     origin = f" (like the first record, {row.unit} {first_num})" if first_num is not None else ""
     raise row.error(f"missing field(s) {missing} needed by the {shape} shape{origin}; columns found: "
-                    f"{row.keys()}; expected {SHAPES_HELP}", missing[0])
+                    f"{row.keys()}; expected {shape} ({_SHAPE_FIELDS[shape]}), or map names with `columns:`",
+                    missing[0])
 
 
 # ---------------------------------------------------------------- one row → messages

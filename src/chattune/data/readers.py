@@ -272,6 +272,8 @@ def _read_delimited(text: str, path: Path, sep: str) -> list[tuple[int, dict]]:
 
     if not text.strip():
         return []
+    # A CRLF file puts CRLF inside multi-line quoted cells too: that is the file's line ending, not data.
+    text = text.replace("\r\n", "\n")
     try:
         # dtype=str and no NA guessing: "NA" or "null" in a cell is text a user meant, not a missing value.
         df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
