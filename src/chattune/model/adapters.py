@@ -83,16 +83,17 @@ def apply_method(model, cfg: Config):
         if added:
             # A pad token was really added: its rows are new. Train just those rows (peft's trainable
             # tokens) instead of `modules_to_save` on the whole embedding + lm_head, which would save
-            # ~300M parameters with every adapter for a 151k vocabulary; the rows travel with the adapter.
+            # ~300M parameters with every adapter for a 151k vocabulary; the rows travel with the adapter
+            # (save it with save_embedding_layers=False, else peft's "auto" saves the whole resized matrix).
             n = model.get_input_embeddings().weight.shape[0]
             trainable_tokens = list(range(n - added, n))
         peft_cfg = LoraConfig(
             r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules,
             use_dora=lc.use_dora, use_rslora=lc.use_rslora, task_type="CAUSAL_LM",
-            trainable_token_indices=trainable_tokens or None,
-            ensure_weight_tying=bool(trainable_tokens and getattr(model.config, "tie_word_embeddings", False)))
+            # peft ties the lm_head rows to these automatically when the model ties its embeddings
+            trainable_token_indices=trainable_tokens or None)
         model = get_peft_model(model, peft_cfg)
-        target_modules = sorted(model.peft_config["default"].target_modules)
+        target_modules = sorted({str(t).rsplit(".", 1)[-1] for t in model.peft_config["default"].target_modules})
     elif method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -116,7 +117,11 @@ def apply_method(model, cfg: Config):
     if gc:
         # non-reentrant checkpointing works with frozen inputs; enable_input_require_grads keeps the
         # reentrant variant (still used by some remote-code models) from silently producing no grads.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
         model.config.use_cache = False

@@ -1,0 +1,224 @@
+"""chattune.model.adapters: apply_method (lora/dora/rslora/full/freeze), gradient checkpointing, load_run_model."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from chattune.config import Config, ModelConfig, config_from_dict
+from chattune.model.adapters import apply_method, count_params, load_run_model
+from chattune.model.load import load_model, load_tokenizer
+from chattune.rundir import write_manifest
+
+
+def _cfg(tiny_dir, **method) -> Config:
+    return config_from_dict({"model": {"name_or_path": str(tiny_dir)}, "method": method})
+
+
+def _base(tiny_dir):
+    mcfg = ModelConfig(name_or_path=str(tiny_dir))
+    tok = load_tokenizer(mcfg)
+    return load_model(mcfg, tokenizer=tok, device="cpu"), tok
+
+
+def _linear_shapes(model) -> list[tuple[int, int]]:
+    return [(m.in_features, m.out_features) for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")]
+
+
+def _step(model, tok):
+    """One forward/backward on a short real chat so gradients reach whatever is trainable."""
+    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    model.zero_grad(set_to_none=True)
+    model(input_ids=ids, labels=ids).loss.backward()
+
+
+def _check_only_trainable_get_grads(model):
+    named = list(model.named_parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for _, p in named if p.requires_grad)
+    frozen_with_grad = [n for n, p in named if not p.requires_grad and p.grad is not None]
+    assert frozen_with_grad == []
+
+
+def test_lora_counts_and_freezes_the_base(tiny_qwen3_dir):
+    model, tok = _base(tiny_qwen3_dir)
+    shapes, total_before = _linear_shapes(model), count_params(model)[1]
+    model, rep = apply_method(model, _cfg(tiny_qwen3_dir, type="lora", lora={"r": 4, "alpha": 8}))
+    expected = sum(4 * (i + o) for i, o in shapes)
+    assert rep["method"] == "lora" and rep["trainable_params"] == expected
+    assert rep["total_params"] == total_before + expected
+    assert rep["trainable_pct"] == pytest.approx(100 * expected / (total_before + expected), abs=1e-3)
+    assert rep["target_modules"] == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert rep["gradient_checkpointing"] is False  # None = off on CPU
+    assert all(("lora_" in n) == p.requires_grad for n, p in model.named_parameters())
+    _step(model, tok)
+    _check_only_trainable_get_grads(model)
+
+
+def test_dora_and_rslora(tiny_qwen3_dir):
+    model, _ = _base(tiny_qwen3_dir)
+    qv = [(m.in_features, m.out_features) for n, m in model.named_modules() if n.endswith(("q_proj", "v_proj"))]
+    assert len(qv) == 4
+    model, rep = apply_method(model, _cfg(tiny_qwen3_dir, type="lora",
+                                          lora={"r": 4, "alpha": 8, "use_dora": True, "use_rslora": True,
+                                                "target_modules": ["q_proj", "v_proj"]}))
+    assert rep["target_modules"] == ["q_proj", "v_proj"]
+    # DoRA adds one magnitude per output feature of every adapted layer
+    assert rep["trainable_params"] == sum(4 * (i + o) + o for i, o in qv)
+    q = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert q.scaling["default"] == pytest.approx(8 / 4 ** 0.5)  # rsLoRA: alpha / sqrt(r)
+
+
+def test_full_trains_everything(tiny_qwen3_dir):
+    model, tok = _base(tiny_qwen3_dir)
+    model, rep = apply_method(model, _cfg(tiny_qwen3_dir, type="full"))
+    assert rep["trainable_params"] == rep["total_params"] == count_params(model)[1]
+    assert rep["trainable_pct"] == 100.0
+
+
+def test_freeze_trains_only_the_last_layers_and_final_norm(tiny_qwen3_dir):
+    model, tok = _base(tiny_qwen3_dir)
+    model, rep = apply_method(model, _cfg(tiny_qwen3_dir, type="freeze", freeze_trainable_layers=1))
+    last = model.model.layers[1]
+    expected = sum(p.numel() for p in last.parameters()) + sum(p.numel() for p in model.model.norm.parameters())
+    assert rep["trainable_params"] == expected
+    assert rep["target_modules"] == ["layers[1:2]", "norm"]
+    assert not any(p.requires_grad for p in model.model.layers[0].parameters())
+    assert not model.model.embed_tokens.weight.requires_grad
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    _step(model, tok)
+    _check_only_trainable_get_grads(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    opt.step()
+    for n, p in model.named_parameters():
+        if n in before:
+            assert torch.equal(p, before[n]), f"frozen {n} changed"
+
+
+def test_gradient_checkpointing_when_asked(tiny_qwen3_dir):
+    model, tok = _base(tiny_qwen3_dir)
+    cfg = _cfg(tiny_qwen3_dir, type="lora")
+    cfg.train.gradient_checkpointing = True
+    model, rep = apply_method(model, cfg)
+    assert rep["gradient_checkpointing"] is True and model.base_model.model.is_activation_checkpointing
+    model.train()
+    _step(model, tok)  # checkpointed backward still reaches the LoRA weights
+    _check_only_trainable_get_grads(model)
+
+
+def test_unknown_method_is_rejected_by_config(tiny_qwen3_dir):
+    from chattune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="method.type"):
+        _cfg(tiny_qwen3_dir, type="prefix")
+
+
+# ----------------------------------------------------------------------------------------- run dirs
+
+CUSTOM_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                   "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def make_adapter_run(run_dir, tiny_dir, *, seed: int = 1, thinking: str = "off"):
+    """A hand-made run dir: chattune.yaml + a LoRA adapter with non-zero B + tokenizer + template + gen config."""
+    cfg = config_from_dict({"model": {"name_or_path": str(tiny_dir)}, "method": {"type": "lora", "lora": {"r": 4}},
+                            "data": {"thinking": thinking}, "output_dir": str(run_dir)})
+    write_manifest(run_dir, cfg, {"conversations": 0})
+    model, tok = _base(tiny_dir)
+    model, _ = apply_method(model, cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:  # peft starts B at zero (adapter == base); make the adapter really change outputs
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    model.save_pretrained(run_dir)
+    tok.chat_template = CUSTOM_TEMPLATE
+    tok.save_pretrained(run_dir)
+    (run_dir / "chat_template.jinja").write_text(CUSTOM_TEMPLATE)
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    (run_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": [im_end, tok.eos_token_id + 1],
+                                                                "pad_token_id": tok.pad_token_id}))
+    return model.eval(), tok, cfg
+
+
+def test_load_run_model_adapter_run(tmp_path, tiny_qwen3_dir):
+    trained, tok, _ = make_adapter_run(tmp_path / "run", tiny_qwen3_dir, thinking="keep")
+    model, tok2, info = load_run_model(tmp_path / "run", device="cpu")
+    assert info["kind"] == "adapter" and info["base"] == str(tiny_qwen3_dir) and info["thinking"] == "keep"
+    assert info["path"] == str(tmp_path / "run") and info["method"] == "lora"
+    assert not model.training
+    assert tok2.chat_template == CUSTOM_TEMPLATE  # from the run dir, not the base model's folder
+    eos = model.generation_config.eos_token_id
+    assert eos == [tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id + 1]
+    ids = torch.tensor([tok.encode("hello world, how are you")])
+    base, _ = _base(tiny_qwen3_dir)
+    with torch.no_grad():
+        got, want, plain = model(ids).logits, trained(ids).logits, base(ids).logits
+    torch.testing.assert_close(got, want)
+    assert (got - plain).abs().max() > 1e-2  # the adapter is really applied
+
+
+def test_load_run_model_full_run_and_plain_folder(tmp_path, tiny_qwen3_dir):
+    run = tmp_path / "full"
+    cfg = config_from_dict({"model": {"name_or_path": "somewhere/else"}, "method": {"type": "full"}})
+    write_manifest(run, cfg, {})
+    model, tok = _base(tiny_qwen3_dir)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(1.5)  # distinguishable from the base
+    model.save_pretrained(run)
+    tok.save_pretrained(run)
+    loaded, _, info = load_run_model(run, device="cpu")
+    assert info["kind"] == "full" and info["base"] == "somewhere/else" and info["method"] == "full"
+    torch.testing.assert_close(loaded.model.norm.weight, model.model.norm.weight)
+
+    plain, ptok, pinfo = load_run_model(tiny_qwen3_dir, device="cpu", dtype="bfloat16")
+    assert pinfo["kind"] == "model" and pinfo["thinking"] == "off" and pinfo["dtype"] == "bfloat16"
+    assert next(plain.parameters()).dtype == torch.bfloat16 and not plain.training
+
+
+def test_load_run_model_incomplete_run_dir(tmp_path, tiny_qwen3_dir):
+    from chattune.errors import ModelError
+
+    write_manifest(tmp_path, _cfg(tiny_qwen3_dir, type="lora"), {})
+    with pytest.raises(ModelError, match="holds no weights"):
+        load_run_model(tmp_path, device="cpu")
+
+
+def test_added_pad_token_trains_only_its_rows_and_survives_the_run_dir(tmp_path):
+    """When a pad token had to be added, its embedding rows train as peft trainable tokens and are
+    saved with the adapter, so loading the run back gives the same model."""
+    from test_model_load import _tokenizer_without_pad_or_template
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    base_dir = _tokenizer_without_pad_or_template(tmp_path / "base")
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(Qwen3Config(vocab_size=9, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                 tie_word_embeddings=True, eos_token_id=1)).save_pretrained(base_dir)
+    cfg = config_from_dict({"model": {"name_or_path": str(base_dir)}, "method": {"type": "lora", "lora": {"r": 2}}})
+    tok = load_tokenizer(cfg.model)
+    model = load_model(cfg.model, tokenizer=tok, device="cpu")
+    model, rep = apply_method(model, cfg)
+    assert rep["trainable_tokens"] == [9]
+    shapes = [(32, 32), (32, 16), (32, 16), (32, 32), (32, 64), (32, 64), (64, 32)]
+    assert rep["trainable_params"] == sum(2 * (i + o) for i, o in shapes) + 32  # + one 32-wide embedding row
+    run = tmp_path / "run"
+    write_manifest(run, cfg, {})
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.5)
+    # Only the trained rows need saving (not the whole resized embedding, peft's "auto" default).
+    model.save_pretrained(run, save_embedding_layers=False)
+    tok.save_pretrained(run)
+    from safetensors.torch import load_file
+
+    saved = load_file(run / "adapter_model.safetensors")
+    assert not any(v.shape[0] == 10 for v in saved.values()), sorted(saved)
+    loaded, ltok, _ = load_run_model(run, device="cpu")
+    assert ltok.pad_token_id == 9
+    ids = torch.tensor([[0, 2, 5, 9, 1]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model.eval()(ids).logits)
