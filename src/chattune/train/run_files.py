@@ -1,0 +1,156 @@
+"""What training writes into the run directory besides checkpoints (layout: `chattune.rundir`).
+
+Checkpoints and crashes: transformers 5 writes ``checkpoint-N/`` in place (``Trainer._save_checkpoint``:
+weights, optimizer, scheduler, RNG state, and ``trainer_state.json`` last), not under a temp name. A
+checkpoint is therefore complete exactly when its ``trainer_state.json`` exists *and parses*: a process
+killed mid-save leaves a folder without it (or with a truncated one). `resume_checkpoint` only picks
+such complete folders and `remove_incomplete_checkpoints` deletes the rest before training resumes, so a
+half-written checkpoint is never loaded and never counted by ``save_total_limit``.
+
+Final artifacts are written through a temp folder inside the run dir and moved in file by file
+(``os.replace`` is atomic), weights last, because `chattune.rundir.read_run` treats the weights file as
+"training finished".
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..fsutil import atomic_write_text
+from ..rundir import ADAPTER_FILE, GENERATION_FILE, METRICS_FILE, TEMPLATE_FILE, complete_checkpoints
+
+ADAPTER_FILES = ("adapter_config.json", ADAPTER_FILE)
+FULL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
+
+
+def _state_ok(ckpt: Path) -> bool:
+    try:
+        json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def resume_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of `run_dir` (``trainer_state.json`` present and valid), or None."""
+    for ckpt in reversed(complete_checkpoints(run_dir)):
+        if _state_ok(ckpt):
+            return ckpt
+    return None
+
+
+def remove_incomplete_checkpoints(run_dir: str | Path) -> list[str]:
+    """Delete ``checkpoint-*`` folders that did not finish writing (and stray temp files of ours).
+
+    Returns:
+        The names removed.
+    """
+    run_dir = Path(run_dir)
+    good = {p.name for p in complete_checkpoints(run_dir) if _state_ok(p)}
+    removed = []
+    for p in sorted(run_dir.glob("checkpoint-*")):
+        if p.is_dir() and p.name not in good:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    for p in run_dir.glob(".*.tmp"):  # left by fsutil.atomic_path / our staging when a process died
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return removed
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    return int(json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
+
+
+def truncate_metrics(run_dir: str | Path, step: int) -> None:
+    """Drop metrics.jsonl records after `step` (they came from the part of a crashed run being redone)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line cut by the crash
+            continue
+        if rec.get("step", 0) <= step and rec.get("kind") != "summary":
+            keep.append(line)
+    atomic_write_text(path, "".join(x + "\n" for x in keep))
+
+
+def existing_run_files(run_dir: str | Path) -> list[str]:
+    """Files that show `run_dir` already holds a run (weights or checkpoints)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    names = [p.name for p in run_dir.glob("checkpoint-*")]
+    names += [n for n in (ADAPTER_FILE, "model.safetensors", "model.safetensors.index.json", METRICS_FILE)
+              if (run_dir / n).exists()]
+    return sorted(names)
+
+
+def generation_config(model, tokenizer, end_of_turn: list[int]):
+    """The base model's generation config with ``eos_token_id`` = end-of-turn ids (then the model's own
+    EOS ids) and ``pad_token_id`` = the tokenizer's pad, so generation stops where chat turns end."""
+    from transformers import GenerationConfig
+
+    base = getattr(model, "generation_config", None)
+    gen = GenerationConfig.from_dict(base.to_dict()) if base is not None else GenerationConfig()
+    old = gen.eos_token_id
+    old = [old] if isinstance(old, int) else list(old or [])
+    if tokenizer.eos_token_id is not None:
+        old.append(tokenizer.eos_token_id)
+    eos = list(dict.fromkeys([*end_of_turn, *old]))
+    gen.eos_token_id = eos
+    gen.pad_token_id = tokenizer.pad_token_id
+    return gen
+
+
+def _move_in(src: Path, run_dir: Path, names: list[str]) -> None:
+    for name in names:
+        os.replace(src / name, run_dir / name)
+
+
+def save_final(run_dir: str | Path, model, tokenizer, end_of_turn: list[int], *, is_adapter: bool) -> list[str]:
+    """Write tokenizer files, chat_template.jinja, generation_config.json and the weights into `run_dir`.
+
+    Args:
+        run_dir: the run directory.
+        model: the trained model (a peft model when `is_adapter`).
+        tokenizer: the tokenizer exactly as used for the data (its chat template is saved as used).
+        end_of_turn: ids that end an assistant turn (``chattune.data.render.end_of_turn_ids``).
+        is_adapter: True = save adapter_config.json + adapter_model.safetensors; False = full weights.
+
+    Returns:
+        The file names written, weights last.
+    """
+    run_dir = Path(run_dir)
+    staging = Path(tempfile.mkdtemp(prefix=".final.", suffix=".tmp", dir=run_dir))
+    try:
+        tok_dir, w_dir = staging / "tok", staging / "weights"
+        tokenizer.save_pretrained(tok_dir)
+        tok_files = sorted(p.name for p in tok_dir.iterdir() if p.is_file())
+        if TEMPLATE_FILE not in tok_files and getattr(tokenizer, "chat_template", None):
+            (tok_dir / TEMPLATE_FILE).write_text(tokenizer.chat_template, encoding="utf-8")
+            tok_files.append(TEMPLATE_FILE)
+        generation_config(model, tokenizer, end_of_turn).to_json_file(str(tok_dir / GENERATION_FILE))
+        # peft also writes README.md, and full models their own generation_config.json: only the
+        # weight files below are taken, so the run dir holds exactly the documented layout.
+        model.save_pretrained(w_dir, safe_serialization=True)
+        if is_adapter:
+            weights = [n for n in ADAPTER_FILES if (w_dir / n).is_file()]
+        else:
+            weights = [p.name for p in sorted(w_dir.iterdir())
+                       if p.name in FULL_FILES or (p.name.startswith("model-") and p.suffix == ".safetensors")]
+            weights.sort(key=lambda n: n.startswith("model"))  # config first, weights last
+        missing = [n for n in (ADAPTER_FILES if is_adapter else ("config.json",)) if n not in weights]
+        if missing:
+            raise RuntimeError(f"save_pretrained wrote no {missing} (got {sorted(os.listdir(w_dir))})")
+        _move_in(tok_dir, run_dir, [*tok_files, GENERATION_FILE])
+        _move_in(w_dir, run_dir, weights)
+        return [*tok_files, GENERATION_FILE, *weights]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+

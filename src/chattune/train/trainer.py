@@ -1,0 +1,215 @@
+"""Training: config → datasets + model → a plain ``transformers.Trainer`` → a self-describing run dir.
+
+Nothing here subclasses the Trainer: batches come from `chattune.data.packing.Collator`, metrics and
+progress from `chattune.train.callbacks`, and the run-dir files from `chattune.train.run_files`.
+
+Gradient accumulation: transformers 5 counts the trained tokens of all micro-batches of an optimizer
+step (``num_items_in_batch``) and the model's loss divides by that count, so the loss is the mean over
+the step's tokens whatever the split (tests/test_train.py checks batch 4 x 1 == batch 2 x 2).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..config import Config
+from ..errors import ChattuneError, ConfigError
+from ..rundir import write_manifest
+from . import run_files
+
+
+def training_arguments(cfg: Config, *, run_dir: str | Path, has_eval: bool, device: str, dtype, model=None):
+    """TrainingArguments from ``cfg.train``.
+
+    Args:
+        cfg: the whole config (train section, plus output_dir).
+        run_dir: where checkpoints go.
+        has_eval: an eval set exists (enables eval_strategy).
+        device: "cpu" or "cuda[:i]".
+        dtype: the torch dtype the model was loaded in (bf16/fp16 → mixed precision flag).
+        model: the model to train (lets the distributed settings name FSDP's layer class, detect MoE).
+
+    Returns:
+        transformers.TrainingArguments.
+
+    Raises:
+        ConfigError: options that cannot work together (the message names the keys).
+    """
+    import torch
+    from transformers import TrainingArguments
+
+    from .distributed import training_args_for
+
+    t = cfg.train
+    on_gpu = str(device).startswith("cuda")
+    if t.load_best_model_at_end and not has_eval:
+        raise ConfigError("train.load_best_model_at_end needs an eval set: set data.eval or data.eval_ratio")
+    if t.load_best_model_at_end and (t.eval_steps is None) != (t.save_steps is None):
+        raise ConfigError("train.load_best_model_at_end needs train.eval_steps and train.save_steps both set "
+                          "(save_steps a multiple of eval_steps) or both unset (per epoch)")
+    if t.load_best_model_at_end and t.eval_steps and t.save_steps % t.eval_steps:
+        raise ConfigError(f"train.save_steps ({t.save_steps}) must be a multiple of train.eval_steps "
+                          f"({t.eval_steps}) when train.load_best_model_at_end is on")
+    if t.use_liger_kernel and not on_gpu:
+        raise ConfigError("train.use_liger_kernel needs a CUDA GPU (and `pip install liger-kernel`); "
+                          "set train.use_liger_kernel=false on CPU")
+    eval_strategy = ("steps" if t.eval_steps else "epoch") if has_eval else "no"
+    kwargs = dict(
+        output_dir=str(run_dir),
+        num_train_epochs=t.epochs, max_steps=t.max_steps,
+        learning_rate=t.lr, lr_scheduler_type=t.scheduler, warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, optim=t.optim,
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        seed=t.seed, data_seed=t.seed,
+        logging_steps=t.logging_steps, logging_first_step=True,
+        include_num_input_tokens_seen="non_padding",
+        eval_strategy=eval_strategy, eval_steps=t.eval_steps if has_eval else None,
+        save_strategy="steps" if t.save_steps else "epoch", save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=t.load_best_model_at_end,
+        metric_for_best_model="eval_loss" if t.load_best_model_at_end else None,
+        greater_is_better=False if t.load_best_model_at_end else None,
+        report_to="none",  # trackers are added as callbacks that log inside the run dir
+        disable_tqdm=True,  # our rich progress bar replaces tqdm
+        use_liger_kernel=t.use_liger_kernel, torch_compile=t.torch_compile,
+        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=not on_gpu,
+        # (gradient checkpointing is switched on by adapters.apply_method, once, for every method)
+        # keep our columns (input_ids, labels, length); the Collator reads only what it needs
+        remove_unused_columns=False,
+        # collation is cheap; worker processes would only compete for the few cores a CPU run has
+        dataloader_num_workers=2 if on_gpu else 0, dataloader_pin_memory=on_gpu,
+        use_cache=False,  # a KV cache in training would also turn off packed-sequence masking
+        save_only_model=False,
+    )
+    # DDP/FSDP2/DeepSpeed settings (no-ops for a single process) come last, from their own module.
+    kwargs.update(training_args_for(cfg, model=model))
+    return TrainingArguments(**kwargs)
+
+
+def _print_reports(console, data_report: dict, method_report: dict) -> None:
+    """The data report (examples, tokens, truncated, dropped) and the trainable-parameter report."""
+    for split in ("train", "eval"):
+        st = data_report.get(split)
+        if isinstance(st, dict):
+            console.print(f"[bold]data {split}[/] {st.get('examples', '?')} examples, {st.get('tokens', '?')} tokens "
+                          f"({st.get('trained_tokens', '?')} trained), {st.get('truncated', 0)} truncated, "
+                          f"{st.get('dropped', 0)} dropped, {st.get('errors', 0)} with errors"
+                          + (" (cached)" if data_report.get("cache_hit") else ""))
+    r = method_report or {}
+    if "trainable_params" in r and "total_params" in r:
+        console.print(f"[bold]model[/] {r.get('method', '')}: trainable params {r['trainable_params']:,} / "
+                      f"{r['total_params']:,} ({100 * r['trainable_params'] / max(r['total_params'], 1):.3f}%), "
+                      f"gradient checkpointing {'on' if r.get('gradient_checkpointing') else 'off'}")
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, console, *, clean: bool = True) -> Path | None:
+    """Check the run dir against `resume` and return the checkpoint to resume from (or None).
+
+    With `clean` (the main process), incomplete checkpoints are deleted and metrics.jsonl records
+    after the resumed step are dropped (that part of the run is redone)."""
+    if not resume:
+        existing = run_files.existing_run_files(run_dir)
+        if existing:
+            raise ChattuneError(f"output_dir {run_dir} already holds a run ({', '.join(existing[:4])}): pass --resume "
+                                "to continue it, or set output_dir to a new folder")
+        return None
+    removed = run_files.remove_incomplete_checkpoints(run_dir) if clean else []
+    if removed:
+        console.print(f"[yellow]removed incomplete checkpoint(s) {', '.join(removed)} (written when a run died)")
+    ckpt = run_files.resume_checkpoint(run_dir)
+    if ckpt is None:
+        console.print(f"[yellow]--resume: no complete checkpoint in {run_dir}; starting from step 0")
+    step = run_files.checkpoint_step(ckpt) if ckpt else 0
+    if ckpt:
+        console.print(f"resuming from {ckpt.name} (step {step})")
+    if clean:
+        run_files.truncate_metrics(run_dir, step)
+    return ckpt
+
+
+def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, console=None) -> dict:
+    """Fine-tune the model described by `cfg` and write a self-describing run directory.
+
+    Args:
+        cfg: validated config (model, data, method, train, output_dir).
+        resume: continue from the newest complete ``checkpoint-N`` in ``cfg.output_dir``.
+        callbacks: extra ``transformers.TrainerCallback`` objects.
+        console: rich Console for reports and the progress bar (default: stdout).
+
+    Returns:
+        {"run_dir", "train_loss", "steps", "epochs", "tokens_per_s" (real tokens, whole run),
+        "train_runtime_s", "tokens_seen", "eval_loss" (last, or None), "trainable_params",
+        "resumed_from" (checkpoint name or None)}.
+
+    Raises:
+        ChattuneError: bad config, data or model (the message says what to fix).
+    """
+    from rich.console import Console
+    from transformers import Trainer, set_seed
+    from transformers.trainer_callback import PrinterCallback
+
+    from ..data.dataset import build_datasets
+    from ..data.packing import Collator
+    from ..data.render import end_of_turn_ids
+    from ..model.adapters import apply_method
+    from ..model.load import default_device, load_model, load_tokenizer, resolve_source
+    from .callbacks import MetricsCallback, RichProgressCallback, close_trackers, tracker_callbacks
+    from .distributed import is_main_process, main_process_first, wait_for_everyone
+
+    main = is_main_process()  # under torchrun only rank 0 writes the run dir, prints and tracks
+    console = console or Console()
+    if not main:
+        console = Console(quiet=True)
+    run_dir = Path(cfg.output_dir)
+    ckpt = _prepare_run_dir(run_dir, resume, console, clean=main)
+
+    device = default_device()
+    source = resolve_source(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, source=source)
+    with main_process_first():  # rank 0 tokenizes and fills the cache; the others read it
+        train_ds, eval_ds, data_report = build_datasets(cfg, tokenizer)
+    if len(train_ds) == 0:
+        raise ChattuneError("no training examples left after reading and filtering the data (see the data report)")
+    model = load_model(cfg.model, tokenizer=tokenizer, method=cfg.method.type, device=device, source=source)
+    # One seed drives adapter init (here), dropout (the Trainer re-seeds) and data order (data_seed).
+    set_seed(cfg.train.seed)
+    model, method_report = apply_method(model, cfg)
+    _print_reports(console, data_report, method_report)
+
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    args = training_arguments(cfg, run_dir=run_dir, has_eval=eval_ds is not None, device=device, dtype=dtype,
+                              model=model)
+    metrics = MetricsCallback(run_dir)
+    cbs = [metrics, RichProgressCallback(metrics, console)] if main else []
+    failed = True
+    try:
+        if main:
+            write_manifest(run_dir, cfg, data_report)
+            cbs += tracker_callbacks(cfg.train.report_to, run_dir, run_dir.name, resume=ckpt is not None)
+        trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                          data_collator=Collator(tokenizer.pad_token_id, packing=cfg.train.packing),
+                          processing_class=tokenizer, callbacks=[*cbs, *(callbacks or [])])
+        trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress bar shows them
+        out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        failed = False
+    finally:
+        close_trackers(failed)
+    if main:
+        is_adapter = cfg.method.type in ("lora", "qlora")
+        run_files.save_final(run_dir, trainer.model, tokenizer, end_of_turn_ids(tokenizer), is_adapter=is_adapter)
+    wait_for_everyone()
+
+    state = trainer.state
+    evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
+    runtime = out.metrics.get("train_runtime") or 0.0
+    session_tokens = state.num_input_tokens_seen - (metrics.start_tokens or 0)
+    summary = {
+        "run_dir": str(run_dir), "train_loss": out.training_loss, "steps": state.global_step,
+        "epochs": state.epoch, "tokens_per_s": session_tokens / runtime if runtime else math.nan,
+        "train_runtime_s": runtime, "tokens_seen": state.num_input_tokens_seen,
+        "eval_loss": evals[-1] if evals else None,
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "resumed_from": ckpt.name if ckpt else None,
+    }
+    return summary

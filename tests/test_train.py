@@ -1,0 +1,186 @@
+"""Training road on the tiny random Qwen3 (real Qwen3 tokenizer): run-dir layout, memorisation, exact
+resume, gradient-accumulation and packing equivalence, CLI exit codes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from chattune.config import config_from_dict
+
+# 12 short facts whose completions differ in length, so micro-batches carry different numbers of
+# trained tokens (what makes gradient-accumulation scaling observable).
+FACTS = [{"prompt": f"Code word {i}?", "completion": " ".join(["blue", "green", "red", "amber"][: 1 + i % 4]) + f" {i}"}
+         for i in range(12)]
+
+
+def write_data(folder: Path) -> Path:
+    path = folder / "facts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in FACTS), encoding="utf-8")
+    return path
+
+
+def tiny_cfg(tmp_path: Path, model_dir: Path, run: str = "run", **train):
+    """A Config for the tiny model: LoRA r8, constant lr, log every step, no trackers unless asked."""
+    data = tmp_path / "facts.jsonl"
+    if not data.exists():
+        write_data(tmp_path)
+    t = {"max_steps": 6, "lr": 1e-2, "batch_size": 4, "logging_steps": 1, "save_steps": 3, "warmup_ratio": 0.0,
+         "scheduler": "constant", "report_to": ["none"], **train}
+    return config_from_dict({
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": str(data), "cache_dir": str(tmp_path / "cache")},
+        "method": {"lora": {"r": 8, "alpha": 16, "dropout": t.pop("lora_dropout", 0.0)}},
+        "train": t, "output_dir": str(tmp_path / run)})
+
+
+def metrics(run_dir: Path, kind: str = "train") -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "adapter_model.safetensors")
+
+
+def test_cli_train_memorises_and_writes_exactly_the_run_dir_layout(tmp_path, tiny_qwen3_dir):
+    """`chattune train` on a memorisation set: loss falls, and the run dir holds exactly the documented
+    files (tracker subfolders allowed), with the chat template and EOS list exactly as used."""
+    from typer.testing import CliRunner
+
+    from chattune.cli import app
+    from chattune.data.render import end_of_turn_ids
+    from chattune.model.load import load_tokenizer
+    from chattune.rundir import read_run
+
+    write_data(tmp_path)
+    # A template override, to prove the saved template is the one used (not the tokenizer's original).
+    tok_cfg = json.loads((tiny_qwen3_dir / "tokenizer_config.json").read_text())
+    template = (tiny_qwen3_dir / "chat_template.jinja").read_text() if (tiny_qwen3_dir / "chat_template.jinja").exists() \
+        else tok_cfg["chat_template"]
+    (tmp_path / "custom.jinja").write_text(template + "{#- chattune test override -#}", encoding="utf-8")
+    cfg = {"model": {"name_or_path": str(tiny_qwen3_dir), "chat_template": str(tmp_path / "custom.jinja")},
+           "data": {"train": "facts.jsonl", "cache_dir": str(tmp_path / "cache")},
+           "method": {"lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
+           "train": {"max_steps": 8, "lr": 2e-2, "batch_size": 12, "logging_steps": 1, "save_steps": 4,
+                     "warmup_ratio": 0.0, "scheduler": "constant"},
+           "output_dir": str(tmp_path / "run")}
+    import yaml
+
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml"), "train.save_total_limit=1"])
+    assert res.exit_code == 0, res.output
+    assert "trainable params" in res.output and "12 examples" in res.output and "done 8 steps" in res.output
+
+    run = tmp_path / "run"
+    names = {p.name for p in run.iterdir()}
+    assert names == {"chattune.yaml", "versions.json", "data.json", "tokenizer.json", "tokenizer_config.json",
+                     "chat_template.jinja", "generation_config.json", "adapter_config.json",
+                     "adapter_model.safetensors", "metrics.jsonl", "checkpoint-8", "tensorboard"}, names
+    assert {p.name for p in (run / "checkpoint-8").iterdir()} >= {"trainer_state.json", "adapter_model.safetensors",
+                                                                  "optimizer.pt", "rng_state.pth"}
+
+    tok = load_tokenizer(read_run(run).config.model)
+    assert (run / "chat_template.jinja").read_text(encoding="utf-8") == tok.chat_template
+    assert tok.chat_template.endswith("{#- chattune test override -#}")
+    gen = json.loads((run / "generation_config.json").read_text())
+    assert gen["eos_token_id"][: len(end_of_turn_ids(tok))] == end_of_turn_ids(tok)
+    assert gen["pad_token_id"] == tok.pad_token_id != end_of_turn_ids(tok)[0]
+    assert read_run(run).is_adapter
+
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert all(set(r) >= {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s"} for r in rows)
+    # one step = the whole set (batch 12): real tokens seen grow by exactly the data report's token count
+    n_tokens = json.loads((run / "data.json").read_text())["train"]["tokens"]
+    assert [r["tokens_seen"] for r in rows] == [n_tokens * s for s in range(1, 9)]
+    assert rows[-1]["loss"] < 0.5 * rows[0]["loss"], [r["loss"] for r in rows]
+    assert metrics(run, "summary")[0]["train_loss"] > 0
+
+
+def test_resume_after_crash_is_bit_exact(tmp_path, tiny_qwen3_dir):
+    """6 steps straight == 3 steps, crash, resume (past a half-written checkpoint) to 6: same adapter bits."""
+    from transformers import TrainerCallback
+
+    from chattune.train.trainer import train
+
+    # lora dropout on: the RNG state must be restored too; batch 4 of 12: the resume crosses an epoch.
+    whole = train(tiny_cfg(tmp_path, tiny_qwen3_dir, "whole", lora_dropout=0.1))
+    assert whole["steps"] == 6
+
+    class Crash(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise KeyboardInterrupt("simulated crash right after checkpoint-3 was written")
+
+    cfg = tiny_cfg(tmp_path, tiny_qwen3_dir, "crashy", lora_dropout=0.1)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[Crash()])
+    run = tmp_path / "crashy"
+    assert not (run / "adapter_model.safetensors").exists()
+    # What a process killed mid-save leaves: weights but no trainer_state.json, or a truncated one.
+    (run / "checkpoint-5").mkdir()
+    (run / "checkpoint-5" / "adapter_model.safetensors").write_bytes(b"\0" * 100)
+    (run / "checkpoint-4").mkdir()
+    (run / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4, "log_hi')
+    from chattune.rundir import latest_checkpoint
+    from chattune.train.run_files import resume_checkpoint
+
+    assert latest_checkpoint(run).name == "checkpoint-4"  # rundir's file check alone would pick it...
+    assert resume_checkpoint(run).name == "checkpoint-3"  # ...so resume also parses trainer_state.json
+
+    with pytest.raises(Exception, match="already holds a run"):
+        train(cfg)  # without --resume an existing run is never overwritten
+    resumed = train(cfg, resume=True)
+    assert resumed["resumed_from"] == "checkpoint-3" and resumed["steps"] == 6
+    assert not (run / "checkpoint-4").exists() and not (run / "checkpoint-5").exists()
+
+    a, b = adapter(tmp_path / "whole"), adapter(run)
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # metrics.jsonl of the resumed run: each step once, same losses as the uninterrupted run
+    assert [(r["step"], r["loss"]) for r in metrics(run)] == [(r["step"], r["loss"]) for r in metrics(tmp_path / "whole")]
+
+
+def _one_sgd_step(tmp_path, model_dir, run, **train):
+    from chattune.train.trainer import train as run_train
+
+    # SGD without clipping: the update is lr * gradient, so any mis-scaled loss shows (Adam's first step
+    # is ~lr * sign(gradient) and would hide it).
+    cfg = tiny_cfg(tmp_path, model_dir, run, max_steps=1, optim="sgd", lr=1.0, max_grad_norm=0.0,
+                   save_steps=100, **train)
+    run_train(cfg)
+    return adapter(tmp_path / run)
+
+
+def test_grad_accumulation_and_packing_match_one_full_batch(tmp_path, tiny_qwen3_dir):
+    """batch 4 x accum 1 == batch 2 x accum 2 == packed batch 4: the loss is the mean over the step's
+    trained tokens however the step is split, and packing changes nothing."""
+    full = _one_sgd_step(tmp_path, tiny_qwen3_dir, "full", batch_size=4, grad_accum=1)
+    accum = _one_sgd_step(tmp_path, tiny_qwen3_dir, "accum", batch_size=2, grad_accum=2)
+    packed = _one_sgd_step(tmp_path, tiny_qwen3_dir, "packed", batch_size=4, grad_accum=1, packing=True)
+    # LoRA B starts at zero, so the first step moves exactly the B matrices
+    moved = [k for k in full if "lora_B" in k]
+    assert moved and all(full[k].abs().max() > 1e-3 for k in moved)
+    for k in moved:
+        scale = full[k].abs().max()
+        assert (accum[k] - full[k]).abs().max() < 1e-4 * scale, k
+        assert (packed[k] - full[k]).abs().max() < 1e-4 * scale, k
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: 1e-4\n  batchsize: 8\n", encoding="utf-8")
+    exe = Path(sys.executable).with_name("chattune")
+    res = subprocess.run([str(exe), "train", str(bad)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "train.batchsize" in res.stderr and "unknown key" in res.stderr
+    res = subprocess.run([str(exe), "train", str(bad), "train.batchsize=", "train.scheduler=wavy"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "train.scheduler" in res.stderr
