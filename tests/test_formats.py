@@ -86,6 +86,17 @@ def test_messages_multi_turn_reasoning_and_trailing_user(tmp_path):
     assert convs[0].meta == {"id": "x1"}
 
 
+def test_openai_text_content_parts_are_joined(tmp_path):
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": "c"}]
+    convs, _ = _load(_jsonl(tmp_path / "p.jsonl", [{"messages": msgs}]))
+    assert convs[0].messages[0] == {"role": "user", "content": "ab"}
+    msgs[0]["content"] = [{"type": "image_url", "image_url": {"url": "x"}}]
+    with pytest.raises(DataError, match=r"line 1, field 'messages': found list .* in messages\[0\]\.content; "
+                                        r"expected text"):
+        _load(_jsonl(tmp_path / "i.jsonl", [{"messages": msgs}]))
+
+
 def test_sharegpt_roles(tmp_path):
     conv = [{"from": "system", "value": "sys"}, {"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"},
             {"from": "user", "value": "bye"}, {"from": "assistant", "value": "ciao"}]

@@ -116,6 +116,13 @@ def test_gbk_refused_with_hint_and_read_with_encoding(tmp_path):
     assert read_records(DataSource(path=str(pj), encoding="GBK"))[1] == (2, {"text": "中文"})
 
 
+def test_utf16_named_and_readable(tmp_path):
+    p = _write(tmp_path / "u16.jsonl", '{"text": "中文"}\n', encoding="utf-16")
+    with pytest.raises(DataError, match="encoding: utf-16"):
+        read_records(str(p))
+    assert read_records(DataSource(path=str(p), encoding="utf-16")) == [(1, {"text": "中文"})]
+
+
 def test_unknown_encoding_names_the_field(tmp_path):
     p = _write(tmp_path / "a.jsonl", '{"a": 1}\n')
     with pytest.raises(DataError, match="unknown encoding") as e:

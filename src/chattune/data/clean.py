@@ -6,7 +6,6 @@ leading indentation is kept for the same reason (code in answers).
 """
 from __future__ import annotations
 
-import json
 import re
 from typing import Iterable
 
@@ -15,9 +14,9 @@ from .types import Conversation
 
 # NUL and the other C0 controls except tab/newline/carriage return, DEL, zero-width space/non-joiner/
 # joiner, word joiner, BOM (U+FEFF, also a zero-width no-break space) and the replacement character
-# U+FFFD left by a bad decode upstream.
-_CONTROL = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F,
-                          0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF, 0xFFFD])
+# U+FFFD left by a bad decode upstream. A regex, not str.translate: translate with a dict is ~5x slower
+# on non-ASCII text.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200d\u2060\ufeff\ufffd]")
 _NON_BMP = re.compile("[\U00010000-\U0010FFFF]")
 _NEWLINES = re.compile(r"\r\n?")
 _INNER_RUN = re.compile(r"(?<=\S)[ \t]{2,}|(?<=\S)\t")  # a run after text; leading indentation is kept
@@ -43,14 +42,17 @@ def clean_text(text: str, cfg: CleanConfig | None = None) -> str:
     if "\r" in text:
         text = _NEWLINES.sub("\n", text)
     if cfg.strip_control:
-        text = text.translate(_CONTROL)
+        text = _CONTROL.sub("", text)
     if cfg.remove_non_bmp:
         text = _NON_BMP.sub("", text)
     if cfg.collapse_newlines:
         text = _ANY_NEWLINES.sub(" ", text)
     if cfg.normalize_whitespace:
-        text = _INNER_RUN.sub(" ", text)
-        text = _TRAILING.sub("", text)
+        # The substring tests skip the regexes for the common clean text (most rows at scale).
+        if "  " in text or "\t" in text:
+            text = _INNER_RUN.sub(" ", text)
+        if " \n" in text or "\t\n" in text:
+            text = _TRAILING.sub("", text)
         text = text.strip()
     return text
 
@@ -67,9 +69,9 @@ def clean_messages(messages: list[dict], cfg: CleanConfig | None = None) -> list
     return out
 
 
-def conversation_key(conv: Conversation) -> str:
-    """A stable key for exact-duplicate detection: the messages only, not where they came from."""
-    return json.dumps(conv.messages, ensure_ascii=False, sort_keys=True)
+def conversation_key(conv: Conversation) -> tuple:
+    """A key for exact-duplicate detection: the messages only, not where they came from."""
+    return tuple(tuple(sorted(m.items())) for m in conv.messages)
 
 
 def dedupe(conversations: Iterable[Conversation]) -> tuple[list[Conversation], int]:
@@ -81,7 +83,7 @@ def dedupe(conversations: Iterable[Conversation]) -> tuple[list[Conversation], i
     Returns:
         ``(kept, removed_count)``.
     """
-    seen: set[str] = set()
+    seen: set[tuple] = set()
     kept: list[Conversation] = []
     removed = 0
     for conv in conversations:

@@ -64,7 +64,7 @@ class _Row:
     def __init__(self, rec: dict, num: int, path: str, unit: str, columns: dict[str, str]):
         self.num, self.path, self.unit, self.columns = num, path, unit, columns
         self.fields: dict[str, Any] = {}
-        self.origin: dict[str, str] = {}  # our name -> the file's column name, for messages
+        self.origin: dict[str, str] = {}  # our name -> the file's column name, for error messages
         mapped = {theirs.strip().lower(): ours for ours, theirs in columns.items() if ours not in _MESSAGE_KEYS}
         replaced = set(mapped.values())
         for key, value in rec.items():
@@ -111,6 +111,7 @@ def _shape_of(fields: dict) -> str | None:
 def _rows(records: list, path: str, columns: dict[str, str]) -> list[_Row]:
     unit = "line" if Path(path).suffix.lower() in (".json", ".jsonl") else "row"
     pairs = [r if isinstance(r, tuple) else (i, r) for i, r in enumerate(records, start=1)]
+    columns = {str(k).strip().lower(): str(v) for k, v in columns.items()}
     rows = [_Row(rec, num, path, unit, columns) for num, rec in pairs]
     if rows and columns:
         unknown = sorted(set(columns) - _USED - _MESSAGE_KEYS)
@@ -243,7 +244,11 @@ def _message_list(row: _Row, shape: str) -> list[dict]:
                             "messages are not supported yet)", key)
         if role == "system" and i != 0:
             raise row.error(f"{where} is a system message; expected a system message only first", key)
-        msg = {"role": role, "content": row.text(key, m[ck], use_value=True, where=f"{where}.{ck}")}
+        content = m[ck]
+        if isinstance(content, list) and content and all(isinstance(p, dict) and p.get("type") == "text"
+                                                         for p in content):
+            content = "".join(str(p.get("text") or "") for p in content)  # OpenAI text content parts
+        msg = {"role": role, "content": row.text(key, content, use_value=True, where=f"{where}.{ck}")}
         if role == "assistant" and m.get("reasoning_content") not in (None, ""):
             msg["reasoning_content"] = row.text(key, m["reasoning_content"], use_value=True,
                                                 where=f"{where}.reasoning_content")
@@ -293,19 +298,21 @@ def _convert(row: _Row, shape: str, data_cfg: DataConfig, default_system: str | 
         prompt, completion = split_text(clean_text(row.text("text"), data_cfg.clean), data_cfg.text)
         msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
     else:
-        raw = _message_list(row, shape) if shape in ("messages", "sharegpt") else _single_turn(row, shape)
-        msgs = []
-        for m in raw:
-            m = {**m, "content": clean_text(m["content"], data_cfg.clean)}
-            if "reasoning_content" in m:
-                m["reasoning_content"] = clean_text(m["reasoning_content"], data_cfg.clean)
-            msgs.append(m)
-        if not any(m["role"] == "assistant" for m in msgs):
+        # The message dicts are fresh from the converters, so they are cleaned in place.
+        msgs = _message_list(row, shape) if shape in ("messages", "sharegpt") else _single_turn(row, shape)
+        if not msgs:
             raise _Skip("no_assistant")
-        if any(m["role"] == "assistant" and not m["content"] and not m.get("reasoning_content") for m in msgs):
-            raise _Skip("empty_output")
-        if any(m["role"] == "user" and not m["content"] for m in msgs):
-            raise _Skip("empty_prompt")
+        cc = data_cfg.clean
+        empty_output = empty_prompt = False
+        for m in msgs:
+            m["content"] = clean_text(m["content"], cc)
+            if "reasoning_content" in m:
+                m["reasoning_content"] = clean_text(m["reasoning_content"], cc)
+            if not m["content"]:
+                empty_output |= m["role"] == "assistant" and not m.get("reasoning_content")
+                empty_prompt |= m["role"] == "user"
+        if empty_output or empty_prompt:
+            raise _Skip("empty_output" if empty_output else "empty_prompt")
         if msgs[0]["role"] == "system" and not msgs[0]["content"]:
             msgs = msgs[1:]
     if default_system and msgs[0]["role"] != "system":

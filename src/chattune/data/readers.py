@@ -88,6 +88,9 @@ def _decode(path: Path, encoding: str | None) -> str:
                         file=str(path), field="encoding") from None
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            raise DataError("the file is UTF-16 (it starts with a UTF-16 byte-order mark): add `encoding: utf-16` "
+                            "to this data source, or re-save the file as UTF-8", file=str(path)) from None
         hint = ("it looks like GBK/GB18030 (common for files saved by Excel or Notepad in Chinese Windows): "
                 "add `encoding: gbk` to this data source, or re-save the file as UTF-8"
                 if _decodes(raw, "gb18030") else
