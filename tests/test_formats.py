@@ -240,3 +240,21 @@ def test_huanhuan_example():
     first = read_records(str(EXAMPLES / "huanhuan_200.json"))[0][1]
     assert convs[0].messages == [{"role": "user", "content": first["instruction"]},
                                  {"role": "assistant", "content": first["output"]}]
+
+
+def test_files_to_predict_on_keep_unanswered_turns(tmp_path):
+    from chattune.data.formats import read_conversations
+
+    prompts = _jsonl(tmp_path / "p.jsonl", [{"prompt": "北京明天的天气"}, {"prompt": "上海", "completion": "ref"}])
+    convs = read_conversations(prompts, require_answer=False)
+    assert [c.messages for c in convs] == [[{"role": "user", "content": "北京明天的天气"}],
+                                           [{"role": "user", "content": "上海"}, {"role": "assistant", "content": "ref"}]]
+    with pytest.raises(DataError, match="no known data shape"):
+        read_conversations(prompts)  # training needs the answer column
+    chat = _jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    assert read_conversations(chat, require_answer=False)[0].messages == [{"role": "user", "content": "hi"}]
+    with pytest.raises(DataError, match=r"no usable conversation in 1 records \(skipped: \{'no_assistant': 1\}\)"):
+        read_conversations(chat)
+    q = _jsonl(tmp_path / "q.jsonl", [{"question": "q1"}, {"question": "q2"}])
+    assert [c.messages[-1]["content"] for c in read_conversations([DataSource(path=str(q))], require_answer=False)] \
+        == ["q1", "q2"]

@@ -41,6 +41,9 @@ _SHAPE_FIELDS = {"alpaca": "instruction, output[, input, system, history]",
                  "qa": "question, answer | query, response", "prompt_completion": "prompt, completion",
                  "messages": "messages: [{role, content}]", "sharegpt": "conversations: [{from, value}]",
                  "text": "text"}
+# Without answers (files to predict on) the question alone identifies a single-turn shape.
+_PROMPT_ONLY: dict[str, tuple[tuple[str, ...], ...]] = {
+    "alpaca": (("instruction",),), "qa": (("question",), ("query",)), "prompt_completion": (("prompt",),)}
 SHAPES_HELP = ", ".join(f"{k} ({v})" for k, v in _SHAPE_FIELDS.items())
 _USED = {"instruction", "input", "output", "system", "history", "question", "answer", "query", "response",
          "prompt", "completion", "messages", "conversations", "text"}
@@ -61,8 +64,8 @@ class _Skip(Exception):
 class _Row:
     """One record with normalised field names and the context its errors need."""
 
-    def __init__(self, rec: dict, num: int, path: str, unit: str, columns: dict[str, str]):
-        self.num, self.path, self.unit, self.columns = num, path, unit, columns
+    def __init__(self, rec: dict, num: int, path: str, unit: str, columns: dict[str, str], answers: bool = True):
+        self.num, self.path, self.unit, self.columns, self.answers = num, path, unit, columns, answers
         self.fields: dict[str, Any] = {}
         self.origin: dict[str, str] = {}  # our name -> the file's column name, for error messages
         mapped = {theirs.strip().lower(): ours for ours, theirs in columns.items() if ours not in _MESSAGE_KEYS}
@@ -101,18 +104,25 @@ class _Row:
                          "(a string or a number)", name)
 
 
-def _shape_of(fields: dict) -> str | None:
+def _alternatives(shape: str, answers: bool) -> tuple[tuple[str, ...], ...]:
+    if shape in ("messages", "sharegpt"):  # either container key, whatever the format is called
+        return _REQUIRED["messages"] + _REQUIRED["sharegpt"]
+    return _REQUIRED[shape] + (() if answers else _PROMPT_ONLY.get(shape, ()))
+
+
+def _shape_of(row: _Row) -> str | None:
     for shape, alternatives in _REQUIRED.items():
-        if any(all(f in fields for f in alt) for alt in alternatives):
+        alternatives = alternatives if row.answers else _alternatives(shape, False)
+        if any(all(f in row.fields for f in alt) for alt in alternatives):
             return shape
     return None
 
 
-def _rows(records: list, path: str, columns: dict[str, str]) -> list[_Row]:
+def _rows(records: list, path: str, columns: dict[str, str], answers: bool = True) -> list[_Row]:
     unit = "line" if Path(path).suffix.lower() in (".json", ".jsonl") else "row"
     pairs = [r if isinstance(r, tuple) else (i, r) for i, r in enumerate(records, start=1)]
     columns = {str(k).strip().lower(): str(v) for k, v in columns.items()}
-    rows = [_Row(rec, num, path, unit, columns) for num, rec in pairs]
+    rows = [_Row(rec, num, path, unit, columns, answers) for num, rec in pairs]
     if rows and columns:
         unknown = sorted(set(columns) - _USED - _MESSAGE_KEYS)
         if unknown:
@@ -148,13 +158,13 @@ def _detect(rows: list[_Row]) -> str:
     if not rows:
         raise DataError("no records; expected at least one")
     first = rows[0]
-    shape = _shape_of(first.fields)
+    shape = _shape_of(first)
     if shape is None:
         raise first.error(f"no known data shape: columns found {first.keys()}; expected one of {SHAPES_HELP}; "
                           "or map your column names with `columns:` in the data source (e.g. "
                           "{instruction: 问题, output: 答案})")
     for row in rows[1:]:
-        other = _shape_of(row.fields)
+        other = _shape_of(row)
         if other is None:
             _check_fields(row, shape, first_num=first.num)
         elif other != shape:
@@ -164,8 +174,7 @@ def _detect(rows: list[_Row]) -> str:
 
 
 def _check_fields(row: _Row, shape: str, first_num: int | None = None) -> None:
-    alternatives = _REQUIRED["messages"] + _REQUIRED["sharegpt"] if shape in ("messages", "sharegpt") \
-        else _REQUIRED[shape]
+    alternatives = _alternatives(shape, row.answers)
     if any(all(f in row.fields for f in alt) for alt in alternatives):
         return
     missing = [f for f in alternatives[0] if f not in row.fields]
@@ -205,13 +214,15 @@ def _single_turn(row: _Row, shape: str) -> list[dict]:
         answer = row.text("output")
         msgs = _history(row)
     elif shape == "qa":
-        q, a = ("question", "answer") if "question" in f and "answer" in f else ("query", "response")
+        q, a = ("question", "answer") if "question" in f else ("query", "response")
         user, answer, msgs = row.text(q), row.text(a), []
     else:
         user, answer, msgs = row.text("prompt"), row.text("completion"), []
     system = row.text("system")
-    msgs = ([{"role": "system", "content": system}] if system else []) + msgs
-    return msgs + [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    msgs = ([{"role": "system", "content": system}] if system else []) + msgs + [{"role": "user", "content": user}]
+    if row.answers or answer.strip():
+        msgs.append({"role": "assistant", "content": answer})
+    return msgs
 
 
 def _message_list(row: _Row, shape: str) -> list[dict]:
@@ -253,7 +264,7 @@ def _message_list(row: _Row, shape: str) -> list[dict]:
             msg["reasoning_content"] = row.text(key, m["reasoning_content"], use_value=True,
                                                 where=f"{where}.reasoning_content")
         out.append(msg)
-    while out and out[-1]["role"] != "assistant":
+    while row.answers and out and out[-1]["role"] != "assistant":
         out.pop()  # trailing user turns have no answer to learn
     return out
 
@@ -321,14 +332,15 @@ def _convert(row: _Row, shape: str, data_cfg: DataConfig, default_system: str | 
     return Conversation(messages=msgs, source=row.path, row=row.num, meta=meta)
 
 
-def conversations_from_records(records: list, source: DataSource, data_cfg: DataConfig | None = None,
-                               ) -> tuple[list[Conversation], dict]:
+def conversations_from_records(records: list, source: DataSource, data_cfg: DataConfig | None = None, *,
+                               require_answer: bool = True) -> tuple[list[Conversation], dict]:
     """Convert one file's records (no dedupe).
 
     Args:
         records: ``read_records`` output.
         source: the data source (format, columns, system).
         data_cfg: cleaning, text splitting and the default system prompt.
+        require_answer: see `load_conversations`.
 
     Returns:
         ``(conversations, {"format", "records", "conversations", "skipped": {reason: count}})``.
@@ -337,7 +349,7 @@ def conversations_from_records(records: list, source: DataSource, data_cfg: Data
         DataError: bad shape or value (names file, line/row, field), or no usable row at all.
     """
     data_cfg = data_cfg or DataConfig()
-    rows = _rows(records, source.path, source.columns)
+    rows = _rows(records, source.path, source.columns, require_answer)
     if source.format == "auto":
         shape = _detect(rows)
     else:
@@ -365,12 +377,17 @@ def conversations_from_records(records: list, source: DataSource, data_cfg: Data
     return convs, {"format": shape, "records": len(rows), "conversations": len(convs), "skipped": skipped}
 
 
-def load_conversations(sources: list[DataSource], data_cfg: DataConfig) -> tuple[list[Conversation], dict]:
+def load_conversations(sources: list[DataSource], data_cfg: DataConfig, *,
+                       require_answer: bool = True) -> tuple[list[Conversation], dict]:
     """Read, convert, clean and dedupe every source.
 
     Args:
         sources: the data files (``data_cfg.train`` or ``data_cfg.eval``).
         data_cfg: cleaning, text splitting, default system prompt.
+        require_answer: True (training, eval) drops unanswered trailing user turns and skips rows
+            with an empty answer. False (files to predict on) keeps a conversation that ends with the
+            user, and accepts single-turn files without an answer column (prompt, instruction,
+            question/query alone).
 
     Returns:
         ``(conversations, report)`` where report is ``{"files": [{"path", "sha256", "format", "records",
@@ -383,10 +400,27 @@ def load_conversations(sources: list[DataSource], data_cfg: DataConfig) -> tuple
     all_convs: list[Conversation] = []
     files = []
     for src in sources:
-        convs, info = conversations_from_records(read_records(src), src, data_cfg)
+        convs, info = conversations_from_records(read_records(src), src, data_cfg, require_answer=require_answer)
         files.append({"path": src.path, "sha256": sha256_file(src.path), **info})
         all_convs += convs
     removed = 0
     if data_cfg.clean.dedupe:
         all_convs, removed = dedupe(all_convs)
     return all_convs, {"files": files, "duplicates_removed": removed, "conversations": len(all_convs)}
+
+
+def read_conversations(source: DataSource | str | Path | list, data_cfg: DataConfig | None = None, *,
+                       require_answer: bool = True) -> list[Conversation]:
+    """Conversations of one or more files, without the report (the public convenience).
+
+    Args:
+        source: a path, a `DataSource`, or a list of either.
+        data_cfg: cleaning etc. (default `DataConfig()`).
+        require_answer: see `load_conversations`.
+
+    Returns:
+        The conversations, cleaned and deduplicated as ``data_cfg.clean`` says.
+    """
+    items = source if isinstance(source, list) else [source]
+    sources = [s if isinstance(s, DataSource) else DataSource(path=str(s)) for s in items]
+    return load_conversations(sources, data_cfg or DataConfig(), require_answer=require_answer)[0]
