@@ -131,7 +131,8 @@ def test_column_map_with_chinese_headers(tmp_path):
     p = tmp_path / "d.csv"
     p.write_text("问题,答案,备注\n天空什么颜色？,蓝色,x\n", encoding="utf-8")
     convs, report = _load(p, columns={"instruction": "问题", "output": "答案"})
-    assert convs[0].messages == [{"role": "user", "content": "天空什么颜色？"}, {"role": "assistant", "content": "蓝色"}]
+    assert convs[0].messages == [{"role": "user", "content": "天空什么颜色？"},
+                                 {"role": "assistant", "content": "蓝色"}]
     assert convs[0].meta == {"备注": "x"} and report["files"][0]["format"] == "alpaca"
     with pytest.raises(DataError, match=r"d\.csv, row 1, field '回答': `columns:` maps 'output' to '回答', but "
                                         r"there is no such column; columns found: \['问题', '答案', '备注'\]"):
@@ -247,8 +248,9 @@ def test_files_to_predict_on_keep_unanswered_turns(tmp_path):
 
     prompts = _jsonl(tmp_path / "p.jsonl", [{"prompt": "北京明天的天气"}, {"prompt": "上海", "completion": "ref"}])
     convs = read_conversations(prompts, require_answer=False)
-    assert [c.messages for c in convs] == [[{"role": "user", "content": "北京明天的天气"}],
-                                           [{"role": "user", "content": "上海"}, {"role": "assistant", "content": "ref"}]]
+    assert [c.messages for c in convs] == [
+        [{"role": "user", "content": "北京明天的天气"}],
+        [{"role": "user", "content": "上海"}, {"role": "assistant", "content": "ref"}]]
     with pytest.raises(DataError, match="no known data shape"):
         read_conversations(prompts)  # training needs the answer column
     chat = _jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
@@ -258,3 +260,10 @@ def test_files_to_predict_on_keep_unanswered_turns(tmp_path):
     q = _jsonl(tmp_path / "q.jsonl", [{"question": "q1"}, {"question": "q2"}])
     assert [c.messages[-1]["content"] for c in read_conversations([DataSource(path=str(q))], require_answer=False)] \
         == ["q1", "q2"]
+
+
+def test_messages_as_json_text_in_a_csv_cell(tmp_path):
+    p = tmp_path / "m.csv"
+    cell = json.dumps([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], ensure_ascii=False)
+    pd.DataFrame({"messages": [cell]}).to_csv(p, index=False)
+    assert _msgs(_load(p)[0]) == [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]]

@@ -47,7 +47,8 @@ def city_date(
 @data_app.command("convert")
 def convert(
     src: Path = typer.Argument(..., help="Input file in any supported shape and type."),
-    to: Path = typer.Option(..., "--to", help="Output: .jsonl (messages), .json (alpaca) or .xlsx (Prompt/Completion)."),
+    to: Path = typer.Option(..., "--to", help="Output: .jsonl (messages), .json (alpaca) or .xlsx "
+                            "(Prompt/Completion)."),
     fmt: str = typer.Option("auto", "--format", help="Input shape: auto, alpaca, qa, prompt_completion, "
                             "messages, sharegpt, text."),
     shape: Optional[str] = typer.Option(None, "--shape", help="Output shape: messages, alpaca or "

@@ -187,13 +187,18 @@ def _check_fields(row: _Row, shape: str, first_num: int | None = None) -> None:
 # ---------------------------------------------------------------- one row → messages
 
 
-def _history(row: _Row) -> list[dict]:
-    h = row.fields.get("history")
-    if isinstance(h, str) and h.strip().startswith("["):  # a JSON list in a CSV/xlsx cell
+def _json_cell(v: Any) -> Any:
+    """A JSON list written into a CSV/xlsx cell, parsed; anything else unchanged."""
+    if isinstance(v, str) and v.lstrip().startswith("["):
         try:
-            h = json.loads(h)
+            return json.loads(v)
         except json.JSONDecodeError:
             pass
+    return v
+
+
+def _history(row: _Row) -> list[dict]:
+    h = _json_cell(row.fields.get("history"))
     if h is None or h == "" or (isinstance(h, float) and math.isnan(h)):
         return []
     if not isinstance(h, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in h):
@@ -227,12 +232,7 @@ def _single_turn(row: _Row, shape: str) -> list[dict]:
 
 def _message_list(row: _Row, shape: str) -> list[dict]:
     key = "messages" if "messages" in row.fields else "conversations"
-    value = row.fields[key]
-    if isinstance(value, str):  # a JSON list in a CSV/xlsx cell
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            pass
+    value = _json_cell(row.fields[key])
     if not isinstance(value, list) or not value:
         raise row.error(f"found {json.dumps(value, ensure_ascii=False, default=str)[:80]}; expected a non-empty "
                         "list of messages like [{\"role\": \"user\", \"content\": ...}]", key)

@@ -266,7 +266,7 @@ def _frame_records(df, path: Path) -> list[tuple[int, dict]]:
     cols = [c for c in df.columns if not (isinstance(c, str) and _UNNAMED.match(c)) and c != "__index_level_0__"]
     df = df[cols]
     names = [str(c) for c in cols]
-    return [(n, {k: _clean_cell(v) for k, v in zip(names, row)})
+    return [(n, {k: _clean_cell(v) for k, v in zip(names, row, strict=True)})
             for n, row in enumerate(df.itertuples(index=False, name=None), start=1)]
 
 
