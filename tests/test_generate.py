@@ -19,18 +19,20 @@ SCRIPTS = {
     "alpha": "Hello! How are you?",
     "beta": "one two three four five six seven eight nine ten",
     "gamma": "你好，世界！龘",
+    "epsilon": '{"city": "北京"}',
 }
 CYCLE = ("ping", " pong", " ping")  # delta: "ping pong ping pong ..." never ends
+TRIGGERS = (*SCRIPTS, "delta")
 NEWLINES = 271  # Qwen3 "\n\n": the last prompt token after the empty <think></think> block
 
 
 def build_scripted_qwen3(out_dir: Path | None, tokenizer_dir: Path):
     """A tiny Qwen3 that deterministically answers with `SCRIPTS[trigger]` + <|im_end|>.
 
-    Residual-stream layout (hidden 64): dim 0 = constant (every token), 1 = trigger flag, 2..5 = which
-    trigger, 6..9 = which trigger the attention found, 10.. = one identity dim per chain token.
+    Residual-stream layout (hidden 64): dim 0 = constant (every token), 1 = trigger flag, 2..6 = which
+    trigger, 8..12 = which trigger the attention found, 16.. = one identity dim per chain token.
     Layer 0, head 0 attends to trigger tokens only (key = trigger flag), preferring the OLDEST one via a
-    slow RoPE pair, and copies its identity into dims 6..9; the MLPs and layer 1 write nothing. The
+    slow RoPE pair, and copies its identity into dims 8..12; the MLPs and layer 1 write nothing. The
     untied lm_head maps (current token, found trigger) to the next token of that trigger's chain.
 
     Args:
@@ -56,17 +58,17 @@ def build_scripted_qwen3(out_dir: Path | None, tokenizer_dir: Path):
         assert len(ids) == 1, (text, ids)
         return ids[0]
 
-    triggers = [one(w) for w in ("alpha", "beta", "gamma", "delta")]
-    chains = [tok(SCRIPTS[w], add_special_tokens=False)["input_ids"] + [end] for w in ("alpha", "beta", "gamma")]
-    cyc = [one(t) for t in CYCLE]
-    chains.append(cyc)
+    triggers = [one(w) for w in TRIGGERS]
+    chains = [tok(SCRIPTS[w], add_special_tokens=False)["input_ids"] + [end] for w in SCRIPTS]
     nxt: dict[int, int] = {}
-    for chain in chains[:3]:
+    for chain in chains:
         for a, b in zip(chain, chain[1:]):
             assert a not in nxt, "chain tokens must be distinct"
             nxt[a] = b
+    cyc = [one(t) for t in CYCLE]
+    chains.append(cyc)
     nxt[cyc[0]], nxt[cyc[1]], nxt[cyc[2]] = cyc[1], cyc[2], cyc[1]
-    ident = {t: 10 + i for i, t in enumerate(sorted({NEWLINES, *nxt}))}
+    ident = {t: 16 + i for i, t in enumerate(sorted({NEWLINES, *nxt}))}
     assert max(ident.values()) < 64
 
     with torch.no_grad():
@@ -92,15 +94,15 @@ def build_scripted_qwen3(out_dir: Path | None, tokenizer_dir: Path):
         attn.q_norm.weight[7], attn.q_norm.weight[5] = 1020 / 32, -1000 / 32
         attn.k_norm.weight[7] = attn.k_norm.weight[5] = 32.0
         # A trigger token's normalised input has 3 equal non-zero dims, each sqrt(64/3).
-        for i in range(4):
+        for i in range(len(triggers)):
             attn.v_proj.weight[i, 2 + i] = 1.0
-            attn.o_proj.weight[6 + i, i] = (3 / 64) ** 0.5
+            attn.o_proj.weight[8 + i, i] = (3 / 64) ** 0.5
         head = model.lm_head.weight
         big = 5.0
         for t, n in nxt.items():
             head[n, ident[t]] += 2 * big
         for i, chain in enumerate(chains):
-            head[chain[0], 6 + i] += big
+            head[chain[0], 8 + i] += big
             head[chain[0], ident[NEWLINES]] += big
     model.generation_config = GenerationConfig(eos_token_id=end, pad_token_id=tok.pad_token_id)
     if out_dir is not None:
@@ -242,3 +244,19 @@ def test_bad_arguments_are_user_errors(scripted):
     with pytest.raises(ChattuneError):
         scripted.generate([[]])
     assert scripted.generate([]) == []
+
+
+def scripted_model_dir(tmp_path_factory, tokenizer_dir: Path) -> Path:
+    """The scripted model saved once per test session (shared by the eval and chat tests)."""
+    d = tmp_path_factory.getbasetemp() / "scripted_qwen3"
+    if not (d / "config.json").is_file():
+        build_scripted_qwen3(d, tokenizer_dir)
+    return d
+
+
+def test_json_script_and_saved_model_round_trip(tmp_path_factory, qwen3_tokenizer_dir):
+    from chattune.infer.generate import Generator
+
+    g = Generator.from_path(scripted_model_dir(tmp_path_factory, qwen3_tokenizer_dir))
+    out = g.generate([user("epsilon"), user("alpha")], max_new_tokens=20)
+    assert [c.text for c in out] == [SCRIPTS["epsilon"], SCRIPTS["alpha"]]

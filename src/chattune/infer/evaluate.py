@@ -1,0 +1,369 @@
+"""Evaluate a model on a data file: batched greedy generation, task metrics, reference loss, before/after.
+
+* `evaluate`: prompt = each conversation minus its last assistant turn, reference = that turn; greedy
+  generation in left-padded batches that stop at end-of-turn; metrics from `metrics.py`; "loss" is the
+  token-weighted mean NLL of the reference answers rendered exactly as training renders them
+  (`render_conversation(loss="last")`), with its perplexity. Writes predictions.jsonl + metrics.json.
+* `compare`: the same data through a base and a tuned model; compare.md/compare.json with a metric
+  table and an example table.
+* `predict`: batch generation over any data file, the reference (if any) kept beside the output.
+
+The data is read with the run dir's own data settings (default system prompt, cleaning) so eval
+prompts look like training prompts; dedupe is off, so every test row counts.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..config import DataConfig, DataSource
+from ..errors import ConfigError, DataError
+from ..fsutil import atomic_path, atomic_write_text
+from . import metrics as M
+
+PREDICTIONS_FILE = "predictions.jsonl"
+METRICS_FILE = "metrics.json"
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Example:
+    """One eval item: the prompt messages, the reference answer (None if the data has none), its origin."""
+
+    messages: list[dict]
+    reference: str | None
+    conversation: list[dict]  # prompt + reference turn (what the loss is computed on)
+    source: str = ""
+    row: int = 0
+
+
+# ------------------------------------------------------------------------------------------- data
+
+def data_config_for(model_path) -> DataConfig:
+    """The run dir's data settings (system prompt, cleaning) with dedupe off; defaults for other models."""
+    from ..rundir import is_run_dir, read_run
+
+    cfg = read_run(model_path).config.data if model_path is not None and is_run_dir(model_path) else DataConfig()
+    return cfg.model_copy(update={"clean": cfg.clean.model_copy(update={"dedupe": False})})
+
+
+def _source(data) -> DataSource:
+    return data if isinstance(data, DataSource) else DataSource(path=str(data))
+
+
+def load_examples(data, data_cfg: DataConfig | None = None, *, limit: int | None = None,
+                  need_reference: bool = True) -> list[Example]:
+    """Read a data file (any supported format) into eval examples.
+
+    Args:
+        data: a path or `DataSource`.
+        data_cfg: data settings (default: `DataConfig()` with dedupe off).
+        limit: keep the first N.
+        need_reference: raise when a conversation does not end with an assistant answer.
+
+    Returns:
+        The examples, in file order.
+
+    Raises:
+        DataError: unreadable data, or (need_reference) a conversation without a final answer.
+    """
+    from ..data.formats import load_conversations
+
+    if data_cfg is None:
+        data_cfg = data_config_for(None)
+    # Without need_reference, prompt-only rows (no answer field, or a trailing user turn) are kept.
+    convs, _ = load_conversations([_source(data)], data_cfg, require_answer=need_reference)
+    out = []
+    for c in convs[:limit] if limit else convs:
+        msgs = list(c.messages)
+        if msgs and msgs[-1]["role"] == "assistant":
+            out.append(Example(msgs[:-1], msgs[-1]["content"], msgs, c.source, c.row))
+        elif need_reference:
+            raise DataError("evaluation needs a reference answer: the conversation must end with an "
+                            "assistant message", file=c.source, row=c.row)
+        else:
+            out.append(Example(msgs, None, msgs, c.source, c.row))
+    if not out:
+        raise DataError("no examples to evaluate", file=_source(data).path)
+    return out
+
+
+# ------------------------------------------------------------------------------------- generation
+
+def generate_all(gen, prompts: Sequence[list[dict]], *, batch_size: int = 16, max_new_tokens: int = 128,
+                 progress: Progress | None = None) -> list:
+    """Greedy completions for many prompts, in batches of similar length (returned in input order).
+
+    Sorting by prompt length cuts padding; it cannot change results because batched greedy output
+    equals unbatched output (tests/test_generate.py).
+    """
+    lengths = [len(gen.prompt_ids(p)) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    out: list = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        for i, c in zip(idx, gen.generate([prompts[i] for i in idx], max_new_tokens=max_new_tokens)):
+            out[i] = c
+        if progress:
+            progress(min(start + batch_size, len(order)), len(order))
+    return out
+
+
+def reference_nll(gen, conversations: Sequence[list[dict]], *, batch_size: int = 16) -> list[tuple[float, int]]:
+    """Sum of NLL and token count of each conversation's last assistant turn, as training scores it.
+
+    Rendering is `render_conversation(loss="last", thinking=gen.thinking)`: the trained tokens (answer +
+    end-of-turn) are exactly those training puts a loss on. Batches are left-padded with explicit
+    position_ids, and only the last positions' logits are computed (`logits_to_keep`), so a 150k
+    vocabulary does not cost a full (batch, length, vocab) tensor.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from ..data.render import IGNORE, render_conversation
+
+    seqs = []
+    for conv in conversations:
+        rendered = render_conversation(conv, gen.tokenizer, loss="last", thinking=gen.thinking)
+        seqs.append([(r.input_ids, r.labels) for r in rendered])
+    flat = [(i, ids, labels) for i, rs in enumerate(seqs) for ids, labels in rs]
+    totals = [[0.0, 0] for _ in conversations]
+    model, pad = gen.model, gen.pad_token_id
+    for start in range(0, len(flat), batch_size):
+        chunk = flat[start:start + batch_size]
+        width = max(len(ids) for _, ids, _ in chunk)
+        first = [next((j for j, t in enumerate(lab) if t != IGNORE), len(lab)) for _, _, lab in chunk]
+        keep = max(len(ids) - f + 1 for (_, ids, _), f in zip(chunk, first))
+        ids = torch.tensor([[pad] * (width - len(x)) + x for _, x, _ in chunk])
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for _, x, _ in chunk])
+        # target at position q is the label of token q + 1
+        shifted = torch.tensor([[IGNORE] * (width - len(lab)) + lab[1:] + [IGNORE] for _, _, lab in chunk])
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        dev = gen.device
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                           logits_to_keep=keep).logits[:, -keep:]
+        targets = shifted[:, -keep:].to(dev)
+        for row, (i, _, _) in enumerate(chunk):
+            nll = F.cross_entropy(logits[row].float(), targets[row], ignore_index=IGNORE, reduction="sum")
+            totals[i][0] += float(nll)
+            totals[i][1] += int((targets[row] != IGNORE).sum())
+    return [(s, n) for s, n in totals]
+
+
+# --------------------------------------------------------------------------------------- evaluate
+
+def _check(metrics: Sequence[str]) -> list[str]:
+    try:
+        return M.check_metrics(metrics)
+    except ValueError as e:
+        raise ConfigError(f"--metrics: {e}") from None
+
+
+def _write(out_dir: Path, rows: list[dict], doc: dict) -> tuple[Path, Path]:
+    pred_path, met_path = out_dir / PREDICTIONS_FILE, out_dir / METRICS_FILE
+    with atomic_path(pred_path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    atomic_write_text(met_path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    return pred_path, met_path
+
+
+def _last_user(messages: list[dict]) -> str:
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+def evaluate(model_path, data_path, *, metrics: Sequence[str] = ("exact",), max_new_tokens: int = 128,
+             batch_size: int = 16, limit: int | None = None, out_dir=None, generator=None,
+             data_cfg: DataConfig | None = None, thinking: str | None = None,
+             progress: Progress | None = None) -> dict:
+    """Generate answers for a test file and score them.
+
+    Args:
+        model_path: run dir, model folder, alias, .gguf or Hub id (used for loading unless `generator`).
+        data_path: test data (any supported format); each conversation's last assistant turn is the reference.
+        metrics: any of exact, contains, json_fields, rouge_l, bleu4, loss.
+        max_new_tokens: generation limit per answer.
+        batch_size: generation (and loss) batch size.
+        limit: evaluate only the first N examples.
+        out_dir: where predictions.jsonl and metrics.json go (None: write nothing).
+        generator: an already loaded `Generator` (skips loading).
+        data_cfg: data settings (default: the run dir's, dedupe off).
+        thinking: "off"/"keep" (default: the run dir's).
+        progress: called with (done, total) after each generation batch.
+
+    Returns:
+        ``{"metrics": {...}, "n", "predictions_path", "metrics_path", "rows", "model", "timing"}``.
+    """
+    from .generate import Generator
+
+    metrics = _check(metrics)
+    if data_cfg is None:
+        data_cfg = data_config_for(model_path)
+    examples = load_examples(data_path, data_cfg, limit=limit)
+    gen = generator or Generator.from_path(model_path, thinking=thinking)
+    t0 = time.perf_counter()
+    comps = generate_all(gen, [e.messages for e in examples], batch_size=batch_size,
+                         max_new_tokens=max_new_tokens, progress=progress)
+    gen_s = time.perf_counter() - t0
+    rows, scores = [], []
+    for i, (e, c) in enumerate(zip(examples, comps)):
+        try:  # a reference json_fields cannot parse is bad data: name its file and row
+            s = M.score_row(c.text, e.reference, metrics)
+        except ValueError as err:
+            raise DataError(str(err), file=e.source, row=e.row) from None
+        scores.append(s)
+        rows.append({"index": i, "source": e.source, "row": e.row, "input": _last_user(e.messages),
+                     "messages": e.messages, "reference": e.reference, "output": c.text,
+                     "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens, "scores": s})
+    result = M.aggregate(scores)
+    if "loss" in metrics:
+        nll = reference_nll(gen, [e.conversation for e in examples], batch_size=batch_size)
+        for r, (s, n) in zip(rows, nll):
+            r["loss"], r["loss_tokens"] = (s / n if n else None), n
+        total_n = sum(n for _, n in nll)
+        loss = sum(s for s, _ in nll) / total_n if total_n else float("nan")
+        result["loss"] = loss
+        result["perplexity"] = math.exp(min(loss, 700.0))
+    new_tokens = sum(c.completion_tokens for c in comps)
+    timing = {"generation_seconds": round(gen_s, 3), "new_tokens": new_tokens,
+              "tokens_per_second": round(new_tokens / gen_s, 2) if gen_s > 0 else None,
+              "finished_by_length": sum(c.finish_reason == "length" for c in comps)}
+    doc = {"model": str(model_path) if model_path is not None else gen.name, "data": str(_source(data_path).path),
+           "n": len(rows), "metrics": result, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+           "thinking": gen.thinking, "timing": timing}
+    pred_path = met_path = None
+    if out_dir is not None:
+        pred_path, met_path = _write(Path(out_dir), rows, doc)
+    return {"metrics": result, "n": len(rows), "predictions_path": str(pred_path) if pred_path else None,
+            "metrics_path": str(met_path) if met_path else None, "rows": rows, "model": doc["model"],
+            "timing": timing}
+
+
+# ---------------------------------------------------------------------------------------- compare
+
+def _cell(text, width: int = 80) -> str:
+    s = "" if text is None else str(text)
+    s = s.replace("|", "\\|").replace("\r", "").replace("\n", "⏎")
+    return s if len(s) <= width else s[:width - 1] + "…"
+
+
+def _mark(score: dict, primary: str | None) -> str:
+    if primary is None:
+        return ""
+    v = score.get(primary)
+    if primary in ("rouge_l", "bleu4"):
+        return f"{v:.2f}"
+    return "✓" if v == 1.0 else "✗"
+
+
+def _fmt(v) -> str:
+    return "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+
+def compare_markdown(res: dict, *, examples: int = 20) -> str:
+    """The before/after report: a metric table and the first `examples` rows side by side."""
+    base, tuned = res["base"], res["tuned"]
+    lines = [f"# Before / after: {res['base_model']} → {res['tuned_model']}", "",
+             f"Data: {res['data']} ({res['n']} examples)", "", "| metric | base | tuned | Δ |", "|---|---|---|---|"]
+    for k in dict.fromkeys([*base, *tuned]):
+        b, t = base.get(k), tuned.get(k)
+        delta = f"{t - b:+.4f}" if isinstance(b, (int, float)) and isinstance(t, (int, float)) else ""
+        lines.append(f"| {k} | {_fmt(b)} | {_fmt(t)} | {delta} |")
+    p = res.get("primary")
+    lines += ["", f"## Examples ({p or 'outputs'})", "",
+              "| # | input | reference | base | ok | tuned | ok |", "|---|---|---|---|---|---|---|"]
+    for r in res["rows"][:examples]:
+        lines.append(f"| {r['index']} | {_cell(r['input'])} | {_cell(r['reference'])} | {_cell(r['base_output'])} | "
+                     f"{r['base_ok']} | {_cell(r['tuned_output'])} | {r['tuned_ok']} |")
+    return "\n".join(lines) + "\n"
+
+
+def compare(base_path, tuned_path, data_path, *, out_dir=None, metrics: Sequence[str] = ("exact",),
+            max_new_tokens: int = 128, batch_size: int = 16, limit: int | None = None,
+            progress: Progress | None = None) -> dict:
+    """Evaluate a base and a tuned model on the same data and tabulate before/after.
+
+    Args:
+        base_path: the model before tuning; "base" means the tuned run dir's base model.
+        tuned_path: the tuned run dir (or any model).
+        data_path, metrics, max_new_tokens, batch_size, limit, progress: as in `evaluate`.
+        out_dir: writes base/ and tuned/ (predictions + metrics), compare.md and compare.json.
+
+    Returns:
+        ``{"base": metrics, "tuned": metrics, "n", "rows": [{index, input, reference, base_output,
+        tuned_output, base_ok, tuned_ok}], "primary", "base_model", "tuned_model", "data"}``.
+    """
+    import gc
+
+    from ..rundir import is_run_dir, read_run
+    from .generate import Generator
+
+    metrics = _check(metrics)
+    if str(base_path) == "base":
+        if not is_run_dir(tuned_path):
+            raise ConfigError("--compare base needs a run dir to find the base model; pass the base model path")
+        base_path = read_run(tuned_path).base_model
+    # Both models see identical prompts: the tuned run's data settings and thinking policy.
+    data_cfg = data_config_for(tuned_path)
+    tuned_gen = Generator.from_path(tuned_path)
+    thinking = tuned_gen.thinking
+    out = Path(out_dir) if out_dir is not None else None
+    kw = dict(metrics=metrics, max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit,
+              data_cfg=data_cfg, progress=progress)
+    tuned = evaluate(tuned_path, data_path, generator=tuned_gen, out_dir=out / "tuned" if out else None, **kw)
+    del tuned_gen
+    gc.collect()
+    base = evaluate(base_path, data_path, thinking=thinking, out_dir=out / "base" if out else None, **kw)
+    primary = next((m for m in metrics if m != "loss"), None)
+    rows = [{"index": b["index"], "input": b["input"], "reference": b["reference"], "base_output": b["output"],
+             "tuned_output": t["output"], "base_ok": _mark(b["scores"], primary),
+             "tuned_ok": _mark(t["scores"], primary)} for b, t in zip(base["rows"], tuned["rows"])]
+    res = {"base": base["metrics"], "tuned": tuned["metrics"], "n": tuned["n"], "rows": rows, "primary": primary,
+           "base_model": str(base_path), "tuned_model": str(tuned_path), "data": str(_source(data_path).path),
+           "timing": {"base": base["timing"], "tuned": tuned["timing"]}}
+    if out is not None:
+        atomic_write_text(out / "compare.json", json.dumps(res, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(out / "compare.md", compare_markdown(res))
+        res["report_path"] = str(out / "compare.md")
+    return res
+
+
+# ---------------------------------------------------------------------------------------- predict
+
+def predict(model_path, data_path, out_path, *, batch_size: int = 16, max_new_tokens: int = 256,
+            limit: int | None = None, generator=None, progress: Progress | None = None) -> dict:
+    """Batch generation over a data file; writes one JSON line per example (atomically).
+
+    Each line: ``{"index", "source", "row", "messages", "input", "output", "finish_reason",
+    "completion_tokens"}`` plus ``"reference"`` when the data holds an answer for that row.
+
+    Returns:
+        ``{"n", "out_path", "timing"}``.
+    """
+    from .generate import Generator
+
+    examples = load_examples(data_path, data_config_for(model_path), limit=limit, need_reference=False)
+    gen = generator or Generator.from_path(model_path)
+    t0 = time.perf_counter()
+    comps = generate_all(gen, [e.messages for e in examples], batch_size=batch_size,
+                         max_new_tokens=max_new_tokens, progress=progress)
+    secs = time.perf_counter() - t0
+    with atomic_path(out_path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for i, (e, c) in enumerate(zip(examples, comps)):
+                row = {"index": i, "source": e.source, "row": e.row, "messages": e.messages,
+                       "input": _last_user(e.messages), "output": c.text, "finish_reason": c.finish_reason,
+                       "completion_tokens": c.completion_tokens}
+                if e.reference is not None:
+                    row["reference"] = e.reference
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    new_tokens = sum(c.completion_tokens for c in comps)
+    return {"n": len(examples), "out_path": str(out_path),
+            "timing": {"generation_seconds": round(secs, 3), "new_tokens": new_tokens,
+                       "tokens_per_second": round(new_tokens / secs, 2) if secs > 0 else None}}

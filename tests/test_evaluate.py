@@ -1,0 +1,164 @@
+"""evaluate / compare / predict end to end on the scripted tiny Qwen3 (known answers) and the random one."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from test_generate import SCRIPTS, scripted_model_dir
+
+ROWS = [
+    {"instruction": "alpha", "output": SCRIPTS["alpha"]},        # exact
+    {"instruction": "beta", "output": "one two three"},          # contained in the answer
+    {"instruction": "gamma", "output": "你好，世界！"},            # answer adds 龘
+    {"instruction": "epsilon", "output": '{"city": "北京", "n": 3}'},
+]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def scripted_dir(tmp_path_factory, qwen3_tokenizer_dir) -> Path:
+    return scripted_model_dir(tmp_path_factory, qwen3_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def scripted_gen(scripted_dir):
+    from chattune.infer.generate import Generator
+
+    return Generator.from_path(scripted_dir)
+
+
+def test_evaluate_scores_files_and_loss(tmp_path, scripted_dir, scripted_gen):
+    from chattune.infer.evaluate import evaluate
+
+    data = write_jsonl(tmp_path / "test.jsonl", ROWS)
+    res = evaluate(scripted_dir, data, metrics=["exact", "contains", "rouge_l", "loss"], max_new_tokens=16,
+                   batch_size=3, out_dir=tmp_path / "out", generator=scripted_gen)
+    assert res["n"] == 4
+    outputs = [r["output"] for r in res["rows"]]
+    assert outputs == [SCRIPTS["alpha"], "one two three four five six seven eight nine ten", SCRIPTS["gamma"],
+                       SCRIPTS["epsilon"]]
+    m = res["metrics"]
+    assert m["exact"] == pytest.approx(1 / 4)
+    assert m["contains"] == pytest.approx(3 / 4)
+    # rows: 1, P=3/10 R=1 -> 6/13, chars P=6/7 R=1 -> 12/13, '{"city":"北京"}' vs '{"city":"北京","n":3}' (words)
+    beta = 2 * 0.3 / 1.3
+    gamma = 12 / 13
+    assert [r["scores"]["rouge_l"] for r in res["rows"]][:3] == pytest.approx([1.0, beta, gamma])
+    # Reference loss: the model's own answer costs almost nothing, a different one a lot.
+    losses = [r["loss"] for r in res["rows"]]
+    assert losses[0] < 0.1 and losses[1] > 1.0
+    n = [r["loss_tokens"] for r in res["rows"]]
+    assert n[0] == 7  # 6 answer tokens + <|im_end|>, exactly what training trains
+    assert m["loss"] == pytest.approx(sum(a * b for a, b in zip(losses, n)) / sum(n))
+    assert m["perplexity"] == pytest.approx(math.exp(m["loss"]))
+    # Files: one line per example, consistent with the returned numbers; nothing half-written left.
+    lines = [json.loads(x) for x in Path(res["predictions_path"]).read_text(encoding="utf-8").splitlines()]
+    assert [x["output"] for x in lines] == outputs and lines[2]["input"] == "gamma"
+    assert lines[1]["reference"] == "one two three" and lines[1]["scores"]["exact"] == 0.0
+    doc = json.loads(Path(res["metrics_path"]).read_text(encoding="utf-8"))
+    assert doc["n"] == 4 and doc["metrics"] == pytest.approx(m)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "predictions.jsonl"]
+
+
+def test_json_fields_metric_end_to_end(tmp_path, scripted_dir, scripted_gen):
+    from chattune.infer.evaluate import evaluate
+
+    data = write_jsonl(tmp_path / "j.jsonl", [
+        {"instruction": "epsilon", "output": '{"city": "北京"}'},           # all right
+        {"instruction": "epsilon", "output": '{"city": "北京", "n": 3}'},   # city right, n missing
+        {"instruction": "alpha", "output": '{"city": "上海"}'},             # output is not JSON
+    ])
+    res = evaluate(scripted_dir, data, metrics=["json_fields"], max_new_tokens=16, generator=scripted_gen)
+    m = res["metrics"]
+    assert m["json_fields"] == pytest.approx(1 / 3)
+    assert m["json_valid"] == pytest.approx(2 / 3) and m["json_invalid"] == 1
+    assert m["json_field/city"] == pytest.approx(2 / 3) and m["json_field/n"] == 0.0
+    assert m["json_field_acc"] == pytest.approx(2 / 4)
+    assert res["predictions_path"] is None  # no out_dir: nothing written
+
+
+def test_reference_loss_equals_training_loss_per_row(tiny_qwen3_dir):
+    """Batched, left-padded, logits_to_keep loss == the model's own loss on the training rendering."""
+    import torch
+
+    from chattune.data.render import render_conversation
+    from chattune.infer.evaluate import reference_nll
+    from chattune.infer.generate import Generator
+
+    gen = Generator.from_path(tiny_qwen3_dir)
+    convs = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}],
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "天气怎么样？"},
+              {"role": "assistant", "content": "晴天。"}],
+             [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+              {"role": "user", "content": "count to five please"}, {"role": "assistant", "content": "1 2 3 4 5"}]]
+    got = reference_nll(gen, convs, batch_size=2)
+    for conv, (nll, n) in zip(convs, got):
+        [seq] = render_conversation(conv, gen.tokenizer, loss="last")
+        with torch.no_grad():
+            ref = gen.model(input_ids=torch.tensor([seq.input_ids]), labels=torch.tensor([seq.labels])).loss
+        assert n == sum(t != -100 for t in seq.labels)
+        assert nll / n == pytest.approx(float(ref), rel=1e-4)
+
+
+def fake_run_dir(path: Path, weights_dir: Path, base: str, system: str) -> Path:
+    """A full-weights run dir as `chattune train` leaves it (config + weights + tokenizer)."""
+    import shutil
+
+    from chattune.config import config_from_dict
+
+    shutil.copytree(weights_dir, path)
+    cfg = config_from_dict({"model": {"name_or_path": base}, "data": {"system": system}, "method": {"type": "full"}})
+    (path / "chattune.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    return path
+
+
+def test_compare_base_vs_tuned_run_dir(tmp_path, scripted_dir, tiny_qwen3_dir):
+    from chattune.infer.evaluate import compare
+
+    run = fake_run_dir(tmp_path / "run", scripted_dir, str(tiny_qwen3_dir), "Be brief.")
+    data = write_jsonl(tmp_path / "test.jsonl", ROWS)
+    res = compare("base", run, data, out_dir=tmp_path / "cmp", metrics=["exact", "contains"], max_new_tokens=12)
+    assert res["base_model"] == str(tiny_qwen3_dir)
+    assert res["tuned"]["exact"] == pytest.approx(1 / 4) and res["tuned"]["contains"] == pytest.approx(3 / 4)
+    assert res["base"]["exact"] == 0.0  # a random model
+    assert [r["tuned_ok"] for r in res["rows"]] == ["✓", "✗", "✗", "✗"]
+    assert all(r["base_ok"] == "✗" for r in res["rows"])
+    out = tmp_path / "cmp"
+    md = (out / "compare.md").read_text(encoding="utf-8")
+    assert "| exact | 0.0000 | 0.2500 | +0.2500 |" in md
+    assert "| 0 | alpha | Hello! How are you? |" in md
+    assert json.loads((out / "compare.json").read_text(encoding="utf-8"))["tuned"]["exact"] == pytest.approx(0.25)
+    for side in ("base", "tuned"):
+        preds = [json.loads(x) for x in (out / side / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert len(preds) == 4
+        # Both models saw the run's training system prompt, rendered the same way.
+        assert preds[0]["messages"][0] == {"role": "system", "content": "Be brief."}
+
+
+def test_predict_keeps_reference_and_accepts_prompt_only_rows(tmp_path, scripted_dir, scripted_gen):
+    from chattune.infer.evaluate import predict
+
+    data = write_jsonl(tmp_path / "in.jsonl", [{"messages": [{"role": "user", "content": "alpha"}]},
+                                               {"messages": [{"role": "user", "content": "gamma"},
+                                                             {"role": "assistant", "content": "ref"}]}])
+    res = predict(scripted_dir, data, tmp_path / "out.jsonl", batch_size=2, max_new_tokens=16, generator=scripted_gen)
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert res["n"] == 2 and [r["output"] for r in rows] == [SCRIPTS["alpha"], SCRIPTS["gamma"]]
+    assert "reference" not in rows[0] and rows[1]["reference"] == "ref"
+
+
+def test_bad_inputs_are_clear_errors(tmp_path, scripted_dir, scripted_gen):
+    from chattune.errors import ConfigError, DataError
+    from chattune.infer.evaluate import evaluate
+
+    data = write_jsonl(tmp_path / "t.jsonl", ROWS[:1])
+    with pytest.raises(ConfigError, match="unknown metric"):
+        evaluate(scripted_dir, data, metrics=["accuracy"], generator=scripted_gen)
+    with pytest.raises(DataError, match=r"t\.jsonl, line 1: json_fields needs references that are JSON"):
+        evaluate(scripted_dir, data, metrics=["json_fields"], generator=scripted_gen, max_new_tokens=4)
