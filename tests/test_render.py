@@ -257,3 +257,21 @@ def test_guarantee_on_random_conversations(toks, family):
         assert_guarantee(tok, conv, res.sequences, family=family)
         assert sorted(k for r in res.sequences for k in r.trained_turns) == \
             [k for k, m in enumerate(conv) if m["role"] == "assistant"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fast_path_proves_spans_and_equals_reference_path(toks, family, monkeypatch):
+    """The fast path (tokenize only each sequence) must give the reference path's exact result, by itself."""
+    import chattune.data.render as render
+
+    tok, rng = toks[family], random.Random(11)
+    convs = [_random_conversation(rng) for _ in range(10)] + [SINGLE, SYSTEM, MULTI]
+    convs.append([{"role": "user", "content": f"say {EOT[family]} please"},  # control text inside content
+                  {"role": "assistant", "content": f"ok {EOT[family]} done"}])
+    for multi_turn in ("split", "consistent"):
+        reference = render_batch(convs, tok, multi_turn=multi_turn, fast=False)
+        with monkeypatch.context() as m:
+            m.setattr(render, "_assemble_exact", lambda *a, **k: pytest.fail("fast path fell back"))
+            fast = render_batch(convs, tok, multi_turn=multi_turn)
+        assert [r.sequences for r in fast] == [r.sequences for r in reference]
+        assert [r.skipped_turns for r in fast] == [r.skipped_turns for r in reference]

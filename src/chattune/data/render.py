@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..errors import ChattuneError, TemplateError
 
@@ -238,6 +238,17 @@ def _last_index(ids: list[int], start: int, targets: tuple[int, ...]) -> int:
     return best
 
 
+def _nth_index(ids: list[int], value: int, n: int) -> int:
+    """Index of the n-th (1-based) occurrence of `value`, or -1."""
+    at = -1
+    try:
+        for _ in range(n):
+            at = ids.index(value, at + 1)
+    except ValueError:
+        return -1
+    return at
+
+
 def _finish(ids: list[int], spans: list[tuple[int, int]], n_messages: int, turns: tuple[int, ...],
             max_length: int | None, train_all: bool = False) -> Rendered:
     if train_all:
@@ -252,59 +263,150 @@ def _finish(ids: list[int], spans: list[tuple[int, int]], n_messages: int, turns
     return Rendered(list(ids), labels, truncated, n_messages, turns)
 
 
-def _assemble(msgs: list[dict], trained: list[int], ptoks: dict[int, list[int]], ftoks: dict[int, list[int]],
-              eot: tuple[int, ...], multi_turn: str, max_length: int | None) -> RenderResult:
+_REWRITTEN = ("the template rewrites this turn once later turns follow (multi_turn=consistent trains only "
+              "turns that match inference)")
+_NOT_PREFIX = ("the template renders this turn differently from what follows its generation prompt, so "
+               "inference could never produce it")
+
+
+def _group(turns: list[int], fits: Callable[[int, int], bool], multi_turn: str) -> tuple[list[list[int]], list[int]]:
+    """Group trained turns into sequences; each group's last turn is the one whose full render is the sequence.
+
+    Returns:
+        ``(groups, dropped)``: ``dropped`` are turns that fit no sequence (only with multi_turn="consistent").
+    """
+    last = turns[-1]
+    if multi_turn == "consistent" or all(fits(j, last) for j in turns[:-1]):
+        keep = [j for j in turns[:-1] if fits(j, last)] + [last]
+        return [keep], [j for j in turns if j not in keep]
+    pending, groups = list(turns), []
+    while pending:  # split: a sequence ends at its turn; earlier turns join it only if they fit
+        t = pending.pop()
+        group = [j for j in pending if fits(j, t)] + [t]
+        pending = [j for j in pending if j not in group]
+        groups.append(group)
+    return groups[::-1], []
+
+
+def _assemble_exact(trained: list[int], ptoks: dict[int, list[int]], ftoks: dict[int, list[int]],
+                    eot: tuple[int, ...], multi_turn: str, max_length: int | None) -> RenderResult:
+    """The reference path: tokenize every P_k and F_k and compare token lists."""
     res = RenderResult()
-    turns: list[tuple[int, int, int]] = []  # (message index, span start, span end exclusive)
+    spans: dict[int, tuple[int, int]] = {}
     for k in trained:
         p, f = ptoks[k], ftoks[k]
         if f[:len(p)] != p:
-            res.skipped_turns.append((k, "the template renders this turn differently from what follows its "
-                                         "generation prompt, so inference could never produce it"))
+            res.skipped_turns.append((k, _NOT_PREFIX))
             continue
         e = _last_index(f, len(p), eot)
         if e < 0:
             res.skipped_turns.append((k, "no end-of-turn token after the assistant content"))
             continue
-        turns.append((k, len(p), e + 1))
-    if not turns:
-        res.error = "; ".join(f"message {k + 1}: {why}" for k, why in res.skipped_turns) or \
-            "no assistant message to train"
+        spans[k] = (len(p), e + 1)
+    if not spans:
+        res.error = "; ".join(f"message {k + 1}: {why}" for k, why in res.skipped_turns)
         return res
-
-    def fits(j: tuple[int, int, int], t: int) -> bool:
-        end = j[2]
-        return ftoks[t][:end] == ftoks[j[0]][:end]
-
-    last = turns[-1][0]
-    if multi_turn == "consistent" or all(fits(j, last) for j in turns[:-1]):
-        keep = [j for j in turns[:-1] if fits(j, last)] + [turns[-1]]
-        for j in turns[:-1]:
-            if j not in keep:
-                res.skipped_turns.append((j[0], "the template rewrites this turn once later turns follow "
-                                                "(multi_turn=consistent trains only turns that match inference)"))
-        res.sequences.append(_finish(ftoks[last], [(s, e) for _, s, e in keep], last + 1,
-                                     tuple(k for k, _, _ in keep), max_length))
-        return res
-    # split: one sequence per group, ending at its last turn; earlier turns join it only if they fit.
-    pending = list(turns)
-    groups: list[list[tuple[int, int, int]]] = []
-    while pending:
-        t = pending.pop()
-        group = [j for j in pending if fits(j, t[0])] + [t]
-        pending = [j for j in pending if j not in group]
-        groups.append(group)
-    for group in reversed(groups):
-        t = group[-1][0]
-        res.sequences.append(_finish(ftoks[t], [(s, e) for _, s, e in group], t + 1,
-                                     tuple(k for k, _, _ in group), max_length))
+    turns = sorted(spans)
+    groups, dropped = _group(turns, lambda j, t: ftoks[t][:spans[j][1]] == ftoks[j][:spans[j][1]], multi_turn)
+    res.skipped_turns += [(j, _REWRITTEN) for j in dropped]
+    for g in groups:
+        res.sequences.append(_finish(ftoks[g[-1]], [spans[j] for j in g], g[-1] + 1, tuple(g), max_length))
     return res
+
+
+@dataclass
+class _Markup:
+    """What the fast path needs to know about the template's special tokens (see `_fast_plan`)."""
+
+    eot_id: int
+    eot_text: str
+    anchors: list[tuple[str, int]]  # added tokens the template writes, as (text, id)
+
+
+def _markup(tokenizer, kw: dict, eot: int) -> _Markup | None:
+    added = {int(i): t for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
+    if eot not in added:
+        return None
+    probe = [{"role": "system", "content": "S."}, {"role": "user", "content": "U."},
+             {"role": "assistant", "content": "A."}, {"role": "user", "content": "V."}]
+    try:
+        text = (tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=False, **kw)
+                + tokenizer.apply_chat_template(probe[1:3], tokenize=False, **kw))
+    except Exception:  # noqa: BLE001 — e.g. a template that rejects system messages: exact path only
+        return None
+    found = [(t.content, i) for i, t in added.items() if t.content and t.content in text]
+    # Whitespace tokens (Gemma's "\n", "\n\n") overlap each other and plain text: useless as anchors.
+    anchors = [(c, i) for c, i in found if c.strip() and not any(c != o and c in o for o, _ in found)]
+    return _Markup(eot, added[eot].content, anchors)
+
+
+def _fast_plan(trained: list[int], ptext: dict[int, str], ftext: dict[int, str], mk: _Markup,
+               multi_turn: str) -> tuple[list[list[int]], list[int], dict[int, int], dict[int, tuple[int, str]]] | None:
+    """Group turns by comparing rendered TEXT, so only each sequence's full text needs tokenizing.
+
+    Why this is exact: tokenizers cut the text at added (special) tokens before anything else, so the
+    tokens left of an added token never depend on the text right of it. Hence if two renders agree as
+    text up to and including an added token, they agree as tokens up to it. `_fast_spans` then checks
+    the short tail of each prompt after its last added token against the sequence's tokens, and counts
+    added tokens to be sure every occurrence in the text became one token. Anything unexpected returns
+    None and the conversation takes `_assemble_exact`.
+
+    Returns:
+        ``(groups, dropped, ends, anchor)`` or None: ``ends[k]`` = char end of turn k's end-of-turn text;
+        ``anchor[k]`` = (char end, text) of the last added token in P_k (``(0, "")`` when it has none).
+    """
+    ends: dict[int, int] = {}
+    anchor: dict[int, tuple[int, str]] = {}
+    for k in trained:
+        p, f = ptext[k], ftext[k]
+        if not f.startswith(p):
+            return None
+        at = f.rfind(mk.eot_text)
+        if at < len(p):
+            return None
+        ends[k] = at + len(mk.eot_text)
+        best = (0, "")
+        for a, _ in mk.anchors:
+            i = p.rfind(a)
+            if i >= 0 and i + len(a) > best[0]:
+                best = (i + len(a), a)
+        anchor[k] = best
+    groups, dropped = _group(trained, lambda j, t: ftext[t].startswith(ftext[j][:ends[j]]), multi_turn)
+    return groups, dropped, ends, anchor
+
+
+def _fast_spans(ids: list[int], seq_text: str, group: list[int], ptext: dict[int, str], ends: dict[int, int],
+                anchor: dict[int, tuple[int, str]], tails: dict[int, list[int]], mk: _Markup,
+                anchor_ids: dict[str, int]) -> list[tuple[int, int]] | None:
+    if seq_text.count(mk.eot_text) != ids.count(mk.eot_id):
+        return None
+    spans = []
+    for j in group:
+        a_end, a_text = anchor[j]
+        if a_text:
+            a_id = anchor_ids[a_text]
+            if seq_text.count(a_text) != ids.count(a_id):
+                return None
+            i_a = _nth_index(ids, a_id, seq_text.count(a_text, 0, a_end))
+            if i_a < 0:
+                return None
+        else:
+            i_a = -1
+        tail = tails[j]
+        s = i_a + 1 + len(tail)
+        if ids[i_a + 1:s] != tail:
+            return None
+        e = _nth_index(ids, mk.eot_id, seq_text.count(mk.eot_text, 0, ends[j]))
+        if e < s:  # also catches e == -1
+            return None
+        spans.append((s, e + 1))
+    return spans
 
 
 def render_batch(conversations: Sequence[Sequence[dict]], tokenizer, *, loss: str = "assistant",
                  thinking: str = "off", multi_turn: str = "split", max_length: int | None = None,
-                 eot_ids: Sequence[int] | None = None) -> list[RenderResult]:
-    """Render many conversations at once (batched Jinja renders and one tokenizer call).
+                 eot_ids: Sequence[int] | None = None, fast: bool = True) -> list[RenderResult]:
+    """Render many conversations at once (batched Jinja renders and batched tokenizer calls).
 
     Args:
         conversations: lists of ``{"role", "content"[, "reasoning_content"]}`` messages.
@@ -313,7 +415,9 @@ def render_batch(conversations: Sequence[Sequence[dict]], tokenizer, *, loss: st
         thinking: ``"off"`` or ``"keep"`` (train on ``reasoning_content``; prompts use enable_thinking=True).
         multi_turn: ``"split"`` or ``"consistent"``, for templates that rewrite earlier turns.
         max_length: cut sequences to this many tokens (flagged ``truncated``), or None.
-        eot_ids: end-of-turn ids if already known (default: detected with `end_of_turn_ids`).
+        eot_ids: the template's end-of-turn id first (default: detected with `end_of_turn_ids`).
+        fast: tokenize only each sequence's full text (see `_fast_plan`); False tokenizes every prompt
+            too and compares token lists (the reference path, same result).
 
     Returns:
         One `RenderResult` per conversation, in order; a conversation that cannot be rendered has
@@ -321,63 +425,101 @@ def render_batch(conversations: Sequence[Sequence[dict]], tokenizer, *, loss: st
     """
     _check_options(loss, thinking, multi_turn, max_length)
     kw = template_kwargs(tokenizer, thinking)
-    eot = tuple(eot_ids) if eot_ids else (_template_eot(tokenizer),)
-    prepared: list[list[dict] | None] = []
+    eot = int(eot_ids[0]) if eot_ids else _template_eot(tokenizer)
     results = [RenderResult() for _ in conversations]
+    prepared: list[list[dict]] = []
     for i, conv in enumerate(conversations):
         try:
             prepared.append(_prepare(conv, thinking))
         except ChattuneError as e:
             results[i].error = str(e)
-            prepared.append(None)
+            prepared.append([])
 
-    # Which renders each conversation needs: (conversation, message index) → prompt / full text.
-    plan: list[tuple[int, list[int]]] = []
-    p_jobs: list[tuple[int, int]] = []
-    f_jobs: list[tuple[int, int]] = []
+    # Which renders each conversation needs: prompt P_k and full F_k for each trained turn k.
+    plan: dict[int, list[int]] = {}
     for i, msgs in enumerate(prepared):
-        if msgs is None:
+        if results[i].error:
             continue
         if not msgs:
             results[i].error = "empty conversation"
-            continue
-        if loss == "all":
-            f_jobs.append((i, len(msgs) - 1))
-            plan.append((i, []))
-            continue
-        asst = [k for k, m in enumerate(msgs) if m.get("role") == "assistant"]
-        if not asst:
-            results[i].error = "no assistant message to train"
-            continue
-        trained = asst[-1:] if loss == "last" else asst
-        plan.append((i, trained))
-        p_jobs += [(i, k) for k in trained]
-        f_jobs += [(i, k) for k in trained]
-
-    p_texts = _render_texts(tokenizer, [prepared[i][:k] for i, k in p_jobs], True, kw)
-    f_texts = _render_texts(tokenizer, [prepared[i][:k + 1] for i, k in f_jobs], False, kw)
-    for (i, k), t in [*zip(p_jobs, p_texts), *zip(f_jobs, f_texts)]:
+        elif loss == "all":
+            plan[i] = [len(msgs) - 1]
+        else:
+            asst = [k for k, m in enumerate(msgs) if m.get("role") == "assistant"]
+            if not asst:
+                results[i].error = "no assistant message to train"
+            else:
+                plan[i] = asst[-1:] if loss == "last" else asst
+    f_jobs = [(i, k) for i, ks in plan.items() for k in ks]
+    p_jobs = [] if loss == "all" else f_jobs
+    f_out = _render_texts(tokenizer, [prepared[i][:k + 1] for i, k in f_jobs], False, kw)
+    p_out = _render_texts(tokenizer, [prepared[i][:k] for i, k in p_jobs], True, kw)
+    for (i, k), t in [*zip(f_jobs, f_out), *zip(p_jobs, p_out)]:
         if isinstance(t, Exception) and results[i].error is None:
             results[i].error = f"the chat template failed on message {k + 1}: {type(t).__name__}: {t}"
-    ok = {i for i, _ in plan if results[i].error is None}
-    p_jobs_ok = [(j, t) for j, t in zip(p_jobs, p_texts) if j[0] in ok]
-    f_jobs_ok = [(j, t) for j, t in zip(f_jobs, f_texts) if j[0] in ok]
-    toks = _encode(tokenizer, [t for _, t in p_jobs_ok] + [t for _, t in f_jobs_ok])
-    ptoks: dict[tuple[int, int], list[int]] = {j: x for (j, _), x in zip(p_jobs_ok, toks)}
-    ftoks: dict[tuple[int, int], list[int]] = {j: x for (j, _), x in zip(f_jobs_ok, toks[len(p_jobs_ok):])}
+            plan.pop(i, None)
+    ftext = dict(zip(f_jobs, f_out))
+    ptext = dict(zip(p_jobs, p_out))
 
-    for i, trained in plan:
-        if i not in ok:
-            continue
-        msgs = prepared[i]
-        if loss == "all":
-            ids = ftoks[(i, len(msgs) - 1)]
+    if loss == "all":
+        todo = list(plan)
+        toks = _encode(tokenizer, [ftext[(i, plan[i][0])] for i in todo])
+        for i, ids in zip(todo, toks):
+            msgs = prepared[i]
             turns = tuple(k for k, m in enumerate(msgs) if m.get("role") == "assistant")
             results[i].sequences.append(_finish(ids, [], len(msgs), turns, max_length, train_all=True))
-            continue
-        results[i] = _assemble(msgs, trained, {k: ptoks[(i, k)] for k in trained},
-                               {k: ftoks[(i, k)] for k in trained}, eot, multi_turn, max_length)
+        return results
+
+    exact = list(plan)
+    mk = _markup(tokenizer, kw, eot) if fast else None
+    if mk is not None:
+        exact = _render_fast(plan, ptext, ftext, mk, tokenizer, multi_turn, max_length, results)
+    if exact:
+        jobs = [(i, k) for i in exact for k in plan[i]]
+        toks = _encode(tokenizer, [ptext[j] for j in jobs] + [ftext[j] for j in jobs])
+        ptoks, ftoks = dict(zip(jobs, toks)), dict(zip(jobs, toks[len(jobs):]))
+        for i in exact:
+            ks = plan[i]
+            results[i] = _assemble_exact(ks, {k: ptoks[(i, k)] for k in ks}, {k: ftoks[(i, k)] for k in ks},
+                                         (eot,), multi_turn, max_length)
     return results
+
+
+def _render_fast(plan: dict[int, list[int]], ptext: dict, ftext: dict, mk: _Markup, tokenizer, multi_turn: str,
+                 max_length: int | None, results: list[RenderResult]) -> list[int]:
+    """Fill `results` for the conversations the fast path can prove; return the others."""
+    exact: list[int] = []
+    plans = {}
+    for i, ks in plan.items():
+        fp = _fast_plan(ks, {k: ptext[(i, k)] for k in ks}, {k: ftext[(i, k)] for k in ks}, mk, multi_turn)
+        if fp is None:
+            exact.append(i)
+        else:
+            plans[i] = fp
+    seq_jobs = [(i, g[-1]) for i, (groups, *_ ) in plans.items() for g in groups]
+    tail_jobs = [(i, j) for i, (groups, *_ ) in plans.items() for g in groups for j in g]
+    tail_texts = [ptext[(i, j)][plans[i][3][j][0]:] for i, j in tail_jobs]
+    unique = list(dict.fromkeys(tail_texts))  # tails repeat ("assistant\n"): encode each once
+    toks = _encode(tokenizer, [ftext[j] for j in seq_jobs] + unique)
+    seq_toks = dict(zip(seq_jobs, toks))
+    tail_of = dict(zip(unique, toks[len(seq_jobs):]))
+    tails = {job: tail_of[t] for job, t in zip(tail_jobs, tail_texts)}
+    anchor_ids = dict(mk.anchors)
+    for i, (groups, dropped, ends, anchor) in plans.items():
+        res = RenderResult(skipped_turns=[(j, _REWRITTEN) for j in dropped])
+        for g in groups:
+            t = g[-1]
+            ids = seq_toks[(i, t)]
+            spans = _fast_spans(ids, ftext[(i, t)], g, {j: ptext[(i, j)] for j in g}, ends, anchor,
+                                {j: tails[(i, j)] for j in g}, mk, anchor_ids)
+            if spans is None:
+                break
+            res.sequences.append(_finish(ids, spans, t + 1, tuple(g), max_length))
+        else:
+            results[i] = res
+            continue
+        exact.append(i)
+    return exact
 
 
 def render_conversation(messages: Sequence[dict], tokenizer, *, loss: str = "assistant", thinking: str = "off",
