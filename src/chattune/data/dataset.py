@@ -1,0 +1,277 @@
+"""Config → tokenized, masked, cached ``datasets.Dataset`` for training and eval.
+
+Columns: ``input_ids``, ``labels`` (-100 = not trained), ``length``. Rendering is `render.render_batch`
+inside ``datasets.map(batched=True)``; the result is saved under a key that changes whenever anything
+that could change a token changes (input bytes, tokenizer, chat template, render options, the data
+code itself), so a rerun loads it memory-mapped in a fraction of a second.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ..config import Config, DataConfig
+from ..errors import DataError
+from ..fsutil import atomic_path, atomic_write_text, sha256_file
+from .render import end_of_turn_ids, render_batch, template_kwargs
+
+if TYPE_CHECKING:
+    import datasets
+
+    from .types import Conversation
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("input_ids", "labels", "length")
+# Extra columns the render map writes for the report; dropped before the dataset is returned.
+_OK, _DROPPED, _ERROR = 0, 1, 2
+_AUX = ("_status", "_truncated", "_trained", "_skipped", "_error")
+# Source files whose code decides the tokens: editing any of them invalidates the cache, so a fix in
+# the renderer can never be hidden by a stale cache (version numbers do not change during development).
+_CODE_FILES = ("render.py", "dataset.py", "formats.py", "clean.py", "readers.py")
+_MAX_ERRORS_REPORTED = 5
+
+
+def default_cache_root() -> Path:
+    """``$CHATTUNE_CACHE/datasets`` or ``~/.cache/chattune/datasets``."""
+    return Path(os.environ.get("CHATTUNE_CACHE", Path.home() / ".cache" / "chattune")) / "datasets"
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """SHA-256 of everything in the tokenizer that decides token ids (vocab, merges, added and special tokens)."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:  # slow tokenizer: the vocabulary is what we can see
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(json.dumps({k: str(v) for k, v in tokenizer.special_tokens_map.items()}, sort_keys=True).encode())
+    h.update(type(tokenizer).__name__.encode())
+    return h.hexdigest()
+
+
+def _code_fingerprint() -> str:
+    from .. import __version__
+
+    h = hashlib.sha256(__version__.encode())
+    here = Path(__file__).parent
+    for name in _CODE_FILES:
+        p = here / name
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(cfg: Config, tokenizer) -> str:
+    """The cache key of `cfg`'s tokenized data: a hex SHA-256 (see the module docstring for what goes in)."""
+    d = cfg.data
+    parts: dict[str, Any] = {
+        "train": [[s.model_dump(mode="json"), sha256_file(s.path)] for s in d.train],
+        "eval": [[s.model_dump(mode="json"), sha256_file(s.path)] for s in d.eval],
+        "data": d.model_dump(mode="json", exclude={"train", "eval", "cache_dir", "num_proc"}),
+        "seed": cfg.train.seed,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "template": getattr(tokenizer, "chat_template", None),
+        "code": _code_fingerprint(),
+    }
+    for k in ("train", "eval"):
+        for entry in parts[k]:
+            entry[0].pop("path", None)  # content decides, not where the file sits
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet_bars(quiet: bool) -> Iterator[None]:
+    """Hide datasets' progress bars for small inputs (they flood test and CLI output for no information)."""
+    from datasets.utils import logging as ds_logging
+
+    was = ds_logging.is_progress_bar_enabled()
+    if quiet and was:
+        ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was:
+            ds_logging.enable_progress_bar()
+
+
+def _render_map(batch: dict, *, tokenizer, data_cfg: DataConfig, eot: list[int]) -> dict:
+    convs = [json.loads(c) for c in batch["conv"]]
+    results = render_batch(convs, tokenizer, loss=data_cfg.loss, thinking=data_cfg.thinking,
+                           multi_turn=data_cfg.multi_turn, max_length=data_cfg.max_length, eot_ids=eot[:1])
+    out: dict[str, list] = {k: [] for k in (*COLUMNS, *_AUX)}
+
+    def row(ids, labels, status, truncated, trained, skipped, error):
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+        out["length"].append(len(ids))
+        out["_status"].append(status)
+        out["_truncated"].append(truncated)
+        out["_trained"].append(trained)
+        out["_skipped"].append(skipped)
+        out["_error"].append(error)
+
+    for src, num, res in zip(batch["source"], batch["row"], results):
+        if res.error:
+            row([], [], _ERROR, False, 0, len(res.skipped_turns), f"{src}, line/row {num}: {res.error}")
+            continue
+        skipped = len(res.skipped_turns)
+        for r in res.sequences:
+            trained = len(r.labels) - r.labels.count(-100)
+            row(r.input_ids, r.labels, _OK if trained else _DROPPED, r.truncated, trained, skipped, "")
+            skipped = 0
+    return out
+
+
+def tokenize_conversations(convs: list[Conversation], tokenizer, data_cfg: DataConfig,
+                           num_proc: int | None = None) -> tuple[datasets.Dataset, dict]:
+    """Render conversations into a dataset with columns ``input_ids``, ``labels``, ``length``.
+
+    Args:
+        convs: the conversations (from `formats.load_conversations`).
+        tokenizer: tokenizer with a chat template.
+        data_cfg: loss, thinking, multi_turn and max_length.
+        num_proc: worker processes for ``datasets.map`` (default: 1 below 20k conversations).
+
+    Returns:
+        ``(dataset, stats)``; stats = ``{"conversations", "examples", "tokens", "trained_tokens",
+        "truncated", "dropped", "errors", "skipped_turns", "error_examples": [first few messages]}``.
+        Sequences whose every label was cut by ``max_length`` are dropped and counted, never silently.
+    """
+    import datasets
+
+    if num_proc is None:
+        num_proc = 1 if len(convs) < 20_000 else max(1, min(4, os.cpu_count() or 1))
+    raw = datasets.Dataset.from_dict({
+        "conv": [json.dumps(c.messages, ensure_ascii=False) for c in convs],
+        "source": [c.source for c in convs],
+        "row": [c.row for c in convs],
+    })
+    eot = end_of_turn_ids(tokenizer)
+    features = datasets.Features({
+        "input_ids": datasets.Sequence(datasets.Value("int32")),
+        "labels": datasets.Sequence(datasets.Value("int32")),
+        "length": datasets.Value("int32"), "_status": datasets.Value("int8"),
+        "_truncated": datasets.Value("bool"), "_trained": datasets.Value("int32"),
+        "_skipped": datasets.Value("int32"), "_error": datasets.Value("string")})
+    with _quiet_bars(len(convs) < 5000):
+        ds = raw.map(_render_map, batched=True, batch_size=512, remove_columns=raw.column_names,
+                     fn_kwargs={"tokenizer": tokenizer, "data_cfg": data_cfg, "eot": eot},
+                     num_proc=num_proc if num_proc > 1 else None, features=features,
+                     new_fingerprint=hashlib.sha256(os.urandom(16)).hexdigest(),  # don't hash the tokenizer
+                     desc="rendering")
+    table = ds.data
+    status = table.column("_status").to_pylist()
+    stats = {
+        "conversations": len(convs),
+        "examples": status.count(_OK),
+        "truncated": 0, "tokens": 0, "trained_tokens": 0,
+        "dropped": status.count(_DROPPED),
+        "errors": status.count(_ERROR),
+        "skipped_turns": int(sum(table.column("_skipped").to_pylist())),
+        "error_examples": [e for e, s in zip(table.column("_error").to_pylist(), status) if s == _ERROR]
+        [:_MAX_ERRORS_REPORTED],
+    }
+    if stats["errors"] or stats["dropped"]:
+        with _quiet_bars(True):
+            ds = ds.filter(lambda s: [x == _OK for x in s], input_columns="_status", batched=True,
+                           batch_size=4096).flatten_indices()
+    table = ds.data
+    stats["truncated"] = int(sum(table.column("_truncated").to_pylist()))
+    stats["tokens"] = int(sum(table.column("length").to_pylist()))
+    stats["trained_tokens"] = int(sum(table.column("_trained").to_pylist()))
+    ds = ds.remove_columns(list(_AUX))
+    if stats["errors"]:
+        log.warning("%d conversation(s) could not be rendered, e.g. %s", stats["errors"], stats["error_examples"][0])
+    if stats["dropped"]:
+        log.warning("%d sequence(s) dropped: max_length=%d cut every trained token", stats["dropped"],
+                    data_cfg.max_length)
+    return ds, stats
+
+
+def split_eval(convs: list, ratio: float, seed: int) -> tuple[list, list]:
+    """Seeded split of conversations (before rendering, so turns of one conversation never straddle)."""
+    if ratio <= 0 or len(convs) < 2:
+        return convs, []
+    idx = list(range(len(convs)))
+    random.Random(seed).shuffle(idx)
+    n_eval = min(len(convs) - 1, max(1, round(len(convs) * ratio)))
+    held = set(idx[:n_eval])
+    return [c for i, c in enumerate(convs) if i not in held], [c for i, c in enumerate(convs) if i in held]
+
+
+def build_datasets(cfg: Config, tokenizer) -> tuple[datasets.Dataset, datasets.Dataset | None, dict]:
+    """Load, convert, render and cache the training (and eval) data of `cfg`.
+
+    Args:
+        cfg: the run config (``data`` section; ``train.seed`` for the eval split).
+        tokenizer: the tokenizer with the chat template to train with.
+
+    Returns:
+        ``(train, eval_or_None, report)``. Datasets have columns ``input_ids``, ``labels``, ``length``.
+        report = the loader report (``files``, ``duplicates_removed``, ``conversations``) plus
+        ``train`` / ``eval`` stats (see `tokenize_conversations`), ``eval_files`` (loader report of the
+        eval files, if any), ``cache_key``, ``cache_path`` and ``cache_hit``.
+
+    Raises:
+        DataError: no training files, or no trainable example at all (the first errors are quoted).
+    """
+    import datasets
+
+    from .formats import load_conversations
+
+    d = cfg.data
+    if not d.train:
+        raise DataError("no training data: set data.train to one or more files (e.g. data.train=train.jsonl)")
+    for s in [*d.train, *d.eval]:
+        if not Path(s.path).exists():
+            raise DataError("file not found", file=s.path)
+    key = cache_key(cfg, tokenizer)
+    root = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache_root()
+    path = root / key
+    if (path / "report.json").is_file():
+        try:
+            report = json.loads((path / "report.json").read_text(encoding="utf-8"))
+            train = datasets.load_from_disk(str(path / "train"))
+            ev = datasets.load_from_disk(str(path / "eval")) if (path / "eval").is_dir() else None
+            report.update(cache_hit=True, cache_path=str(path))
+            return train, ev, report
+        except (OSError, ValueError, json.JSONDecodeError) as e:  # a damaged cache is rebuilt, not trusted
+            log.warning("dataset cache at %s is unreadable (%s); rebuilding", path, e)
+
+    convs, report = load_conversations(d.train, d)
+    eval_report = None
+    if d.eval:
+        eval_convs, eval_report = load_conversations(d.eval, d)
+    else:
+        convs, eval_convs = split_eval(convs, d.eval_ratio, cfg.train.seed)
+    train, train_stats = tokenize_conversations(convs, tokenizer, d, d.num_proc)
+    if train_stats["examples"] == 0:
+        raise DataError(f"no trainable example in {len(convs)} conversations (errors: {train_stats['errors']}, "
+                        f"dropped by max_length={d.max_length}: {train_stats['dropped']}); first errors: "
+                        f"{train_stats['error_examples']}", file=d.train[0].path)
+    ev, eval_stats = (tokenize_conversations(eval_convs, tokenizer, d, d.num_proc) if eval_convs else (None, None))
+    report = {**report, "train": train_stats, "eval": eval_stats, "eval_files": eval_report,
+              "render": {"loss": d.loss, "thinking": d.thinking, "multi_turn": d.multi_turn,
+                         "max_length": d.max_length, "template_kwargs": template_kwargs(tokenizer, d.thinking)},
+              "cache_key": key}
+    try:
+        with atomic_path(path) as tmp, _quiet_bars(True):
+            tmp.mkdir(parents=True)
+            train.save_to_disk(str(tmp / "train"))
+            if ev is not None:
+                ev.save_to_disk(str(tmp / "eval"))
+            atomic_write_text(tmp / "report.json", json.dumps(report, ensure_ascii=False, indent=1))
+        # Reload memory-mapped from the cache so a cold and a warm run hand the trainer the same thing.
+        train = datasets.load_from_disk(str(path / "train"))
+        ev = datasets.load_from_disk(str(path / "eval")) if ev is not None else None
+    except OSError as e:  # a read-only or full cache disk must not stop training
+        log.warning("could not cache the tokenized dataset at %s: %s", path, e)
+    report.update(cache_hit=False, cache_path=str(path))
+    return train, ev, report
