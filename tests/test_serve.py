@@ -22,7 +22,14 @@ import pytest
 from chattune.config import ServeConfig
 from chattune.errors import ConfigError
 from chattune.infer.generate import Generator
-from chattune.infer.serve import BackgroundServer, bind_socket, check_bind, create_app, is_loopback, run_server
+from chattune.infer.serve import (
+    BackgroundServer,
+    bind_socket,
+    check_bind,
+    create_app,
+    is_loopback,
+    run_server,
+)
 
 KEY = "sk-test-key"
 CAP = 1500          # large enough that an uncancelled stream would run for seconds
@@ -57,6 +64,12 @@ def direct(server, gen, messages, **kw):
     """Generator.generate on the same model, serialised with the server's worker."""
     with server.worker.model_lock:
         return gen.generate([messages], **kw)[0]
+
+
+def server_direct_batch(server, gen, convs, **kw):
+    """Generator.generate on a batch, serialised with the server's worker."""
+    with server.worker.model_lock:
+        return gen.generate(convs, **kw)
 
 
 def health(server) -> dict:
@@ -115,7 +128,7 @@ def test_greedy_answer_equals_generator(server, client, gen):
 
 
 def test_stream_reassembles_to_the_greedy_answer(client, gen):
-    kw = dict(model="anything-goes", messages=MSGS, temperature=0, max_tokens=20)
+    kw = {"model": "anything-goes", "messages": MSGS, "temperature": 0, "max_tokens": 20}
     full = client.chat.completions.create(**kw)
     chunks = list(client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -127,7 +140,7 @@ def test_stream_reassembles_to_the_greedy_answer(client, gen):
     assert all(c.choices[0].finish_reason is None for c in with_choices[:-1])
     last = chunks[-1]
     assert last.choices == [] and last.usage is not None
-    counts = lambda u: (u.prompt_tokens, u.completion_tokens, u.total_tokens)  # noqa: E731
+    counts = lambda u: (u.prompt_tokens, u.completion_tokens, u.total_tokens)
     assert counts(last.usage) == counts(full.usage)
     assert all(c.usage is None for c in chunks[:-1])
     # Without include_usage there is no usage chunk at all.
@@ -172,7 +185,7 @@ def test_stop_strings(server, client, gen):
 
 
 def test_seeded_sampling_is_reproducible(client):
-    kw = dict(model="m", messages=MSGS, temperature=1.0, top_p=0.9, seed=7, max_tokens=12)
+    kw = {"model": "m", "messages": MSGS, "temperature": 1.0, "top_p": 0.9, "seed": 7, "max_tokens": 12}
     a, b = client.chat.completions.create(**kw), client.chat.completions.create(**kw)
     assert a.choices[0].message.content == b.choices[0].message.content
 
@@ -268,7 +281,7 @@ def test_queue_full_is_429_and_queued_requests_are_batched(server, client, gen):
     single = direct(server, gen, MSGS, max_new_tokens=8).text
     before = health(server)
     with cf.ThreadPoolExecutor(MAX_QUEUE + 1) as pool:
-        ask = lambda: client.chat.completions.create(model="m", messages=MSGS, temperature=0, max_tokens=8)  # noqa: E731
+        ask = lambda: client.chat.completions.create(model="m", messages=MSGS, temperature=0, max_tokens=8)
         with model_busy(server):
             futures = [pool.submit(ask)]
             wait_for(server, lambda h: h["running"] == 1 and h["queued"] == 0, "the first request to be taken")
@@ -319,6 +332,59 @@ def test_stream_disconnect_cancels_generation(server):
     assert time.monotonic() - t0 < 20
 
 
+def _stream_text(client, messages, **kw) -> tuple[str, object]:
+    chunks = list(client.chat.completions.create(model="m", messages=messages, temperature=0, stream=True,
+                                                 stream_options={"include_usage": True}, **kw))
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks[-1].usage
+
+
+def test_queued_streams_are_batched_and_match_generate(server, client, gen):
+    convs = [MSGS, MSGS[:2], [{"role": "user", "content": "Count to three, please."}]]  # different lengths
+    base = [c.text for c in server_direct_batch(server, gen, convs, max_new_tokens=16)]
+    k = next(i for i in range(len(base[0]) // 2, len(base[0]) - 3) if "\ufffd" not in base[0][i:i + 3])
+    stop = base[0][k:k + 3]
+    for kw in ({}, {"stop": [stop]}):
+        want = server_direct_batch(server, gen, convs, max_new_tokens=16, **kw)
+        before = health(server)
+        with cf.ThreadPoolExecutor(len(convs)) as pool, model_busy(server):
+            futures = [pool.submit(_stream_text, client, convs[0], max_tokens=16, **kw)]
+            wait_for(server, lambda h: h["running"] == 1 and h["queued"] == 0, "the first stream to be taken")
+            futures += [pool.submit(_stream_text, client, c, max_tokens=16, **kw) for c in convs[1:]]
+            wait_for(server, lambda h: h["queued"] == len(convs) - 1, "the other streams to queue")
+        got = [f.result(timeout=60) for f in futures]
+        assert health(server)["batches"] == before["batches"] + 1  # one batched generate for all three
+        for (text, use), w in zip(got, want):
+            assert text == w.text
+            assert (use.prompt_tokens, use.completion_tokens) == (w.prompt_tokens, w.completion_tokens)
+    assert want[0].finish_reason == "stop" and want[0].text == base[0][:base[0].find(stop)]
+
+
+def test_cancelling_one_batched_stream_leaves_the_others_intact(server, client, gen):
+    convs = [MSGS, MSGS[:2]]
+    want = server_direct_batch(server, gen, convs, max_new_tokens=200)[0]
+    before = health(server)
+
+    def leave_early():
+        with httpx.stream("POST", server.url + "/v1/chat/completions", timeout=60,
+                          json={"messages": convs[1], "max_tokens": 200, "temperature": 0, "stream": True},
+                          headers={"Authorization": f"Bearer {KEY}"}) as r:
+            for line in r.iter_lines():
+                if '"content":"' in line and '"role"' not in line:
+                    return
+
+    with cf.ThreadPoolExecutor(2) as pool:
+        with model_busy(server):
+            full = pool.submit(_stream_text, client, convs[0], max_tokens=200)
+            wait_for(server, lambda h: h["running"] == 1 and h["queued"] == 0, "the first stream to be taken")
+            gone = pool.submit(leave_early)
+            wait_for(server, lambda h: h["queued"] == 1, "the second stream to queue")
+        gone.result(timeout=60)
+        text, use = full.result(timeout=120)
+    assert text == want.text and use.completion_tokens == want.completion_tokens
+    h = wait_for(server, lambda h: h["running"] == 0, "the batch to end")
+    assert h["cancelled"] == before["cancelled"] + 1 and h["completed"] == before["completed"] + 1
+
+
 # --- binding -----------------------------------------------------------------------------------------
 
 def test_refuses_open_bind_without_key(monkeypatch, tmp_path):
@@ -336,7 +402,7 @@ def test_cli_refuses_open_bind_without_key(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "CHATTUNE_API_KEY"}
     exe = Path(sys.executable).with_name("chattune")
     p = subprocess.run([str(exe), "serve", str(tmp_path), "--host", "0.0.0.0"], capture_output=True, text=True,
-                       env=env, timeout=120)
+                       env=env, timeout=120, check=False)
     assert p.returncode == 2 and "api-key" in p.stderr.replace("\n", " ")
 
 

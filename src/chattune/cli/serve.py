@@ -1,8 +1,6 @@
 """CLI commands: serve (registered on the app in cli/__init__.py)."""
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from . import app, console, data_app  # noqa: F401
@@ -13,13 +11,13 @@ def serve(
     path: str = typer.Argument(..., help="Run dir, merged model dir, HF model folder or alias to serve."),
     host: str = typer.Option("127.0.0.1", help="Address to bind. Anything but loopback needs --api-key."),
     port: int = typer.Option(8000, help="TCP port (0 = any free port)."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="CHATTUNE_API_KEY", show_envvar=True,
-                                          help="Require 'Authorization: Bearer KEY' on /v1/*."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="CHATTUNE_API_KEY", show_envvar=True,
+                                       help="Require 'Authorization: Bearer KEY' on /v1/*."),
     max_tokens_cap: int = typer.Option(1024, help="Largest max_tokens a request may ask for (above: 400)."),
     max_queue: int = typer.Option(64, help="Requests that may wait for the model; more get 429."),
-    max_batch_size: int = typer.Option(8, help="Queued non-streaming requests answered in one batch."),
-    device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
-    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16 (default: the loader's)."),
+    max_batch_size: int = typer.Option(8, help="Queued requests (same settings) answered in one batch."),
+    device: str | None = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
+    dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16 (default: the loader's)."),
 ) -> None:
     """Serve a model over an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models, GET /health)."""
     from ..config import ServeConfig

@@ -1,19 +1,17 @@
 """OpenAI-compatible HTTP API over `Generator`: ``chattune serve RUN_DIR``.
 
-Endpoints: ``POST /v1/chat/completions`` (JSON or server-sent events with ``stream: true``),
-``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health``. The wire format and the request policy
-(what is honoured, rejected, ignored) live in `serve_schema`.
+Endpoints: ``POST /v1/chat/completions`` (JSON, or server-sent events with ``stream: true``),
+``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health`` (no key; queue depth and counters).
+The wire format and the request policy (what is honoured, rejected, ignored) live in `serve_schema`;
+the model thread (bounded queue, batching, cancellation) in `serve_worker`.
 
-How requests reach the model: the handler validates the body, puts a `_Job` on a bounded queue and
-awaits its results; one worker thread owns the model (a `Generator` must not run two calls at once)
-so the event loop never blocks. The worker takes queued non-streaming jobs with equal sampling
-parameters together into one batched `Generator.generate` call; streaming jobs run one at a time
-through `Generator.stream`. A full queue answers 429; a client that leaves cancels its job (queued
-jobs are skipped, a running stream stops after the current token).
+A handler validates the body, queues a job and awaits what the worker hands back, so generation
+never blocks the event loop. A full queue answers 429; a client that leaves cancels its job.
 
 Decisions: max_tokens above `ServeConfig.max_tokens_cap` is a 400 (clamping would silently return
 less than asked); an omitted max_tokens means "up to the cap", trimmed to the context window.
 Omitted temperature/top_p take the model's generation_config when it samples, else OpenAI's 1.0.
+The request's `model` may be any string (one model is served; answers name it).
 """
 from __future__ import annotations
 
@@ -27,18 +25,31 @@ import os
 import socket
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from typing_extensions import Self
 
-from ..errors import ChattuneError, ConfigError
-from .serve_schema import (APIError, ChatCompletionRequest, check_unsupported, chunk_body, completion_body,
-                           error_body, new_id, sse, stop_list, to_messages, usage, validation_error)
+from ..errors import ConfigError
+from .serve_schema import (
+    APIError,
+    ChatCompletionRequest,
+    check_unsupported,
+    chunk_body,
+    completion_body,
+    error_body,
+    new_id,
+    sse,
+    stop_list,
+    to_messages,
+    usage,
+    validation_error,
+)
+from .serve_worker import Job, QueueFull, Sampling, Worker
 
 if TYPE_CHECKING:
     from ..config import ServeConfig
@@ -48,235 +59,6 @@ log = logging.getLogger("chattune.serve")
 API_KEY_ENV = "CHATTUNE_API_KEY"
 _POLL_S = 0.25  # how often a waiting non-streaming handler checks whether its client left
 
-
-@dataclass(frozen=True)
-class Sampling:
-    """Generation parameters of one request; jobs with equal `Sampling` can share a batch."""
-
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    seed: int | None
-    stop: tuple[str, ...]
-    explicit_max: bool = field(default=True, compare=False)
-
-    @property
-    def batchable(self) -> bool:
-        # A seeded sampler in a batch draws different numbers than alone: keep those requests solo.
-        return self.temperature == 0 or self.seed is None
-
-
-@dataclass(frozen=True)
-class _Started:
-    """First item a streaming job receives: the prompt was accepted and generation begins."""
-
-    prompt_tokens: int
-
-
-@dataclass(eq=False)
-class _Job:
-    messages: list[dict]
-    sampling: Sampling
-    stream: bool
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-    def deliver(self, item: Any) -> None:
-        """Hand an item (delta, Completion, _Started or APIError) to the waiting handler, from any thread."""
-        try:
-            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
-        except RuntimeError:  # the event loop is closed: the server is shutting down
-            pass
-
-
-class QueueFull(Exception):
-    pass
-
-
-class Worker:
-    """The one thread that runs the model; see the module doc.
-
-    Args:
-        generator: the loaded `Generator`.
-        max_queue: jobs that may wait (not counting the running one) before `submit` raises QueueFull.
-        max_batch_size: most non-streaming jobs merged into one `generate` call.
-    """
-
-    def __init__(self, generator: "Generator", max_queue: int, max_batch_size: int = 8):
-        self.gen = generator
-        self.max_queue = max_queue
-        self.max_batch_size = max_batch_size
-        # Held for every model call; anything else in the process that calls the generator takes it too.
-        self.model_lock = threading.Lock()
-        self._cond = threading.Condition()
-        self._pending: deque[_Job] = deque()
-        self._running: list[_Job] = []
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self.stats = {"completed": 0, "skipped": 0, "cancelled": 0, "rejected": 0, "batches": 0,
-                      "largest_batch": 0}
-        cfg = getattr(generator.model, "config", None)
-        limit = getattr(cfg, "max_position_embeddings", None)
-        self.context_limit = int(limit) if isinstance(limit, int) and limit > 0 else None
-
-    # --- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="chattune-serve-worker", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Fail queued jobs (503), cancel running ones and wait for the thread."""
-        with self._cond:
-            self._stopping = True
-            pending, self._pending = list(self._pending), deque()
-            for job in self._running:
-                job.cancel.set()
-            self._cond.notify_all()
-        for job in pending:
-            job.deliver(APIError(503, "the server is shutting down", code="shutting_down"))
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def submit(self, job: _Job) -> None:
-        with self._cond:
-            if self._stopping:
-                raise APIError(503, "the server is shutting down", code="shutting_down")
-            if len(self._pending) >= self.max_queue:
-                self.stats["rejected"] += 1
-                raise QueueFull
-            self._pending.append(job)
-            self._cond.notify()
-
-    def snapshot(self) -> dict:
-        with self._cond:
-            return {"queued": len(self._pending), "running": len(self._running), **self.stats}
-
-    # --- the thread -------------------------------------------------------------------------------
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
-                    return
-                first = self._pending.popleft()
-                # Counted as running from here, also while it waits for the model lock.
-                self._running = [first]
-            if first.cancel.is_set():
-                self._count("skipped")
-                with self._cond:
-                    self._running = []
-                continue
-            with self.model_lock:
-                try:
-                    if first.stream:
-                        self._run_stream(first)
-                    else:
-                        self._run_batch(first)
-                except Exception as e:  # noqa: BLE001 - the worker must survive any one bad job
-                    log.exception("generation failed")
-                    for job in dict.fromkeys([first, *self._running]):
-                        job.deliver(_as_api_error(e))
-                finally:
-                    with self._cond:
-                        self._running = []
-
-    def _count(self, key: str, n: int = 1) -> None:
-        with self._cond:
-            self.stats[key] += n
-
-    def _prepare(self, job: _Job) -> tuple[int, Sampling]:
-        """Render the prompt, check it fits the context and trim a defaulted max_tokens to fit."""
-        n = len(self.gen.prompt_ids(job.messages))
-        s = job.sampling
-        if self.context_limit is not None:
-            room = self.context_limit - n
-            if room < 1:
-                raise APIError(400, f"the prompt is {n} tokens; this model's context window is "
-                               f"{self.context_limit} tokens", param="messages", code="context_length_exceeded")
-            if s.max_new_tokens > room:
-                if s.explicit_max:
-                    raise APIError(400, f"the prompt ({n} tokens) plus max_tokens ({s.max_new_tokens}) exceeds "
-                                   f"this model's context window of {self.context_limit} tokens",
-                                   param="max_tokens", code="context_length_exceeded")
-                s = replace(s, max_new_tokens=room)
-        return n, s
-
-    def _take_compatible(self, first: _Job) -> list[_Job]:
-        """Remove up to max_batch_size-1 queued non-streaming jobs that can share first's batch."""
-        if not first.sampling.batchable:
-            return []
-        taken: list[_Job] = []
-        with self._cond:
-            keep: deque[_Job] = deque()
-            for job in self._pending:
-                if (len(taken) < self.max_batch_size - 1 and not job.stream and not job.cancel.is_set()
-                        and job.sampling == first.sampling):
-                    taken.append(job)
-                else:
-                    keep.append(job)
-            self._pending = keep
-        return taken
-
-    def _run_batch(self, first: _Job) -> None:
-        jobs = [first, *self._take_compatible(first)]
-        with self._cond:
-            self._running = jobs
-        groups: dict[Sampling, list[_Job]] = {}
-        for job in jobs:
-            if job.cancel.is_set():
-                self._count("skipped")
-                continue
-            try:
-                _, s = self._prepare(job)
-            except Exception as e:  # noqa: BLE001 - one bad prompt fails only its own request
-                job.deliver(_as_api_error(e))
-                continue
-            groups.setdefault(s, []).append(job)  # trimmed max_tokens may split the batch
-        for s, group in groups.items():
-            group = [j for j in group if not j.cancel.is_set()] or []
-            if not group:
-                continue
-            try:
-                outs = self.gen.generate([j.messages for j in group], max_new_tokens=s.max_new_tokens,
-                                         temperature=s.temperature, top_p=s.top_p, seed=s.seed,
-                                         stop=list(s.stop) or None)
-            except Exception as e:  # noqa: BLE001
-                log.exception("generation failed")
-                for j in group:
-                    j.deliver(_as_api_error(e))
-                continue
-            with self._cond:
-                self.stats["batches"] += 1
-                self.stats["largest_batch"] = max(self.stats["largest_batch"], len(group))
-                self.stats["completed"] += len(group)
-            for j, c in zip(group, outs):
-                j.deliver(c)
-
-    def _run_stream(self, job: _Job) -> None:
-        try:
-            n, s = self._prepare(job)
-        except Exception as e:  # noqa: BLE001
-            job.deliver(_as_api_error(e))
-            return
-        job.deliver(_Started(n))
-        for item in self.gen.stream(job.messages, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                                    top_p=s.top_p, seed=s.seed, stop=list(s.stop) or None, cancel=job.cancel):
-            job.deliver(item)
-        self._count("cancelled" if job.cancel.is_set() else "completed")
-
-
-def _as_api_error(e: BaseException) -> APIError:
-    if isinstance(e, APIError):
-        return e
-    if isinstance(e, ChattuneError):  # e.g. a chat template that refuses these messages
-        return APIError(400, str(e), code="invalid_messages")
-    return APIError(500, f"generation failed: {type(e).__name__}: {e}")
-
-
-# --- HTTP --------------------------------------------------------------------------------------------
 
 def _json_response(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
@@ -350,7 +132,7 @@ async def _send(send, status: int, body: dict, headers: dict | None = None) -> N
     await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
-def _default_sampling(generator: "Generator") -> tuple[float, float]:
+def _default_sampling(generator: Generator) -> tuple[float, float]:
     gc = getattr(generator.model, "generation_config", None)
     if gc is not None and getattr(gc, "do_sample", False):
         return float(gc.temperature if gc.temperature is not None else 1.0), float(gc.top_p or 1.0)
@@ -373,7 +155,7 @@ async def _wait(out: asyncio.Queue, request, cancel: threading.Event):
             getter.cancel()
 
 
-def create_app(generator: "Generator", serve_cfg: "ServeConfig") -> FastAPI:
+def create_app(generator: Generator, serve_cfg: ServeConfig) -> FastAPI:
     """Build the FastAPI app that serves `generator`.
 
     Args:
@@ -456,7 +238,7 @@ def create_app(generator: "Generator", serve_cfg: "ServeConfig") -> FastAPI:
             temperature, top_p = 0.0, 1.0
         sampling = Sampling(max_new_tokens=asked or cap, temperature=float(temperature), top_p=float(top_p),
                             seed=body.seed, stop=stop_list(body.stop), explicit_max=asked is not None)
-        job = _Job(messages, sampling, bool(body.stream), asyncio.get_running_loop(), asyncio.Queue())
+        job = Job(messages, sampling, bool(body.stream), asyncio.get_running_loop(), asyncio.Queue())
         try:
             worker.submit(job)
         except QueueFull:
@@ -484,13 +266,14 @@ def create_app(generator: "Generator", serve_cfg: "ServeConfig") -> FastAPI:
     return app
 
 
-async def _events(job: _Job, cid: str, model_name: str, include_usage: bool) -> AsyncIterator[str]:
+async def _events(job: Job, cid: str, model_name: str, include_usage: bool) -> AsyncIterator[str]:
     """The SSE body of a streaming answer (OpenAI chunk shapes; see serve_schema.chunk_body)."""
     created = int(time.time())
 
     def chunk(delta, finish=None):
         return sse(chunk_body(cid, created, model_name, delta, finish, with_usage_field=include_usage))
 
+    ended = False
     try:
         yield chunk({"role": "assistant", "content": ""})
         while True:
@@ -499,10 +282,12 @@ async def _events(job: _Job, cid: str, model_name: str, include_usage: bool) -> 
                 if item:
                     yield chunk({"content": item})
             elif isinstance(item, APIError):
+                ended = True
                 # Headers are gone: report in-band, as OpenAI does; the client raises on "error".
                 yield sse(item.body())
                 return
             else:  # the final Completion
+                ended = True
                 yield chunk({}, item.finish_reason)
                 if include_usage:
                     yield sse(chunk_body(cid, created, model_name, None, with_usage_field=True,
@@ -510,8 +295,8 @@ async def _events(job: _Job, cid: str, model_name: str, include_usage: bool) -> 
                 yield sse("[DONE]")
                 return
     finally:
-        # Client went away (Starlette cancels this generator) or we finished: stop the model either way.
-        job.cancel.set()
+        if not ended:  # the client went away (Starlette cancelled this generator): stop its generation
+            job.cancel.set()
 
 
 # --- running ---------------------------------------------------------------------------------------
@@ -526,7 +311,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind(serve_cfg: "ServeConfig") -> "ServeConfig":
+def check_bind(serve_cfg: ServeConfig) -> ServeConfig:
     """Resolve the API key (config, else $CHATTUNE_API_KEY) and refuse an open bind without one.
 
     Returns:
@@ -575,7 +360,7 @@ class BackgroundServer:
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
                                        name="chattune-serve", daemon=True)
 
-    def __enter__(self) -> "BackgroundServer":
+    def __enter__(self) -> Self:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:
@@ -590,7 +375,7 @@ class BackgroundServer:
         self.sock.close()
 
 
-def run_server(path: str, serve_cfg: "ServeConfig", *, device: str | None = None, dtype: str | None = None,
+def run_server(path: str, serve_cfg: ServeConfig, *, device: str | None = None, dtype: str | None = None,
                log_level: str = "info") -> None:
     """Load `path` (run dir, merged dir, model folder or alias) and serve it until interrupted.
 

@@ -1,0 +1,329 @@
+"""The one thread that runs the model for `chattune serve`: a bounded queue, batching and cancellation.
+
+A `Generator` must not run two calls at once, and generation must never block the event loop, so
+HTTP handlers only put a `Job` on the queue and await what the worker hands back through
+`Job.deliver` (thread-safe, via the job's event loop).
+
+Each turn the worker takes the oldest job plus every queued job of the same kind (streaming or not)
+with equal `Sampling`, up to `max_batch_size`, and answers them with one batched call:
+`Generator.generate` for plain requests; for streams, one left-padded `model.generate` whose streamer
+hands each row's tokens to its own client (`_RowStreams`), with per-row stop and cancel. A lone
+stream goes through `Generator.stream`. Jobs whose client left are skipped; a running stream whose
+client left stops at its next token without stopping the other rows.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ChattuneError
+from .serve_schema import APIError
+
+if TYPE_CHECKING:
+    from .generate import Generator
+
+log = logging.getLogger("chattune.serve")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Generation parameters of one request; jobs with equal `Sampling` can share a batch."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: tuple[str, ...]
+    explicit_max: bool = field(default=True, compare=False)
+
+    @property
+    def batchable(self) -> bool:
+        # A seeded sampler in a batch draws different numbers than alone: keep those requests solo.
+        return self.temperature == 0 or self.seed is None
+
+
+@dataclass(frozen=True)
+class Started:
+    """First item a streaming job receives: the prompt was accepted and generation begins."""
+
+    prompt_tokens: int
+
+
+@dataclass(eq=False)
+class Job:
+    """One request waiting for the model. Items delivered to `out`: `Started` (streams only), str
+    deltas (streams only), then one `Completion`; or one `APIError` instead."""
+
+    messages: list[dict]
+    sampling: Sampling
+    stream: bool
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def deliver(self, item: Any) -> None:
+        """Hand an item to the waiting handler; callable from any thread."""
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: the server is shutting down
+            pass
+
+
+class QueueFull(Exception):
+    pass
+
+
+def as_api_error(e: BaseException) -> APIError:
+    """The error a client sees for an exception raised while answering it."""
+    if isinstance(e, APIError):
+        return e
+    if isinstance(e, ChattuneError):  # e.g. a chat template that refuses these messages
+        return APIError(400, str(e), code="invalid_messages")
+    return APIError(500, f"generation failed: {type(e).__name__}: {e}")
+
+
+class Worker:
+    """Runs queued jobs on the model, one batch at a time (see the module doc).
+
+    Args:
+        generator: the loaded `Generator`.
+        max_queue: jobs that may wait (not counting running ones) before `submit` raises QueueFull.
+        max_batch_size: most jobs answered by one batched call.
+    """
+
+    def __init__(self, generator: Generator, max_queue: int, max_batch_size: int = 8):
+        self.gen = generator
+        self.max_queue = max_queue
+        self.max_batch_size = max_batch_size
+        # Held for every model call; anything else in the process that calls the generator takes it too.
+        self.model_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._pending: deque[Job] = deque()
+        self._running: list[Job] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.stats = {"completed": 0, "skipped": 0, "cancelled": 0, "rejected": 0, "batches": 0,
+                      "largest_batch": 0}
+        limit = getattr(getattr(generator.model, "config", None), "max_position_embeddings", None)
+        self.context_limit = int(limit) if isinstance(limit, int) and limit > 0 else None
+
+    # --- lifecycle and queue ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="chattune-serve-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Fail queued jobs (503), cancel running ones and wait for the thread."""
+        with self._cond:
+            self._stopping = True
+            pending, self._pending = list(self._pending), deque()
+            for job in self._running:
+                job.cancel.set()
+            self._cond.notify_all()
+        for job in pending:
+            job.deliver(APIError(503, "the server is shutting down", code="shutting_down"))
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, job: Job) -> None:
+        """Queue a job. Raises QueueFull when `max_queue` jobs wait, APIError(503) when stopping."""
+        with self._cond:
+            if self._stopping:
+                raise APIError(503, "the server is shutting down", code="shutting_down")
+            if len(self._pending) >= self.max_queue:
+                self.stats["rejected"] += 1
+                raise QueueFull
+            self._pending.append(job)
+            self._cond.notify()
+
+    def snapshot(self) -> dict:
+        """Queue depth and counters (shown by /health)."""
+        with self._cond:
+            return {"queued": len(self._pending), "running": len(self._running), **self.stats}
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._cond:
+            self.stats[key] += n
+
+    # --- the thread -------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                first = self._pending.popleft()
+                self._running = [first]  # counted as running also while it waits for the model lock
+            try:
+                with self.model_lock:
+                    self._run(first)
+            except Exception as e:
+                log.exception("generation failed")
+                for job in dict.fromkeys([first, *self._running]):
+                    job.deliver(as_api_error(e))
+            finally:
+                with self._cond:
+                    self._running = []
+
+    def _take_compatible(self, first: Job) -> list[Job]:
+        """Remove up to max_batch_size-1 queued jobs that can share first's batch."""
+        if not first.sampling.batchable:
+            return []
+        taken: list[Job] = []
+        with self._cond:
+            keep: deque[Job] = deque()
+            for job in self._pending:
+                if (len(taken) < self.max_batch_size - 1 and job.stream == first.stream
+                        and job.sampling == first.sampling and not job.cancel.is_set()):
+                    taken.append(job)
+                else:
+                    keep.append(job)
+            self._pending = keep
+            self._running = [first, *taken]
+        return taken
+
+    def _prepare(self, job: Job) -> tuple[int, Sampling]:
+        """Render the prompt, check it fits the context and trim a defaulted max_tokens to fit."""
+        n = len(self.gen.prompt_ids(job.messages))
+        s = job.sampling
+        if self.context_limit is not None:
+            room = self.context_limit - n
+            if room < 1:
+                raise APIError(400, f"the prompt is {n} tokens; this model's context window is "
+                               f"{self.context_limit} tokens", param="messages", code="context_length_exceeded")
+            if s.max_new_tokens > room:
+                if s.explicit_max:
+                    raise APIError(400, f"the prompt ({n} tokens) plus max_tokens ({s.max_new_tokens}) exceeds "
+                                   f"this model's context window of {self.context_limit} tokens",
+                                   param="max_tokens", code="context_length_exceeded")
+                s = replace(s, max_new_tokens=room)
+        return n, s
+
+    def _run(self, first: Job) -> None:
+        groups: dict[Sampling, list[Job]] = {}
+        for job in [first, *self._take_compatible(first)]:
+            if job.cancel.is_set():
+                self._count("skipped")
+                continue
+            try:
+                n, s = self._prepare(job)
+            except Exception as e:  # noqa: BLE001 - one bad prompt fails only its own request
+                job.deliver(as_api_error(e))
+                continue
+            if job.stream:
+                job.deliver(Started(n))
+            groups.setdefault(s, []).append(job)  # a trimmed max_tokens splits the batch
+        for s, group in groups.items():
+            try:
+                if not first.stream:
+                    for job, c in zip(group, self.gen.generate(
+                            [j.messages for j in group], max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                            top_p=s.top_p, seed=s.seed, stop=list(s.stop) or None)):
+                        job.deliver(c)
+                elif len(group) == 1:
+                    for item in self.gen.stream(group[0].messages, max_new_tokens=s.max_new_tokens,
+                                                temperature=s.temperature, top_p=s.top_p, seed=s.seed,
+                                                stop=list(s.stop) or None, cancel=group[0].cancel):
+                        group[0].deliver(item)
+                else:
+                    _stream_batch(self.gen, group, s)
+            except Exception as e:
+                log.exception("generation failed")
+                for job in group:
+                    job.deliver(as_api_error(e))
+                continue
+            cancelled = sum(j.cancel.is_set() for j in group) if first.stream else 0
+            with self._cond:
+                self.stats["batches"] += 1
+                self.stats["largest_batch"] = max(self.stats["largest_batch"], len(group))
+                self.stats["completed"] += len(group) - cancelled
+                self.stats["cancelled"] += cancelled
+
+
+# --- batched streaming ---------------------------------------------------------------------------------
+# `Generator` streams one conversation at a time; serving many streams needs one batch. The helpers
+# below are generate.py's own (same decode, stop-string and hold-back rules), so a batched stream
+# yields exactly what `Generator.generate` returns for the same batch. They belong in generate.py as
+# a public `Generator.stream_many`; until then serve imports them.
+
+class _RowCancel:
+    """Stopping criterion: row i is done once its client's cancel event is set (other rows go on)."""
+
+    def __init__(self, events: list[threading.Event]):
+        self.events = events
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.tensor([e.is_set() for e in self.events], dtype=torch.bool, device=input_ids.device)
+
+
+class _RowStreams:
+    """A transformers streamer for a batch: decodes each row's new tokens and delivers its text delta.
+
+    Runs inside `model.generate` on the worker thread (`put` is called once per decoding step).
+    """
+
+    def __init__(self, gen: Generator, jobs: list[Job], stop: list[str]):
+        from .generate import _cut_at_stop, _held_back
+
+        self._cut, self._held = _cut_at_stop, _held_back
+        self.gen, self.jobs, self.stop = gen, jobs, stop
+        self.eos = set(gen.eos_token_ids)
+        self.new_ids: list[list[int]] = [[] for _ in jobs]
+        self.sent = [""] * len(jobs)
+        self.done = [False] * len(jobs)
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:  # generate() first puts the prompt
+            self._prompt_seen = True
+            return
+        for i, t in enumerate(value.reshape(-1).tolist()):
+            if self.done[i]:
+                continue
+            self.new_ids[i].append(int(t))
+            if t in self.eos:
+                self.done[i] = True
+                continue
+            text = self.gen.tokenizer.decode(self.new_ids[i], skip_special_tokens=True,
+                                             clean_up_tokenization_spaces=False)
+            text, hit = self._cut(text, self.stop)
+            ready = text if hit else text[:len(text) - self._held(text, self.stop)]
+            if len(ready) > len(self.sent[i]) and ready.startswith(self.sent[i]):
+                self.jobs[i].deliver(ready[len(self.sent[i]):])
+                self.sent[i] = ready
+            self.done[i] = hit or self.jobs[i].cancel.is_set()
+
+    def end(self) -> None:
+        pass
+
+
+def _stream_batch(gen: Generator, jobs: list[Job], s: Sampling) -> None:
+    """Stream several conversations with one left-padded `model.generate` (see `_RowStreams`)."""
+    import torch
+
+    from .generate import _StopStrings
+
+    prompts = [gen.prompt_ids(j.messages) for j in jobs]
+    kw = gen._gen_kwargs(s.max_new_tokens, s.temperature, s.top_p, s.seed)
+    stop = list(s.stop)
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[gen.pad_token_id] * (width - len(p)) + p for p in prompts], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+    rows = _RowStreams(gen, jobs, stop)
+    criteria = [_RowCancel([j.cancel for j in jobs])] + ([_StopStrings(gen.tokenizer, stop, width)] if stop else [])
+    with torch.inference_mode():
+        gen.model.generate(input_ids=ids.to(gen.device), attention_mask=mask.to(gen.device),
+                           stopping_criteria=criteria, streamer=rows, **kw)
+    for i, (job, p) in enumerate(zip(jobs, prompts)):
+        final = gen._finish(rows.new_ids[i], len(p), s.max_new_tokens, stop, cancelled=job.cancel.is_set())
+        if final.text.startswith(rows.sent[i]) and len(final.text) > len(rows.sent[i]):
+            job.deliver(final.text[len(rows.sent[i]):])
+        job.deliver(final)
