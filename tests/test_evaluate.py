@@ -162,3 +162,29 @@ def test_bad_inputs_are_clear_errors(tmp_path, scripted_dir, scripted_gen):
         evaluate(scripted_dir, data, metrics=["accuracy"], generator=scripted_gen)
     with pytest.raises(DataError, match=r"t\.jsonl, line 1: json_fields needs references that are JSON"):
         evaluate(scripted_dir, data, metrics=["json_fields"], generator=scripted_gen, max_new_tokens=4)
+
+
+def test_eval_and_predict_cli(tmp_path, scripted_dir):
+    from typer.testing import CliRunner
+
+    from chattune.cli import app
+    from chattune.errors import ConfigError
+
+    runner = CliRunner()
+    data = write_jsonl(tmp_path / "test.jsonl", ROWS)
+    res = runner.invoke(app, ["eval", str(scripted_dir), "--data", str(data), "--metrics", "exact,contains",
+                              "--out", str(tmp_path / "ev"), "--max-new-tokens", "16", "--batch-size", "2"])
+    assert res.exit_code == 0, res.output
+    assert "exact" in res.output and "0.2500" in res.output
+    doc = json.loads((tmp_path / "ev" / "metrics.json").read_text(encoding="utf-8"))
+    assert doc["metrics"]["exact"] == pytest.approx(0.25) and doc["metrics"]["contains"] == pytest.approx(0.75)
+
+    res = runner.invoke(app, ["predict", str(scripted_dir), "--data", str(data), "--out", str(tmp_path / "p.jsonl"),
+                              "--max-new-tokens", "16", "--limit", "2"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(r["output"], r["reference"]) for r in rows] == [(SCRIPTS["alpha"], SCRIPTS["alpha"]),
+                                                               (SCRIPTS["beta"], "one two three")]
+
+    res = runner.invoke(app, ["eval", str(scripted_dir), "--data", str(data), "--metrics", "exact,acc"])
+    assert isinstance(res.exception, ConfigError) and "acc" in str(res.exception)

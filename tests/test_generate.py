@@ -8,6 +8,7 @@ Qwen3. The random tiny model checks that left padding changes nothing when atten
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -43,7 +44,12 @@ def build_scripted_qwen3(out_dir: Path | None, tokenizer_dir: Path):
         (model, tokenizer)
     """
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        GenerationConfig,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     end = tok.convert_tokens_to_ids("<|im_end|>")
@@ -62,7 +68,7 @@ def build_scripted_qwen3(out_dir: Path | None, tokenizer_dir: Path):
     chains = [tok(SCRIPTS[w], add_special_tokens=False)["input_ids"] + [end] for w in SCRIPTS]
     nxt: dict[int, int] = {}
     for chain in chains:
-        for a, b in zip(chain, chain[1:]):
+        for a, b in itertools.pairwise(chain):
             assert a not in nxt, "chain tokens must be distinct"
             nxt[a] = b
     cyc = [one(t) for t in CYCLE]

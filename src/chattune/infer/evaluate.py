@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from ..config import DataConfig, DataSource
 from ..errors import ConfigError, DataError
@@ -166,10 +166,8 @@ def _check(metrics: Sequence[str]) -> list[str]:
 
 def _write(out_dir: Path, rows: list[dict], doc: dict) -> tuple[Path, Path]:
     pred_path, met_path = out_dir / PREDICTIONS_FILE, out_dir / METRICS_FILE
-    with atomic_path(pred_path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    with atomic_path(pred_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     atomic_write_text(met_path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     return pred_path, met_path
 
@@ -181,7 +179,7 @@ def _last_user(messages: list[dict]) -> str:
 def evaluate(model_path, data_path, *, metrics: Sequence[str] = ("exact",), max_new_tokens: int = 128,
              batch_size: int = 16, limit: int | None = None, out_dir=None, generator=None,
              data_cfg: DataConfig | None = None, thinking: str | None = None,
-             progress: Progress | None = None) -> dict:
+             progress: Progress | None = None, device: str | None = None, dtype: str | None = None) -> dict:
     """Generate answers for a test file and score them.
 
     Args:
@@ -196,6 +194,7 @@ def evaluate(model_path, data_path, *, metrics: Sequence[str] = ("exact",), max_
         data_cfg: data settings (default: the run dir's, dedupe off).
         thinking: "off"/"keep" (default: the run dir's).
         progress: called with (done, total) after each generation batch.
+        device, dtype: passed to the loader (default: cuda if available, the run's dtype).
 
     Returns:
         ``{"metrics": {...}, "n", "predictions_path", "metrics_path", "rows", "model", "timing"}``.
@@ -206,7 +205,7 @@ def evaluate(model_path, data_path, *, metrics: Sequence[str] = ("exact",), max_
     if data_cfg is None:
         data_cfg = data_config_for(model_path)
     examples = load_examples(data_path, data_cfg, limit=limit)
-    gen = generator or Generator.from_path(model_path, thinking=thinking)
+    gen = generator or Generator.from_path(model_path, thinking=thinking, device=device, dtype=dtype)
     t0 = time.perf_counter()
     comps = generate_all(gen, [e.messages for e in examples], batch_size=batch_size,
                          max_new_tokens=max_new_tokens, progress=progress)
@@ -286,13 +285,13 @@ def compare_markdown(res: dict, *, examples: int = 20) -> str:
 
 def compare(base_path, tuned_path, data_path, *, out_dir=None, metrics: Sequence[str] = ("exact",),
             max_new_tokens: int = 128, batch_size: int = 16, limit: int | None = None,
-            progress: Progress | None = None) -> dict:
+            progress: Progress | None = None, device: str | None = None, dtype: str | None = None) -> dict:
     """Evaluate a base and a tuned model on the same data and tabulate before/after.
 
     Args:
         base_path: the model before tuning; "base" means the tuned run dir's base model.
         tuned_path: the tuned run dir (or any model).
-        data_path, metrics, max_new_tokens, batch_size, limit, progress: as in `evaluate`.
+        data_path, metrics, max_new_tokens, batch_size, limit, progress, device, dtype: as in `evaluate`.
         out_dir: writes base/ and tuned/ (predictions + metrics), compare.md and compare.json.
 
     Returns:
@@ -311,11 +310,11 @@ def compare(base_path, tuned_path, data_path, *, out_dir=None, metrics: Sequence
         base_path = read_run(tuned_path).base_model
     # Both models see identical prompts: the tuned run's data settings and thinking policy.
     data_cfg = data_config_for(tuned_path)
-    tuned_gen = Generator.from_path(tuned_path)
+    tuned_gen = Generator.from_path(tuned_path, device=device, dtype=dtype)
     thinking = tuned_gen.thinking
     out = Path(out_dir) if out_dir is not None else None
     kw = dict(metrics=metrics, max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit,
-              data_cfg=data_cfg, progress=progress)
+              data_cfg=data_cfg, progress=progress, device=device, dtype=dtype)
     tuned = evaluate(tuned_path, data_path, generator=tuned_gen, out_dir=out / "tuned" if out else None, **kw)
     del tuned_gen
     gc.collect()
@@ -337,7 +336,8 @@ def compare(base_path, tuned_path, data_path, *, out_dir=None, metrics: Sequence
 # ---------------------------------------------------------------------------------------- predict
 
 def predict(model_path, data_path, out_path, *, batch_size: int = 16, max_new_tokens: int = 256,
-            limit: int | None = None, generator=None, progress: Progress | None = None) -> dict:
+            limit: int | None = None, generator=None, progress: Progress | None = None,
+            device: str | None = None, dtype: str | None = None) -> dict:
     """Batch generation over a data file; writes one JSON line per example (atomically).
 
     Each line: ``{"index", "source", "row", "messages", "input", "output", "finish_reason",
@@ -349,7 +349,7 @@ def predict(model_path, data_path, out_path, *, batch_size: int = 16, max_new_to
     from .generate import Generator
 
     examples = load_examples(data_path, data_config_for(model_path), limit=limit, need_reference=False)
-    gen = generator or Generator.from_path(model_path)
+    gen = generator or Generator.from_path(model_path, device=device, dtype=dtype)
     t0 = time.perf_counter()
     comps = generate_all(gen, [e.messages for e in examples], batch_size=batch_size,
                          max_new_tokens=max_new_tokens, progress=progress)

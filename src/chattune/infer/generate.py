@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import queue
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import ChattuneError, ModelError
 
@@ -228,7 +229,7 @@ class Generator:
         self.pad_token_id = int(pad) if pad is not None else self.eos_token_ids[0]
 
     @classmethod
-    def from_path(cls, path, *, device=None, dtype=None, thinking=None) -> "Generator":
+    def from_path(cls, path, *, device=None, dtype=None, thinking=None) -> Generator:
         """Load a run dir, merged/plain model folder, the alias 'smollm2-135m-instruct', a .gguf or a Hub id.
 
         Args:
@@ -412,3 +413,46 @@ class Generator:
         if final.text.startswith(sent) and len(final.text) > len(sent):
             yield final.text[len(sent):]
         yield final
+
+
+class ChatSession:
+    """A multi-turn chat over a `Generator`: keeps the history, streams each reply.
+
+    Args:
+        generator: the loaded model.
+        system: system prompt put first in every conversation (None: none).
+        **gen_kwargs: passed to `Generator.stream` (max_new_tokens, temperature, top_p, seed, stop).
+    """
+
+    def __init__(self, generator: Generator, system: str | None = None, **gen_kwargs):
+        self.generator, self.system, self.gen_kwargs = generator, system or None, gen_kwargs
+        self.history: list[dict] = []
+
+    @property
+    def messages(self) -> list[dict]:
+        """The conversation as the model sees it: system prompt (if any) + history."""
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+
+    def reset(self) -> None:
+        """Forget the history (the system prompt stays)."""
+        self.history = []
+
+    def set_system(self, text: str | None) -> None:
+        """Replace the system prompt (empty/None removes it); the history stays."""
+        self.system = (text or "").strip() or None
+
+    def send(self, text: str, cancel: threading.Event | None = None) -> Iterator[str | Completion]:
+        """Stream the reply to `text`; the turn joins the history once the reply is complete.
+
+        Yields:
+            str deltas, then the final `Completion`. An interrupted reply (the consumer stops
+            iterating) leaves the history unchanged.
+        """
+        msgs = self.messages + [{"role": "user", "content": text}]
+        final = None
+        for part in self.generator.stream(msgs, cancel=cancel, **self.gen_kwargs):
+            if isinstance(part, Completion):
+                final = part
+            yield part
+        if final is not None:
+            self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": final.text}]

@@ -22,7 +22,7 @@ import json
 import math
 import re
 from collections import Counter
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 _FENCE = re.compile(r"^```[A-Za-z0-9_-]*[ \t]*\n?(.*?)\n?[ \t]*```$", re.DOTALL)
 _CJK = re.compile(r"[\u2e80-\u2fff\u3000-\u303f\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
