@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -43,8 +44,30 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("CHATTUNE_CACHE", Path.home() / ".cache" / "chattune")) / "datasets"
 
 
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
-    """SHA-256 of everything in the tokenizer that decides token ids (vocab, merges, added and special tokens)."""
+    """SHA-256 of everything in the tokenizer that decides token ids (vocab, merges, added and special tokens).
+
+    Memoised per tokenizer object (serialising Gemma's 262k vocabulary takes ~1 s); adding tokens
+    changes ``len(tokenizer)`` and so recomputes it.
+    """
+    try:
+        size, fp = _FINGERPRINTS[tokenizer]
+        if size == len(tokenizer):
+            return fp
+    except (KeyError, TypeError):
+        pass
+    fp = _fingerprint(tokenizer)
+    try:
+        _FINGERPRINTS[tokenizer] = (len(tokenizer), fp)
+    except TypeError:  # not weak-referenceable
+        pass
+    return fp
+
+
+def _fingerprint(tokenizer) -> str:
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -164,7 +187,7 @@ def tokenize_conversations(convs: list[Conversation], tokenizer, data_cfg: DataC
         ds = raw.map(_render_map, batched=True, batch_size=512, remove_columns=raw.column_names,
                      fn_kwargs={"tokenizer": tokenizer, "data_cfg": data_cfg, "eot": eot},
                      num_proc=num_proc if num_proc > 1 else None, features=features,
-                     new_fingerprint=hashlib.sha256(os.urandom(16)).hexdigest(),  # don't hash the tokenizer
+                     new_fingerprint=os.urandom(16).hex(),  # don't hash the tokenizer
                      desc="rendering")
     table = ds.data
     status = table.column("_status").to_pylist()
