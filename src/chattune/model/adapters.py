@@ -162,7 +162,7 @@ def _apply_generation_config(model, folder: Path) -> None:
             model.generation_config.pad_token_id = pad
 
 
-def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | None = None):
+def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | None = None, tokenizer=None):
     """Load anything chattune can generate with: a run dir, a model folder, the SmolLM2 alias, a GGUF, a Hub id.
 
     Args:
@@ -170,6 +170,8 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
             a .gguf file or a Hub id.
         device: None = `default_device()`.
         dtype: overrides the run's model.dtype ("auto", "float32", "bfloat16", "float16").
+        tokenizer: reuse this tokenizer instead of loading it again (it must be the one `path` holds;
+            merge loads the same run several times and a 151k-token tokenizer costs seconds).
 
     Returns:
         (model, tokenizer, info) with the model in eval mode; for a run dir the tokenizer and chat template
@@ -185,7 +187,7 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
         cfg = run.config
         mcfg = cfg.model.model_copy(update={"dtype": dtype} if dtype else {})
         run_dir = Path(path_s)
-        tok = _run_tokenizer(run_dir, mcfg)
+        tok = tokenizer or _run_tokenizer(run_dir, mcfg)
         if run.is_adapter:
             from peft import PeftModel
 
@@ -204,7 +206,7 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
     else:
         mcfg = ModelConfig(name_or_path=path_s, **({"dtype": dtype} if dtype else {}))
         src = resolve_source(mcfg)
-        tok = load_tokenizer(mcfg, source=src)
+        tok = tokenizer or load_tokenizer(mcfg, source=src)
         model = load_model(mcfg, tokenizer=tok, method="full", device=device, source=src)
         kind, base_name, thinking, method = "model", path_s, "off", None
     model.eval()

@@ -1,0 +1,207 @@
+"""Merge a LoRA/DoRA/QLoRA run into a plain model folder, and prove the merge changed nothing.
+
+The merged folder is an ordinary Hugging Face model (safetensors + tokenizer + chat template +
+generation_config with the end-of-turn EOS list) plus ``chattune_merge.json``. Verification reloads the
+saved folder and compares it with the adapter model on prompts from the run's own training data: greedy
+outputs must match token for token, and the report gives the largest logit difference.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from ..errors import ChattuneError, ModelError
+from ..fsutil import atomic_path
+
+log = logging.getLogger(__name__)
+
+MERGE_REPORT = "chattune_merge.json"
+FALLBACK_PROMPTS = ("Hello! Who are you?", "Give me three tips for learning a new language.",
+                    "What is 12 + 30?", "用一句话介绍一下你自己。")
+MAX_NEW_TOKENS = 32
+
+
+def verification_prompts(run, tokenizer, n: int) -> tuple[list[list[int]], str]:
+    """Up to `n` prompts from the run's training data: each conversation minus its last assistant turn,
+    rendered exactly as inference renders it. Falls back to a few fixed prompts when the data is gone.
+
+    Returns:
+        (list of prompt token-id lists, where they came from).
+    """
+    from ..data.formats import load_conversations
+    from ..data.render import prompt_ids
+
+    cfg = run.config
+    thinking = cfg.data.thinking
+    messages: list[list[dict]] = []
+    source = "training data"
+    try:
+        convs, _ = load_conversations(cfg.data.train, cfg.data) if cfg.data.train else ([], {})
+    except (ChattuneError, OSError) as e:
+        log.warning("merge: cannot read the run's training data (%s); verifying on fixed prompts", e)
+        convs = []
+    for conv in convs:
+        msgs = conv.messages
+        last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+        if last:  # None or 0: nothing to prompt with
+            messages.append(msgs[:last])
+        if len(messages) >= n:
+            break
+    if not messages:
+        source = "fixed prompts (run data not found)"
+        messages = [[{"role": "user", "content": p}] for p in FALLBACK_PROMPTS[:max(n, 1)]]
+    # Long prompts would only make verification slow; the first 512 tokens show any merge error.
+    return [prompt_ids(tokenizer, m, thinking=thinking)[-512:] for m in messages], source
+
+
+def _greedy(model, ids, eos: list[int], pad: int | None):
+    import torch
+
+    inp = torch.tensor([ids], device=model.device)
+    with torch.no_grad():
+        out = model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), do_sample=False,
+                             max_new_tokens=MAX_NEW_TOKENS, eos_token_id=eos, pad_token_id=pad,
+                             temperature=None, top_p=None, top_k=None)
+    return out[0, len(ids):].tolist()
+
+
+def _logits(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float().cpu()
+
+
+def compare_models(reference, candidate, tokenizer, prompts: list[list[int]], *, tie_tolerance: float = 1e-2) -> dict:
+    """Greedy outputs and logits of `candidate` versus `reference` on `prompts`.
+
+    A divergence counts as a tie, not a mismatch, only where the two models' logits at that step differ
+    by at most `tie_tolerance` (rounding-sized) and the reference's margin between the two chosen tokens
+    is within twice that difference: half-precision rounding can flip a genuine tie, a bad merge cannot
+    hide behind that rule.
+
+    Returns:
+        {"rows": [{"prompt", "reference", "candidate", "identical", "tie", "max_abs_logit_diff"}],
+         "identical": n, "ties": n, "mismatches": n, "max_abs_logit_diff": float}
+    """
+    from ..data.render import end_of_turn_ids
+
+    eos = end_of_turn_ids(tokenizer)
+    rows, worst = [], 0.0
+    for ids in prompts:
+        out_r = _greedy(reference, ids, eos, tokenizer.pad_token_id)
+        out_c = _greedy(candidate, ids, eos, tokenizer.pad_token_id)
+        seq = ids + out_r
+        lr, lc = _logits(reference, seq), _logits(candidate, seq)
+        diff = float((lr - lc).abs().max())
+        worst = max(worst, diff)
+        tie = False
+        if out_r != out_c:
+            k = next((i for i, (a, b) in enumerate(zip(out_r, out_c)) if a != b), min(len(out_r), len(out_c)))
+            pos = len(ids) + k - 1  # logits at this position chose generated token k
+            if k < len(out_r) and k < len(out_c):
+                margin = float(lr[pos, out_r[k]] - lr[pos, out_c[k]])
+                local = float((lr[pos] - lc[pos]).abs().max())
+                tie = margin <= 2 * local and local <= tie_tolerance
+        rows.append({"prompt": tokenizer.decode(ids[-60:]), "reference": tokenizer.decode(out_r),
+                     "candidate": tokenizer.decode(out_c), "identical": out_r == out_c, "tie": tie,
+                     "max_abs_logit_diff": diff})
+    same = sum(r["identical"] for r in rows)
+    ties = sum(r["tie"] for r in rows)
+    return {"rows": rows, "identical": same, "ties": ties, "mismatches": len(rows) - same - ties,
+            "max_abs_logit_diff": worst}
+
+
+def _save_merged(run, out: Path, *, device: str, dtype: str | None, tokenizer=None):
+    """Load base + adapter afresh (un-quantised), merge_and_unload, save model + tokenizer + template.
+
+    Returns:
+        the run's tokenizer (reused by verification).
+    """
+    from ..rundir import GENERATION_FILE, TEMPLATE_FILE
+    from .adapters import load_run_model
+
+    model, tok, _ = load_run_model(run.path, device=device, dtype=dtype, tokenizer=tokenizer)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    for name in (GENERATION_FILE, TEMPLATE_FILE):  # exactly as training wrote them (EOS list, template)
+        if (run.path / name).is_file():
+            shutil.copyfile(run.path / name, out / name)
+    del model, merged
+    return tok
+
+
+def merge(run_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None, n_verify: int = 20,
+          device: str | None = None) -> dict:
+    """Merge an adapter run into a standalone model folder and verify it.
+
+    Args:
+        run_dir: a chattune run dir holding an adapter (lora/dora/qlora).
+        out_dir: where the merged model goes; replaced whole only after verification passes.
+        dtype: "float32", "bfloat16" or "float16" for the saved weights (None = the run's model.dtype,
+            i.e. bf16 on capable GPUs, fp32 on CPU).
+        n_verify: prompts from the run's training data to compare (0 skips verification).
+        device: None = CUDA if available, else CPU.
+
+    Returns:
+        The report written to ``out_dir/chattune_merge.json``: base, method, dtype, verification rows and
+        counts, max_abs_logit_diff, seconds, and a note when a QLoRA adapter was merged into the
+        un-quantised base.
+
+    Raises:
+        ModelError: not an adapter run, or out_dir is an unrelated non-empty folder.
+        ChattuneError: verification found a greedy mismatch (nothing is written).
+    """
+    from ..rundir import read_run, write_json
+    from .adapters import load_run_model
+    from .load import default_device, resolve_dtype
+
+    t0 = time.time()
+    run = read_run(run_dir)
+    out = Path(out_dir)
+    if not run.is_adapter:
+        raise ModelError(f"{run_dir} holds full weights (method {run.config.method.type}); there is nothing to "
+                         f"merge: use the run dir itself as the model folder")
+    if out.resolve() == run.path.resolve():
+        raise ModelError("--out must differ from the run dir")
+    if out.exists() and any(out.iterdir()) and not (out / MERGE_REPORT).is_file():
+        raise ModelError(f"{out} exists and is not a previous merge (no {MERGE_REPORT}); choose another --out")
+    device = device or default_device()
+    # One concrete dtype for the merge and both verification loads (auto would reload a bf16 folder as fp32).
+    dtype = str(resolve_dtype(dtype or run.config.model.dtype, device)).replace("torch.", "")
+    method = run.config.method.type
+    report: dict = {"run_dir": str(run.path), "out_dir": str(out), "base": run.base_model, "method": method,
+                    "adapter": {"r": run.config.method.lora.r, "alpha": run.config.method.lora.alpha,
+                                "use_dora": run.config.method.lora.use_dora}, "dtype": dtype}
+    if method == "qlora":
+        report["note"] = ("QLoRA adapter merged into the un-quantised base: the merged model is not the 4-bit "
+                          "model it was trained on; verification compares against the adapter on that same base")
+    with atomic_path(out) as tmp:
+        tok = _save_merged(run, tmp, device=device, dtype=dtype)
+        if n_verify > 0:
+            adapter, _, _ = load_run_model(run.path, device=device, dtype=dtype, tokenizer=tok)
+            # the saved tokenizer files are a copy of the run's; reloading them would only cost time
+            merged, _, _ = load_run_model(tmp, device=device, dtype=dtype, tokenizer=tok)
+            prompts, source = verification_prompts(run, tok, n_verify)
+            # bf16/fp16 merges round each weight once; logits then move by up to a few tenths
+            verdict = compare_models(adapter, merged, tok, prompts,
+                                     tie_tolerance=1e-2 if dtype == "float32" else 0.5)
+            report["verify"] = {"source": source, "prompts": len(prompts), "max_new_tokens": MAX_NEW_TOKENS,
+                                **verdict}
+            del adapter, merged
+            if verdict["mismatches"]:
+                bad = next(r for r in verdict["rows"] if not r["identical"] and not r["tie"])
+                raise ChattuneError(
+                    f"merge verification failed: {verdict['mismatches']} of {len(prompts)} prompts give different "
+                    f"greedy output after merging (max |logit diff| {verdict['max_abs_logit_diff']:.3g}); e.g. "
+                    f"adapter {bad['reference']!r} vs merged {bad['candidate']!r}. Nothing was written to {out}. "
+                    "Try --dtype float32.")
+        else:
+            report["verify"] = None
+        report["seconds"] = round(time.time() - t0, 1)
+        write_json(tmp / MERGE_REPORT, report)
+    report["out_dir"] = str(out)
+    return report
