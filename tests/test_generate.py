@@ -266,3 +266,34 @@ def test_json_script_and_saved_model_round_trip(tmp_path_factory, qwen3_tokenize
     g = Generator.from_path(scripted_model_dir(tmp_path_factory, qwen3_tokenizer_dir))
     out = g.generate([user("epsilon"), user("alpha")], max_new_tokens=20)
     assert [c.text for c in out] == [SCRIPTS["epsilon"], SCRIPTS["alpha"]]
+
+
+def test_stream_many_rows_finish_independently_and_match_generate(scripted):
+    convs = [user("delta"), user("alpha"), user("beta"), user("gamma")]
+    ref = scripted.generate(convs, max_new_tokens=14, stop=["six"])
+    cancels = [threading.Event(), None, None, None]
+    events = []
+    for i, part in scripted.stream_many(convs, max_new_tokens=14, stop=["six"], cancels=cancels):
+        events.append((i, part))
+    finals = {i: p for i, p in events if not isinstance(p, str)}
+    assert [finals[i] for i in range(4)] == ref
+    for i in range(4):
+        assert "".join(p for j, p in events if j == i and isinstance(p, str)) == ref[i].text
+    # alpha (7 tokens) ends before delta (14): its Completion is yielded while delta still streams.
+    order = [i for i, p in events if not isinstance(p, str)]
+    assert order.index(1) < order.index(0)
+    assert events.index((1, finals[1])) < max(k for k, (i, p) in enumerate(events) if i == 0 and isinstance(p, str))
+    assert ref[2].text == "one two three four five " and ref[2].finish_reason == "stop"
+
+
+def test_stream_many_cancels_one_row_only(scripted):
+    convs = [user("delta"), user("delta")]
+    cancels = [threading.Event(), threading.Event()]
+    finals = {}
+    for i, part in scripted.stream_many(convs, max_new_tokens=30, cancels=cancels):
+        if i == 0 and isinstance(part, str):
+            cancels[0].set()
+        if not isinstance(part, str):
+            finals[i] = part
+    assert finals[0].finish_reason == "stop" and finals[0].completion_tokens <= 3
+    assert finals[1].finish_reason == "length" and finals[1].completion_tokens == 30

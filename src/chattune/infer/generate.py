@@ -167,22 +167,22 @@ class _StopStrings:
 
 
 class _Cancel:
-    """Stops every row as soon as one of the events is set (checked after each generated token)."""
+    """Row i stops once its event is set; every row stops once `all_rows` is set (checked after each token)."""
 
-    def __init__(self, *events: threading.Event):
-        self.events = events
+    def __init__(self, rows: list[threading.Event], all_rows: threading.Event):
+        self.rows, self.all_rows = rows, all_rows
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        stop = any(e.is_set() for e in self.events)
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+        everyone = self.all_rows.is_set()
+        return torch.tensor([everyone or e.is_set() for e in self.rows], dtype=torch.bool, device=input_ids.device)
 
 
 class _QueueStreamer:
     """A transformers streamer that hands the new token ids to the consuming thread.
 
-    Decoding happens in `Generator.stream` (not in TextIteratorStreamer) so streaming applies exactly
+    Decoding happens in `Generator.stream_many` (not in TextIteratorStreamer) so streaming applies exactly
     the same decode + stop-string rule as `generate`.
     """
 
@@ -194,7 +194,7 @@ class _QueueStreamer:
         if not self._prompt_seen:  # generate() first puts the prompt
             self._prompt_seen = True
             return
-        self.q.put(("ids", [int(i) for i in value.reshape(-1).tolist()]))
+        self.q.put(("ids", [int(i) for i in value.reshape(-1).tolist()]))  # one new id per row
 
     def end(self):
         self.q.put(("end", None))
@@ -351,23 +351,48 @@ class Generator:
         Yields:
             str deltas whose concatenation equals the final Completion's text, then the Completion.
         """
+        for _, part in self.stream_many([messages], max_new_tokens=max_new_tokens, temperature=temperature,
+                                        top_p=top_p, seed=seed, stop=stop, cancels=[cancel]):
+            yield part
+
+    def stream_many(self, conversations: list[list[dict]], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                    top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
+                    cancels: list[threading.Event | None] | None = None) -> Iterator[tuple[int, str | Completion]]:
+        """Stream several answers from one left-padded batch: ``(row, delta)`` pairs, then ``(row, Completion)``.
+
+        A row's Completion is yielded as soon as that row ends (end-of-turn, stop string, its cancel
+        event, or max_new_tokens), not when the whole batch ends. For greedy decoding each row's deltas
+        concatenate to exactly what `generate` returns for it.
+
+        Args:
+            conversations: the conversations, each ending before the answer.
+            max_new_tokens, temperature, top_p, seed, stop: as in `generate`.
+            cancels: one optional event per row; setting it ends that row after the current token.
+
+        Yields:
+            ``(index, str)`` text deltas and, once per row, ``(index, Completion)``.
+        """
         import torch
 
-        prompt = self.prompt_ids(messages)
+        if not conversations:
+            return
+        prompts = [self.prompt_ids(c) for c in conversations]
         kw = self._gen_kwargs(max_new_tokens, temperature, top_p, seed)
         stop = [s for s in (stop or []) if s]
-        cancel = cancel or threading.Event()
-        abandoned = threading.Event()  # ours: the consumer stopped iterating; the caller's event stays untouched
+        events = [(cancels[i] if cancels and i < len(cancels) else None) or threading.Event()
+                  for i in range(len(prompts))]
+        abandoned = threading.Event()  # ours: the consumer stopped iterating; callers' events stay untouched
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[self.pad_token_id] * (width - len(p)) + p for p in prompts], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
         streamer = _QueueStreamer()
-        criteria = [_Cancel(cancel, abandoned)] + ([_StopStrings(self.tokenizer, stop, len(prompt))] if stop else [])
+        criteria = [_Cancel(events, abandoned)] + ([_StopStrings(self.tokenizer, stop, width)] if stop else [])
         errors: list[BaseException] = []
 
         def work():
             try:
                 with torch.inference_mode():
-                    self.model.generate(input_ids=torch.tensor([prompt], device=self.device),
-                                        attention_mask=torch.ones(1, len(prompt), dtype=torch.long,
-                                                                  device=self.device),
+                    self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                         stopping_criteria=criteria, streamer=streamer, **kw)
             except BaseException as e:  # noqa: BLE001 - re-raised in the consuming thread
                 errors.append(e)
@@ -376,43 +401,49 @@ class Generator:
         thread = threading.Thread(target=work, name="chattune-stream", daemon=True)
         thread.start()
         eos = set(self.eos_token_ids)
-        new_ids: list[int] = []
-        sent = ""
-        finished = False  # end-of-turn or stop string seen: later ids (if any) are ignored
+        new_ids: list[list[int]] = [[] for _ in prompts]
+        sent = [""] * len(prompts)
+        done = [False] * len(prompts)
+
+        def finish(i: int) -> Iterator[tuple[int, str | Completion]]:
+            done[i] = True
+            final = self._finish(new_ids[i], len(prompts[i]), max_new_tokens, stop, cancelled=events[i].is_set())
+            if final.text.startswith(sent[i]) and len(final.text) > len(sent[i]):
+                yield i, final.text[len(sent[i]):]
+            yield i, final
+
         try:
             while True:
-                kind, value = streamer.q.get()
+                kind, step = streamer.q.get()
                 if kind == "end":
                     break
-                if finished:
-                    continue
-                for t in value:
-                    new_ids.append(t)
+                for i, t in enumerate(step):
+                    if done[i]:
+                        continue  # generate() pads a finished row; those ids are not the answer
+                    new_ids[i].append(t)
                     if t in eos:
-                        finished = True
-                        break
-                if finished:
-                    continue
-                text = self.tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-                text, hit = _cut_at_stop(text, stop)
-                if hit:
-                    finished = True
-                    ready = text
-                else:
-                    ready = text[:len(text) - _held_back(text, stop)]
-                if len(ready) > len(sent) and ready.startswith(sent):
-                    yield ready[len(sent):]
-                    sent = ready
+                        yield from finish(i)
+                        continue
+                    # Full decode of the row's ids: incremental by construction, so multi-byte
+                    # characters split across tokens come out whole (U+FFFD is held back).
+                    text = self.tokenizer.decode(new_ids[i], skip_special_tokens=True,
+                                                 clean_up_tokenization_spaces=False)
+                    text, hit = _cut_at_stop(text, stop)
+                    ready = text if hit else text[:len(text) - _held_back(text, stop)]
+                    if len(ready) > len(sent[i]) and ready.startswith(sent[i]):
+                        yield i, ready[len(sent[i]):]
+                        sent[i] = ready
+                    if hit or events[i].is_set() or len(new_ids[i]) >= max_new_tokens:
+                        yield from finish(i)
         finally:
             # A consumer that stops iterating (client went away) must not leave the model running.
             abandoned.set()
             thread.join()
         if errors:
             raise errors[0]
-        final = self._finish(new_ids, len(prompt), max_new_tokens, stop, cancelled=cancel.is_set())
-        if final.text.startswith(sent) and len(final.text) > len(sent):
-            yield final.text[len(sent):]
-        yield final
+        for i in range(len(prompts)):
+            if not done[i]:
+                yield from finish(i)
 
 
 class ChatSession:
