@@ -63,9 +63,11 @@ def test_merge_verifies_and_writes_a_plain_model_folder(tmp_path, run_with_data)
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == \
         json.loads((run / "generation_config.json").read_text())["eos_token_id"]
     assert not list(tmp_path.glob(".merged.*"))  # temp folder renamed away
-    from transformers import AutoModelForCausalLM
+    from chattune.model.adapters import load_run_model
 
-    merged = AutoModelForCausalLM.from_pretrained(out)
+    merged, mtok, info = load_run_model(out, device="cpu")
+    assert info["kind"] == "model" and info["method"] == "lora" and info["thinking"] == "off"
+    assert mtok.chat_template == CUSTOM_TEMPLATE and mtok.pad_token_id == tok.pad_token_id
     ids = torch.tensor([tok.encode("name a colour please")])
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, adapter(ids).logits, atol=1e-4, rtol=1e-4)

@@ -3,11 +3,18 @@ trained run back for inference.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..config import Config, ModelConfig
 from ..errors import ModelError
-from .load import SMOLLM2_ALIAS, default_device, load_model, load_tokenizer, resolve_source  # noqa: F401
+from .load import (  # noqa: F401
+    SMOLLM2_ALIAS,
+    default_device,
+    load_model,
+    load_tokenizer,
+    resolve_source,
+)
 
 
 def count_params(model) -> tuple[int, int]:
@@ -209,6 +216,10 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
         tok = tokenizer or load_tokenizer(mcfg, source=src)
         model = load_model(mcfg, tokenizer=tok, method="full", device=device, source=src)
         kind, base_name, thinking, method = "model", path_s, "off", None
+        merged_report = Path(src) / "chattune_merge.json"
+        if merged_report.is_file():  # a `chattune merge` output: render as the run was trained
+            rep = json.loads(merged_report.read_text(encoding="utf-8"))
+            base_name, thinking, method = rep.get("base", path_s), rep.get("thinking", "off"), rep.get("method")
     model.eval()
     info = {"kind": kind, "base": base_name, "path": path_s, "thinking": thinking or "off", "method": method,
             "device": str(device), "dtype": model.chattune_load["dtype"]}

@@ -175,7 +175,8 @@ def merge(run_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None,
     method = run.config.method.type
     report: dict = {"run_dir": str(run.path), "out_dir": str(out), "base": run.base_model, "method": method,
                     "adapter": {"r": run.config.method.lora.r, "alpha": run.config.method.lora.alpha,
-                                "use_dora": run.config.method.lora.use_dora}, "dtype": dtype}
+                                "use_dora": run.config.method.lora.use_dora}, "dtype": dtype,
+                    "thinking": run.config.data.thinking}  # load_run_model reads it back for the folder
     if method == "qlora":
         report["note"] = ("QLoRA adapter merged into the un-quantised base: the merged model is not the 4-bit "
                           "model it was trained on; verification compares against the adapter on that same base")
