@@ -103,6 +103,10 @@ def test_gradient_checkpointing_when_asked(tiny_qwen3_dir):
     cfg.train.gradient_checkpointing = True
     model, rep = apply_method(model, cfg)
     assert rep["gradient_checkpointing"] is True and model.base_model.model.is_activation_checkpointing
+    # the trainer's own decision wins over the config when it passes one
+    other, _ = _base(tiny_qwen3_dir)
+    other, rep2 = apply_method(other, cfg, gradient_checkpointing=False)
+    assert rep2["gradient_checkpointing"] is False and not other.base_model.model.is_activation_checkpointing
     model.train()
     _step(model, tok)  # checkpointed backward still reaches the LoRA weights
     _check_only_trainable_get_grads(model)
@@ -177,7 +181,7 @@ def test_load_run_model_full_run_and_plain_folder(tmp_path, tiny_qwen3_dir):
     assert info["kind"] == "full" and info["base"] == "somewhere/else" and info["method"] == "full"
     torch.testing.assert_close(loaded.model.norm.weight, model.model.norm.weight)
 
-    plain, _, pinfo = load_run_model(tiny_qwen3_dir, device="cpu", dtype="bfloat16")
+    plain, _, pinfo = load_run_model(tiny_qwen3_dir, device="cpu", dtype=torch.bfloat16)
     assert pinfo["kind"] == "model" and pinfo["thinking"] == "off" and pinfo["dtype"] == "bfloat16"
     assert next(plain.parameters()).dtype == torch.bfloat16 and not plain.training
 

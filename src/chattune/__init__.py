@@ -14,7 +14,7 @@ _API = {
     "render_conversation": ("chattune.data.render", "render_conversation"),
     "train": ("chattune.train.trainer", "train"),
     "evaluate": ("chattune.infer.evaluate", "evaluate"),
-    "merge": ("chattune.model.adapters", "merge"),
+    "merge": ("chattune.model.merge", "merge"),
     "Generator": ("chattune.infer.generate", "Generator"),
 }
 

@@ -60,19 +60,21 @@ def _final_norm(model):
     return None
 
 
-def _use_gradient_checkpointing(model, cfg: Config) -> bool:
-    flag = cfg.train.gradient_checkpointing
+def _use_gradient_checkpointing(model, cfg: Config, override: bool | None = None) -> bool:
+    flag = cfg.train.gradient_checkpointing if override is None else override
     if flag is None:  # ~30% slower on CPU and saves nothing that matters at the sizes that fit there
         return next(model.parameters()).device.type == "cuda"
     return bool(flag)
 
 
-def apply_method(model, cfg: Config):
+def apply_method(model, cfg: Config, *, gradient_checkpointing: bool | None = None):
     """Set up `model` for training with ``cfg.method``.
 
     Args:
         model: from `load_model` (4-bit for qlora).
         cfg: the whole config (method, and train.gradient_checkpointing).
+        gradient_checkpointing: the trainer's own decision, when it makes one; None = the config's
+            (train.gradient_checkpointing; None there = on for CUDA, off on CPU).
 
     Returns:
         (model, report): the model to train (a PeftModel for lora/qlora) and
@@ -120,7 +122,7 @@ def apply_method(model, cfg: Config):
     else:
         raise ModelError(f"method.type {method!r} is not supported; expected lora, qlora, full or freeze")
 
-    gc = _use_gradient_checkpointing(model, cfg)
+    gc = _use_gradient_checkpointing(model, cfg, gradient_checkpointing)
     if gc:
         # non-reentrant checkpointing works with frozen inputs; enable_input_require_grads keeps the
         # reentrant variant (still used by some remote-code models) from silently producing no grads.
@@ -176,7 +178,7 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
         path: a chattune run dir (adapter or full weights), a merged/plain HF folder, "smollm2-135m-instruct",
             a .gguf file or a Hub id.
         device: None = `default_device()`.
-        dtype: overrides the run's model.dtype ("auto", "float32", "bfloat16", "float16").
+        dtype: overrides the run's model.dtype ("auto", "float32", "bfloat16", "float16" or a torch.dtype).
         tokenizer: reuse this tokenizer instead of loading it again (it must be the one `path` holds;
             merge loads the same run several times and a 151k-token tokenizer costs seconds).
 
@@ -188,6 +190,8 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
     from ..rundir import is_run_dir, read_run
 
     device = device or default_device()
+    if dtype is not None and not isinstance(dtype, str):  # a torch.dtype
+        dtype = str(dtype).replace("torch.", "")
     path_s = str(path)
     if is_run_dir(path_s):
         run = read_run(path_s)
