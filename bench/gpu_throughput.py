@@ -258,6 +258,7 @@ def run_variant(name: str, args, shape: dict, pad_id: int, train_ds, peak: float
 
     from chattune.config import load_config
     from chattune.data.packing import Collator
+    from chattune.errors import ConfigError
     from chattune.model.adapters import apply_method
     from chattune.train import fast_path
     from chattune.train.fast_path import ModelShape, flops_per_token
@@ -291,10 +292,10 @@ def run_variant(name: str, args, shape: dict, pad_id: int, train_ds, peak: float
         cfg = load_config(None, [f"data.max_length={args.seq}", f"train.batch_size={args.batch}",
                                  "train.report_to=[none]", "method.lora.r=16",
                                  *[f"train.{k}={str(v).lower()}" for k, v in sw.items()]])
-        plan = fast_path.resolve_fast_path(cfg, device, model_config=full_shape(shape))
-        skipped = [k for k, v in sw.items() if k != "packing" and v and not plan[k]]
-        if skipped:
-            return {"variant": name, "skipped": "; ".join(plan["reasons"][k] for k in skipped)}
+        try:
+            plan = fast_path.resolve_fast_path(cfg, device, model_config=full_shape(shape))
+        except ConfigError as e:  # a switch this machine cannot run (Liger without CUDA, ...)
+            return {"variant": name, "skipped": str(e)}
         attn, gc_on = plan["attn_implementation"], plan["gradient_checkpointing"]
         cfg.train.gradient_checkpointing = gc_on
         model = build_model(shape, attn, device, dtype)

@@ -147,12 +147,13 @@ def test_flops_per_token_match_the_perf_table():
 
 
 def test_fast_path_on_cpu_is_plain_and_says_why():
-    plan = fp.resolve_fast_path(load_config(None, ["train.packing=true", "train.use_liger_kernel=true"]),
-                                caps=fp.Capabilities(device="cpu"))
+    plan = fp.resolve_fast_path(load_config(None, ["train.packing=true"]), caps=fp.Capabilities(device="cpu"))
     assert (plan["attn_implementation"], plan["use_liger_kernel"], plan["torch_compile"],
             plan["gradient_checkpointing"]) == ("sdpa", False, False, False)
     assert "block-diagonal mask" in plan["reasons"]["attn_implementation"]
-    assert plan["reasons"]["use_liger_kernel"] == "no CUDA GPU; asked for but skipped"
+    assert plan["reasons"]["use_liger_kernel"] == "off in config"
+    with pytest.raises(ConfigError, match="use_liger_kernel: true but no CUDA GPU"):
+        fp.resolve_fast_path(load_config(None, ["train.use_liger_kernel=true"]), caps=fp.Capabilities(device="cpu"))
     assert fp.training_args(plan) == {"use_liger_kernel": False, "torch_compile": False,
                                       "activation_checkpointing": False, "activation_checkpointing_kwargs": None}
     assert len(fp.describe(plan).splitlines()) == 5
@@ -185,11 +186,22 @@ def test_fast_path_liger_compile_switches():
                                 model_config=QWEN3_06B)["use_liger_kernel"] is True
     off = fp.resolve_fast_path(load_config(None, ["train.use_liger_kernel=false"]), caps=caps, model_config=QWEN3_06B)
     assert off["use_liger_kernel"] is False and off["reasons"]["use_liger_kernel"] == "off in config"
-    missing = fp.resolve_fast_path(load_config(None, ["train.use_liger_kernel=true"]),
-                                   caps=fp.Capabilities(**H100), model_config=QWEN3_06B)
-    assert missing["use_liger_kernel"] is False and "chattune[gpu]" in missing["reasons"]["use_liger_kernel"]
+    with pytest.raises(ConfigError, match=r"liger-kernel is not installed \(pip install 'chattune\[gpu\]'\)"):
+        fp.resolve_fast_path(load_config(None, ["train.use_liger_kernel=true"]), caps=fp.Capabilities(**H100),
+                             model_config=QWEN3_06B)
     comp = fp.resolve_fast_path(load_config(None, ["train.torch_compile=true"]), caps=caps, model_config=QWEN3_06B)
     assert comp["torch_compile"] is True and fp.training_args(comp)["torch_compile"] is True
+
+
+def test_apply_plan_keeps_auto_sdpa_and_sets_flash_and_switches():
+    cfg = load_config(None, ["train.packing=true"])
+    cpu = fp.resolve_fast_path(cfg, caps=fp.Capabilities(device="cpu"))
+    run_cfg = fp.apply_plan(cfg, cpu)
+    assert run_cfg.model.attn_implementation == "auto" and run_cfg.train.gradient_checkpointing is False
+    gpu = fp.resolve_fast_path(cfg, caps=fp.Capabilities(**H100, flash_attn_3=True), model_config=QWEN3_06B)
+    run_cfg = fp.apply_plan(cfg, gpu)
+    assert run_cfg.model.attn_implementation == "flash_attention_3" and run_cfg.train.gradient_checkpointing is False
+    assert cfg.model.attn_implementation == "auto" and cfg.train.gradient_checkpointing is None  # original untouched
 
 
 def test_gradient_checkpointing_follows_the_memory_estimate():

@@ -156,12 +156,12 @@ def estimate_train_memory(shape: ModelShape, tokens: int, *, method: str = "lora
 
 
 def _model_shape(cfg, model_config) -> ModelShape | None:
-    if model_config is not None:
+    if model_config is not None and not isinstance(model_config, (str, os.PathLike)):
         return ModelShape.from_config(model_config)
     try:
         from transformers import AutoConfig
 
-        return ModelShape.from_config(AutoConfig.from_pretrained(cfg.model.name_or_path))
+        return ModelShape.from_config(AutoConfig.from_pretrained(str(model_config or cfg.model.name_or_path)))
     except Exception:  # GGUF, hub id offline, remote code: size unknown
         return None
 
@@ -201,12 +201,11 @@ def resolve_fast_path(cfg, device: str | None = None, *, caps: Capabilities | No
     Args:
         cfg: chattune `Config`. Reads model.attn_implementation, train.packing, train.use_liger_kernel,
             train.torch_compile, train.gradient_checkpointing, train.batch_size, data.max_length, method.
-            For the three train switches: True/False = as set (True falls back with a reason where it
-            cannot run), None = auto.
+            For the three train switches: True/False = as set, None = auto (on where it runs and pays).
         device: "cpu", "cuda", ... (None: CUDA if available).
         caps: the machine's capabilities (default: `probe_capabilities(device)`); tests pass their own.
-        model_config: transformers config (or dict) of the model, for the memory estimate; default: read
-            from ``cfg.model.name_or_path`` when it is a local folder or cached id.
+        model_config: transformers config (or dict) of the model, or the folder to read it from, for the memory
+            estimate; default: ``cfg.model.name_or_path`` when it is a local folder or cached id.
 
     Returns:
         {"attn_implementation": str, "use_liger_kernel": bool, "torch_compile": bool,
@@ -214,7 +213,7 @@ def resolve_fast_path(cfg, device: str | None = None, *, caps: Capabilities | No
          "reasons": {switch: why}, "memory_estimate_gib": float | None}.
 
     Raises:
-        ConfigError: an explicit attention implementation this machine cannot run.
+        ConfigError: an explicit attention implementation or ``use_liger_kernel: true`` this machine cannot run.
     """
     caps = caps or probe_capabilities(device)
     t = cfg.train
@@ -230,9 +229,10 @@ def resolve_fast_path(cfg, device: str | None = None, *, caps: Capabilities | No
         reasons["use_liger_kernel"] = ("fused RMSNorm/RoPE/SwiGLU and linear-cross-entropy "
                                        "(never builds the full logits)")
     else:
-        liger = False
-        why = "no CUDA GPU" if not gpu else "liger-kernel not installed (pip install 'chattune[gpu]')"
-        reasons["use_liger_kernel"] = f"{why}{'; asked for but skipped' if want_liger else ''}"
+        why = "no CUDA GPU" if not gpu else "liger-kernel is not installed (pip install 'chattune[gpu]')"
+        if want_liger:  # asked for explicitly: say so rather than train slower than the user expects
+            raise ConfigError(f"train.use_liger_kernel: true but {why}; set train.use_liger_kernel=false")
+        liger, reasons["use_liger_kernel"] = False, why
 
     if t.torch_compile:
         compile_ = True
@@ -266,6 +266,21 @@ def resolve_fast_path(cfg, device: str | None = None, *, caps: Capabilities | No
     return {"attn_implementation": attn, "use_liger_kernel": liger, "torch_compile": compile_,
             "gradient_checkpointing": gc, "packing": bool(t.packing), "device": caps.device,
             "reasons": reasons, "memory_estimate_gib": mem}
+
+
+def apply_plan(cfg, plan: dict):
+    """A copy of `cfg` with the plan's choices, for loading the model and building TrainingArguments.
+
+    Keep writing the ORIGINAL config to the run dir: a resolved ``flash_attention_2`` there would stop
+    `chattune chat RUN_DIR` on a machine without flash-attn. The attention choice is only set when it is a
+    flash kernel or was explicit; otherwise "auto" stays and transformers picks (sdpa where supported).
+    """
+    attn = plan["attn_implementation"]
+    model = cfg.model if attn == "sdpa" and cfg.model.attn_implementation == "auto" else \
+        cfg.model.model_copy(update={"attn_implementation": attn})  # no validation: flash_attention_3 is allowed
+    train = cfg.train.model_copy(update={k: plan[k] for k in ("use_liger_kernel", "torch_compile",
+                                                              "gradient_checkpointing")})
+    return cfg.model_copy(update={"model": model, "train": train})
 
 
 def training_args(plan: dict) -> dict:
