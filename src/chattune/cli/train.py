@@ -14,13 +14,27 @@ def train_cmd(
     config: Path = typer.Argument(..., help="YAML config (see examples/)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.sub=value overrides, e.g. train.lr=1e-4"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in output_dir."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="Processes on this node (one per GPU): re-run under "
+                                        "torchrun; DDP, or train.distributed: fsdp | deepspeed."),
+    nnodes: int = typer.Option(1, "--nnodes", help="Machines in the run (see examples/multinode.md)."),
+    node_rank: int = typer.Option(0, "--node-rank", help="This machine's index, 0 .. nnodes-1."),
+    master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="Address of node 0."),
+    master_port: int = typer.Option(29500, "--master-port", help="Free TCP port on node 0."),
 ) -> None:
     """Fine-tune a model and write a self-describing run directory (output_dir)."""
     from ..config import load_config
+    from ..train.distributed import is_main_process, launch, train_argv
+
+    cfg = load_config(config, overrides or [])  # a bad config fails here once, not in every process
+    if nproc is not None or nnodes > 1:
+        code = launch(train_argv(str(config), overrides, resume), nproc or 1, nnodes, node_rank, master_addr,
+                      master_port)
+        raise typer.Exit(code)
     from ..train.trainer import train
 
-    cfg = load_config(config, overrides or [])
     summary = train(cfg, resume=resume, console=console)
+    if not is_main_process():
+        return
     eval_loss = summary["eval_loss"]
     console.print(
         f"[bold green]done[/] {summary['steps']} steps, train loss {summary['train_loss']:.4f}"

@@ -155,7 +155,8 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
     from ..model.adapters import apply_method
     from ..model.load import default_device, load_model, load_tokenizer, resolve_source
     from .callbacks import MetricsCallback, RichProgressCallback, close_trackers, tracker_callbacks
-    from .distributed import is_main_process, main_process_first, wait_for_everyone
+    from .distributed import describe_batch, is_main_process, main_process_first, wait_for_everyone
+    from .fast_path import apply_plan, describe, resolve_fast_path
 
     main = is_main_process()  # under torchrun only rank 0 writes the run dir, prints and tracks
     console = console or Console()
@@ -166,19 +167,25 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
 
     device = default_device()
     source = resolve_source(cfg.model)
+    # attention kernel, Liger, compile, recompute: decided once, with reasons; `run_cfg` carries the choices
+    # (the run dir keeps the user's `cfg`, so it still loads on a machine without those kernels)
+    plan = resolve_fast_path(cfg, device, model_config=source)
+    run_cfg = apply_plan(cfg, plan)
+    console.print(describe(plan))
+    console.print(describe_batch(cfg))
     tokenizer = load_tokenizer(cfg.model, source=source)
     with main_process_first():  # rank 0 tokenizes and fills the cache; the others read it
         train_ds, eval_ds, data_report = build_datasets(cfg, tokenizer)
     if len(train_ds) == 0:
         raise ChattuneError("no training examples left after reading and filtering the data (see the data report)")
-    model = load_model(cfg.model, tokenizer=tokenizer, method=cfg.method.type, device=device, source=source)
+    model = load_model(run_cfg.model, tokenizer=tokenizer, method=cfg.method.type, device=device, source=source)
     # One seed drives adapter init (here), dropout (the Trainer re-seeds) and data order (data_seed).
     set_seed(cfg.train.seed)
-    model, method_report = apply_method(model, cfg)
+    model, method_report = apply_method(model, run_cfg)
     _print_reports(console, data_report, method_report)
 
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-    args = training_arguments(cfg, run_dir=run_dir, has_eval=eval_ds is not None, device=device, dtype=dtype,
+    args = training_arguments(run_cfg, run_dir=run_dir, has_eval=eval_ds is not None, device=device, dtype=dtype,
                               model=model)
     metrics = MetricsCallback(run_dir)
     cbs = [metrics, RichProgressCallback(metrics, console)] if main else []
