@@ -160,7 +160,8 @@ def tokenize_conversations(convs: list[Conversation], tokenizer, data_cfg: DataC
         convs: the conversations (from `formats.load_conversations`).
         tokenizer: tokenizer with a chat template.
         data_cfg: loss, thinking, multi_turn and max_length.
-        num_proc: worker processes for ``datasets.map`` (default: 1 below 20k conversations).
+        num_proc: worker processes for ``datasets.map`` (default: 1 below 20k conversations, else half
+            the available cores, at most 8).
 
     Returns:
         ``(dataset, stats)``; stats = ``{"conversations", "examples", "tokens", "trained_tokens",
@@ -170,7 +171,10 @@ def tokenize_conversations(convs: list[Conversation], tokenizer, data_cfg: DataC
     import datasets
 
     if num_proc is None:
-        num_proc = 1 if len(convs) < 20_000 else max(1, min(4, os.cpu_count() or 1))
+        # Worker start-up (fork + pickling the tokenizer) costs seconds; it pays only on big inputs and
+        # idle cores. Half the cores leaves room for the fast tokenizer's own threads.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        num_proc = 1 if len(convs) < 20_000 else max(1, min(8, cores // 2))
     raw = datasets.Dataset.from_dict({
         "conv": [json.dumps(c.messages, ensure_ascii=False) for c in convs],
         "source": [c.source for c in convs],
