@@ -6,6 +6,7 @@ trajectory against a 1-process run with the same global batch, and that a resume
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -78,6 +79,20 @@ def test_fsdp2_args_wrap_the_decoder_layer_and_build_training_arguments(monkeypa
     plugin = args.fsdp_plugin_args
     assert plugin["fsdp_version"] == 2 and plugin["transformer_cls_names_to_wrap"] == "Qwen3DecoderLayer"
     assert plugin["activation_checkpointing"] is True and args.activation_checkpointing is False
+
+
+def test_fsdp_moves_transformers_recompute_into_fsdp(monkeypatch, tiny_qwen3_dir):
+    _clear_launch_env(monkeypatch)
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir),
+                           LoraConfig(r=4, target_modules="all-linear"))
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    kw = dist.training_args_for(load_config(None, ["train.distributed=fsdp"]), model=model)
+    assert kw["fsdp_config"]["activation_checkpointing"] is True
+    assert kw["fsdp_config"]["transformer_layer_cls_to_wrap"] == ["Qwen3DecoderLayer"]
+    assert model.get_base_model().is_activation_checkpointing is False
 
 
 def test_fsdp_and_deepspeed_refuse_what_cannot_work(monkeypatch):
@@ -234,3 +249,67 @@ def test_prepare_model_turns_off_the_cache_that_would_merge_packed_examples(tiny
     assert (leaked - alone).abs().max() > 1e-3  # with the cache on, b attends to a
     fp.prepare_model(model)
     assert torch.allclose(model(**packed).logits[:, 4:], alone, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------- 2-process DDP on CPU
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_losses(run_dir: Path) -> list[tuple[int, float, float, int]]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [(r["step"], r["loss"], r["grad_norm"], r["tokens_seen"]) for r in rows if r.get("kind") == "train"]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process_and_resume(tmp_path, tiny_qwen3_dir):
+    """2 processes × batch 2 == 1 process × batch 4, step by step (fp32, rtol 1e-4), through a kill-and-resume.
+
+    The 2-process run stops after its checkpoint at step 2 (max_steps=2 stands in for a crash) and is resumed
+    with --resume to step 4. A constant LR keeps the schedule independent of max_steps.
+    """
+    import subprocess
+
+    from chattune.train.trainer import train
+
+    recs = json.loads((REPO / "examples" / "data" / "huanhuan_200.json").read_text(encoding="utf-8"))[:24]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": r["instruction"]},
+                                                     {"role": "assistant", "content": r["output"]}]},
+                                       ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "model": {"name_or_path": str(tiny_qwen3_dir), "dtype": "float32"},
+        "data": {"train": str(data), "max_length": 64, "cache_dir": str(tmp_path / "cache")},
+        "method": {"type": "lora", "lora": {"r": 8, "dropout": 0.0}},
+        "train": {"max_steps": 4, "lr": 1e-3, "scheduler": "constant", "warmup_ratio": 0.0, "logging_steps": 1,
+                  "save_steps": 2, "report_to": ["none"], "seed": 0},
+    }))
+
+    one = train(load_config(cfg_path, ["train.batch_size=4", f"output_dir={tmp_path / 'one'}"]))
+    assert one["steps"] == 4
+
+    def ddp(*extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "chattune", "train", str(cfg_path), "train.batch_size=2",
+               f"output_dir={tmp_path / 'two'}", *extra, "--nproc", "2", "--master-port", str(_free_port())]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    first = ddp("train.max_steps=2")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert first.stdout.count("global batch 4 sequences = 2 per device × 1 accumulation × 2 processes") == 1
+    assert first.stdout.count("done 2 steps") == 1  # only rank 0 prints
+    assert (tmp_path / "two" / "checkpoint-2" / "trainer_state.json").is_file()
+    resumed = ddp("--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming from checkpoint-2" in resumed.stdout
+
+    ref, got = _train_losses(tmp_path / "one"), _train_losses(tmp_path / "two")
+    assert [r[0] for r in got] == [1, 2, 3, 4]  # one line per step: rank 1 never writes metrics
+    assert [r[3] for r in got] == [r[3] for r in ref]  # tokens counted over both processes
+    assert [r[1] for r in got] == pytest.approx([r[1] for r in ref], rel=1e-4)
+    assert [r[2] for r in got] == pytest.approx([r[2] for r in ref], rel=1e-4)
+    assert (tmp_path / "two" / "adapter_model.safetensors").is_file()

@@ -232,6 +232,12 @@ def training_args_for(cfg, *, model=None, gradient_checkpointing: bool | None = 
                               "(each GPU holds the 4-bit model) or method.type: lora")
         layers = decoder_layer_classes(model, cfg.model.name_or_path)
         gc = bool(t.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if base is not None and getattr(base, "is_activation_checkpointing", False):
+            # transformers' own recompute was switched on at model setup; under FSDP it must be FSDP's
+            # (an extra all-gather per layer otherwise), so move it there
+            base.activation_checkpointing_disable()
+            gc = True
         fsdp_config: dict[str, Any] = {
             "version": 2,
             "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
