@@ -297,3 +297,11 @@ def test_stream_many_cancels_one_row_only(scripted):
             finals[i] = part
     assert finals[0].finish_reason == "stop" and finals[0].completion_tokens <= 3
     assert finals[1].finish_reason == "length" and finals[1].completion_tokens == 30
+
+
+def test_cut_inside_a_character_drops_the_partial_bytes(scripted):
+    # gamma's 龘 is two byte-level tokens; stopping after the first leaves half a character.
+    [c] = scripted.generate([user("gamma")], max_new_tokens=5)
+    assert (c.text, c.finish_reason) == ("你好，世界！", "length")
+    parts = list(scripted.stream(user("gamma"), max_new_tokens=5))
+    assert "".join(parts[:-1]) == c.text and parts[-1] == c

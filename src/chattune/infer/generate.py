@@ -303,6 +303,10 @@ class Generator:
             reason = "stop"
         else:
             reason = "length"
+        if not (hit_eos or hit_stop):
+            # Cut mid-character (length or cancel): drop the incomplete UTF-8 tail, which decodes as
+            # U+FFFD and which streaming held back anyway.
+            text = text.rstrip("\ufffd")
         return Completion(text=text, prompt_tokens=prompt_len, completion_tokens=n, finish_reason=reason)
 
     def generate(self, conversations: list[list[dict]], *, max_new_tokens: int = 256, temperature: float = 0.0,
