@@ -272,7 +272,12 @@ def compare_markdown(res: dict, *, examples: int = 20) -> str:
              f"Data: {res['data']} ({res['n']} examples)", "", "| metric | base | tuned | Δ |", "|---|---|---|---|"]
     for k in dict.fromkeys([*base, *tuned]):
         b, t = base.get(k), tuned.get(k)
-        delta = f"{t - b:+.4f}" if isinstance(b, (int, float)) and isinstance(t, (int, float)) else ""
+        if isinstance(b, int) and isinstance(t, int):
+            delta = f"{t - b:+d}"  # counts (json_invalid)
+        elif isinstance(b, (int, float)) and isinstance(t, (int, float)):
+            delta = f"{t - b:+.4f}"
+        else:
+            delta = ""
         lines.append(f"| {k} | {_fmt(b)} | {_fmt(t)} | {delta} |")
     p = res.get("primary")
     lines += ["", f"## Examples ({p or 'outputs'})", "",
