@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -29,11 +30,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from transformers import AutoTokenizer  # noqa: E402
+from transformers import AutoTokenizer
 
-from chattune.config import config_from_dict  # noqa: E402
-from chattune.data.dataset import build_datasets  # noqa: E402
-from chattune.data.render import IGNORE, end_of_turn_ids, prompt_ids, render_batch  # noqa: E402
+from chattune.config import config_from_dict
+from chattune.data.dataset import build_datasets
+from chattune.data.render import IGNORE, end_of_turn_ids, prompt_ids, render_batch
 
 ASSETS = Path(os.environ.get("CHATTUNE_ASSETS", Path.home() / ".cache" / "chattune" / "assets"))
 
@@ -131,22 +132,23 @@ def main() -> None:
     idx = random.Random(0).sample(range(args.n), min(args.sample, args.n))
     table = []
 
-    def build(num_proc: int, tag: str):
+    def build(num_proc: int, cold: bool):
         def run():
-            cfg = config_from_dict({"data": {"train": str(data), "cache_dir": str(work / f"cache-{tag}"),
+            cache = work / f"cache-np{num_proc}"
+            if cold:
+                shutil.rmtree(cache, ignore_errors=True)
+            cfg = config_from_dict({"data": {"train": str(data), "cache_dir": str(cache),
                                              "num_proc": num_proc, "max_length": 512}})
             return build_datasets(cfg, tok)
         return run
 
     for num_proc in (1, 2):
-        tag = f"np{num_proc}"
-        cold, (ds, _, rep) = timed(lambda: (__import__("shutil").rmtree(work / f"cache-{tag}", ignore_errors=True),
-                                            build(num_proc, tag)())[1], args.repeats)
+        cold, (ds, _, rep) = timed(build(num_proc, cold=True), args.repeats)
         tokens = rep["train"]["tokens"]
         fid = fidelity_chattune(tok, ds, rows, idx)
         table.append((f"chattune build_datasets, cold, num_proc={num_proc}", cold, len(ds), tokens, tokens / len(ds),
                       fid, num_proc == 1))
-        warm, (ds, _, rep) = timed(build(num_proc, tag), args.repeats)
+        warm, (ds, _, rep) = timed(build(num_proc, cold=False), args.repeats)
         assert rep["cache_hit"]
         table.append((f"chattune build_datasets, cached, num_proc={num_proc}", warm, len(ds), tokens,
                       tokens / len(ds), fid, True))
@@ -155,7 +157,7 @@ def main() -> None:
         return [render_batch(convs[i:i + 512], tok, fast=fast) for i in range(0, len(convs), 512)]
 
     for fast in (True, False):
-        t, _ = timed(lambda: render_only(fast), args.repeats)
+        t, _ = timed(lambda fast=fast: render_only(fast), args.repeats)
         table.append((f"chattune render_batch only ({'fast' if fast else 'reference'} path, 1 process)", t,
                       args.n, tokens, tokens / args.n, None, True))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from conftest import real_tokenizer_dir, smollm2_gguf_path
 from transformers import AutoTokenizer
 
 from chattune.data.render import (
@@ -22,7 +23,6 @@ from chattune.data.render import (
     template_kwargs,
 )
 from chattune.errors import TemplateError
-from conftest import real_tokenizer_dir, smollm2_gguf_path
 
 FAMILIES = ("qwen3", "llama3_1", "gemma3", "deepseek_v3", "smollm2")
 EOT = {"qwen3": "<|im_end|>", "llama3_1": "<|eot_id|>", "gemma3": "<end_of_turn>",
@@ -234,6 +234,8 @@ def test_template_override_and_missing_template(tmp_path):
     tok.chat_template = None
     with pytest.raises(TemplateError, match="has no chat template; pass model.chat_template"):
         apply_template_override(tok, None)
+    with pytest.raises(TemplateError, match="has no chat template"):
+        end_of_turn_ids(tok)
     with pytest.raises(TemplateError, match="cannot read chat template"):
         apply_template_override(tok, str(tmp_path / "missing.jinja"))
 
@@ -262,7 +264,7 @@ def test_guarantee_on_random_conversations(toks, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fast_path_proves_spans_and_equals_reference_path(toks, family, monkeypatch):
     """The fast path (tokenize only each sequence) must give the reference path's exact result, by itself."""
-    import chattune.data.render as render
+    from chattune.data import render
 
     tok, rng = toks[family], random.Random(11)
     convs = [_random_conversation(rng) for _ in range(10)] + [SINGLE, SYSTEM, MULTI]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -18,7 +17,7 @@ def _fail(e: ChattuneError) -> typer.Exit:
     return typer.Exit(e.exit_code)
 
 
-def _tokenizer(model: Optional[str], tokenizer: Optional[str]):
+def _tokenizer(model: str | None, tokenizer: str | None):
     from ..config import ModelConfig
     from ..model.load import load_tokenizer
 
@@ -37,12 +36,12 @@ _SYSTEM = typer.Option(None, "--system", help="System prompt for conversations w
 
 @data_app.command("check")
 def check(
-    files: List[Path] = typer.Argument(..., help="Data files (json, jsonl, csv, tsv, xlsx, parquet, save_to_disk dirs)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model whose tokenizer and chat template to check with."),
-    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer folder or Hub id (instead of --model)."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", min=8, help="Token limit (default 1024)."),
+    files: list[Path] = typer.Argument(..., help="Data files (json, jsonl, csv, tsv, xlsx, parquet, save_to_disk dirs)."),
+    model: str | None = typer.Option(None, "--model", help="Model whose tokenizer and chat template to check with."),
+    tokenizer: str | None = typer.Option(None, "--tokenizer", help="Tokenizer folder or Hub id (instead of --model)."),
+    max_length: int | None = typer.Option(None, "--max-length", min=8, help="Token limit (default 1024)."),
     fmt: str = _FORMAT,
-    system: Optional[str] = _SYSTEM,
+    system: str | None = _SYSTEM,
     loss: str = _LOSS,
     thinking: str = _THINKING,
     sample: int = typer.Option(200, "--sample", min=0, help="Conversations to re-verify against the template."),
@@ -122,12 +121,12 @@ def _stats(st: dict) -> str:
 @data_app.command("preview")
 def preview(
     file: Path = typer.Argument(..., help="Data file."),
-    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer folder or Hub id."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model whose tokenizer to use (instead of --tokenizer)."),
+    tokenizer: str | None = typer.Option(None, "--tokenizer", help="Tokenizer folder or Hub id."),
+    model: str | None = typer.Option(None, "--model", help="Model whose tokenizer to use (instead of --tokenizer)."),
     n: int = typer.Option(3, "-n", "--n", min=1, help="How many conversations."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", min=8, help="Token limit, as in training."),
+    max_length: int | None = typer.Option(None, "--max-length", min=8, help="Token limit, as in training."),
     fmt: str = _FORMAT,
-    system: Optional[str] = _SYSTEM,
+    system: str | None = _SYSTEM,
     loss: str = _LOSS,
     thinking: str = _THINKING,
 ) -> None:

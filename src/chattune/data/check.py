@@ -5,13 +5,22 @@ guarantee of `render.py` literally against ``apply_chat_template``, independent 
 """
 from __future__ import annotations
 
+import itertools
 import random
 import statistics
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..config import DataConfig, DataSource
 from ..errors import ChattuneError
-from .render import IGNORE, Rendered, _prepare, end_of_turn_ids, render_batch, template_kwargs
+from .render import (
+    IGNORE,
+    Rendered,
+    end_of_turn_ids,
+    prepare_messages,
+    render_batch,
+    template_kwargs,
+)
 
 HIST_EDGES = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 OK, WARNINGS, ERRORS = 0, 1, 2
@@ -47,7 +56,7 @@ def verify_sequences(messages: Sequence[dict], seqs: Sequence[Rendered], tokeniz
     Returns:
         Problems found, as sentences; empty when the guarantee holds.
     """
-    msgs = _prepare(messages, thinking)
+    msgs = prepare_messages(messages, thinking)
     kw = template_kwargs(tokenizer, thinking)
     eot = end_of_turn_ids(tokenizer)[0]
 
@@ -86,7 +95,7 @@ def verify_sequences(messages: Sequence[dict], seqs: Sequence[Rendered], tokeniz
 def _hist(lengths: list[int]) -> list[dict]:
     edges = [0, *HIST_EDGES, None]
     out = []
-    for lo, hi in zip(edges, edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         count = sum(1 for x in lengths if x > lo and (hi is None or x <= hi))
         if count or (hi is not None and hi <= max(lengths, default=0)):
             out.append({"range": f"{lo + 1}-{hi}" if hi else f">{lo}", "count": count})

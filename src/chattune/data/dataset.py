@@ -14,8 +14,9 @@ import logging
 import os
 import random
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config, DataConfig
 from ..errors import DataError

@@ -1,7 +1,8 @@
 """`chattune data preview`: the rendered training text with the trained tokens marked (nanochat's debug view)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..config import DataConfig, DataSource
 from .render import IGNORE, render_batch

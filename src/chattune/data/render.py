@@ -25,10 +25,9 @@ fast-tokenizer call for all texts; the per-conversation work is list slicing and
 """
 from __future__ import annotations
 
-import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from ..errors import ChattuneError, TemplateError
 
@@ -141,9 +140,14 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
 
 def _template_eot(tokenizer) -> int:
     """The token the template writes right after an assistant message's content."""
+    apply_template_override(tokenizer, None)  # a clear error when there is no template at all
     kw = template_kwargs(tokenizer, "off")
     probe = [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": _PROBE_ANSWER}]
-    full = tokenizer.apply_chat_template(probe, tokenize=False, **kw)
+    try:
+        full = tokenizer.apply_chat_template(probe, tokenize=False, **kw)
+    except Exception as e:  # noqa: BLE001 — templates raise anything
+        raise TemplateError(f"the chat template cannot render a user/assistant exchange: {type(e).__name__}: "
+                            f"{e}") from None
     at = full.rfind(_PROBE_ANSWER)
     if at < 0:
         raise TemplateError("the chat template does not render assistant message content; cannot train on it")
@@ -182,11 +186,22 @@ def end_of_turn_ids(tokenizer) -> list[int]:
     return ids
 
 
-def _prepare(messages: Sequence[dict], thinking: str) -> list[dict]:
-    """Drop None values (as apply_chat_template does) and, with thinking off, any reasoning text.
+def prepare_messages(messages: Sequence[dict], thinking: str) -> list[dict]:
+    """Copy messages as render sees them: None values dropped (as apply_chat_template does) and, with
+    thinking off, any reasoning text removed.
 
     With thinking off the model never writes reasoning at inference, so training on it would teach
     a turn the inference prompt (which closes an empty think block) cannot lead to.
+
+    Args:
+        messages: the conversation.
+        thinking: ``"off"`` or ``"keep"``.
+
+    Returns:
+        New message dicts (the input is not changed).
+
+    Raises:
+        TemplateError: a message is not a dict.
     """
     out = []
     for m in messages:
@@ -212,7 +227,7 @@ def prompt_ids(tokenizer, messages: list[dict], thinking: str = "off") -> list[i
         ``apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **template_kwargs)``.
     """
     kw = template_kwargs(tokenizer, thinking)
-    return list(tokenizer.apply_chat_template(_prepare(messages, thinking), add_generation_prompt=True,
+    return list(tokenizer.apply_chat_template(prepare_messages(messages, thinking), add_generation_prompt=True,
                                               tokenize=True, return_dict=False, **kw))
 
 
@@ -430,7 +445,7 @@ def render_batch(conversations: Sequence[Sequence[dict]], tokenizer, *, loss: st
     prepared: list[list[dict]] = []
     for i, conv in enumerate(conversations):
         try:
-            prepared.append(_prepare(conv, thinking))
+            prepared.append(prepare_messages(conv, thinking))
         except ChattuneError as e:
             results[i].error = str(e)
             prepared.append([])
@@ -546,9 +561,3 @@ def render_conversation(messages: Sequence[dict], tokenizer, *, loss: str = "ass
     if res.error:
         raise TemplateError(res.error)
     return res.sequences
-
-
-def describe_messages(messages: Sequence[dict]) -> str:
-    """A short JSON view of a conversation for error messages."""
-    s = json.dumps(list(messages), ensure_ascii=False)
-    return s if len(s) <= 200 else s[:197] + "..."
