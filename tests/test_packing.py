@@ -53,6 +53,17 @@ def test_mismatched_lengths_and_missing_pad_are_errors():
         Collator(None)
 
 
+def test_trained_logits_only_marks_positions_whose_next_token_is_trained():
+    feats = [_ex([5, 6, 7, 8], n_prompt=2), _ex([1, 2, 3], n_prompt=1)]
+    b = Collator(0, trained_logits_only=True)(feats)
+    # row 0 trains tokens 7, 8 (predicted from positions 1, 2); row 1 trains 2, 3 (positions 0, 1)
+    assert b["logits_to_keep"].tolist() == [[False, True, True, False], [True, True, False, False]]
+    assert b["shift_labels"].tolist() == [7, 8, 2, 3]
+    p = Collator(0, packing=True, trained_logits_only=True)(feats)
+    assert p["logits_to_keep"].tolist() == [[False, True, True, False, True, True, False]]
+    assert p["shift_labels"].tolist() == [7, 8, 2, 3]
+
+
 def _token_losses(logits, labels):
     """Per-token loss of each shifted prediction (fp32), NaN where the label is -100."""
     loss = torch.nn.functional.cross_entropy(logits[:-1].float(), labels[1:], ignore_index=IGNORE_INDEX,
@@ -88,7 +99,13 @@ def test_packed_losses_equal_each_example_alone(tiny_qwen3_dir, attn):
         assert (got[keep] - ref[keep]).abs().max() < 1e-4, f"example {i} attends across the packed boundary"
         assert (pad[keep] - ref[keep]).abs().max() < 1e-4
         off += n
-    # The packed loss the Trainer computes (mean over trained tokens) equals the padded batch's.
-    loss_packed = model(**packed).loss
-    loss_padded = model(**padded).loss
-    assert abs(loss_packed.item() - loss_padded.item()) < 1e-4
+    # The loss the Trainer computes (mean over trained tokens) is the same packed or padded, and with
+    # logits computed only where a token is trained (then only those rows of logits exist).
+    with torch.no_grad():
+        ref = model(**padded).loss.item()
+        assert abs(model(**packed).loss.item() - ref) < 1e-4
+        for packing in (False, True):
+            b = Collator(0, packing=packing, trained_logits_only=True)(feats)
+            out = model(**b)
+            assert out.logits.shape[0] == int(b["logits_to_keep"].sum()) == sum(len(f["input_ids"]) - 2 for f in feats)
+            assert abs(out.loss.item() - ref) < 1e-4

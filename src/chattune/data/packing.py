@@ -46,18 +46,27 @@ class Collator:
         pad_to_multiple_of: round the padded length (or the packed row) up to this multiple. In
             packed mode the filler tokens form their own segment (positions 0..k, labels -100), so
             they attend to nothing real and nothing attends to them.
+        trained_logits_only: also return ``logits_to_keep`` (bool, batch x length: the positions whose
+            next token is trained) and ``shift_labels`` (those next tokens, flattened row by row).
+            transformers 5 causal LMs then run the output projection and the cross-entropy only at
+            those positions (``slice_logits_to_keep``; the loss uses ``shift_labels`` as given) instead
+            of over every position x the whole vocabulary. Same loss and gradients; on chat data where
+            the prompt is most of the tokens it removes most of the lm_head + softmax work.
 
     Returns (from ``__call__``):
         dict of int64 tensors: ``input_ids``, ``labels``, and ``attention_mask`` or ``position_ids``,
-        each of shape (batch, length), batch = 1 when packing.
+        each of shape (batch, length), batch = 1 when packing; plus ``logits_to_keep`` and
+        ``shift_labels`` with `trained_logits_only`.
     """
 
-    def __init__(self, pad_token_id: int, *, packing: bool = False, pad_to_multiple_of: int | None = None):
+    def __init__(self, pad_token_id: int, *, packing: bool = False, pad_to_multiple_of: int | None = None,
+                 trained_logits_only: bool = False):
         if pad_token_id is None:
             raise ValueError("Collator needs a pad_token_id (the tokenizer has none: set tokenizer.pad_token)")
         self.pad_token_id = int(pad_token_id)
         self.packing = packing
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.trained_logits_only = trained_logits_only
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         if not features:
@@ -67,7 +76,14 @@ class Collator:
         for i, (a, b) in enumerate(zip(ids, labels)):
             if len(a) != len(b):
                 raise ValueError(f"example {i}: input_ids has {len(a)} tokens but labels has {len(b)}")
-        return self._pack(ids, labels) if self.packing else self._pad(ids, labels)
+        batch = self._pack(ids, labels) if self.packing else self._pad(ids, labels)
+        if self.trained_logits_only:
+            nxt = batch["labels"][:, 1:]
+            keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
+            keep[:, :-1] = nxt != IGNORE_INDEX
+            batch["logits_to_keep"] = keep
+            batch["shift_labels"] = nxt[keep[:, :-1]]
+        return batch
 
     def _pad(self, ids: list[list[int]], labels: list[list[int]]) -> dict[str, torch.Tensor]:
         width = _round_up(max(len(x) for x in ids), self.pad_to_multiple_of)
