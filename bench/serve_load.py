@@ -80,10 +80,17 @@ async def one_plain(client: AsyncOpenAI, i: int, max_tokens: int) -> Result:
 
 
 async def phase(client: AsyncOpenAI, n: int, max_tokens: int, stream: bool, timeout: float):
+    """Run n clients at once; a client still running after `timeout` s is cancelled and counted as an error."""
     fn = one_stream if stream else one_plain
     t0 = time.perf_counter()
-    results = await asyncio.wait_for(asyncio.gather(*(fn(client, i, max_tokens) for i in range(n))), timeout)
-    return results, time.perf_counter() - t0
+    tasks = [asyncio.ensure_future(fn(client, i, max_tokens)) for i in range(n)]
+    _, late = await asyncio.wait(tasks, timeout=timeout)
+    for t in late:
+        t.cancel()
+    await asyncio.gather(*late, return_exceptions=True)
+    wall = time.perf_counter() - t0
+    return [t.result() if t not in late else Result(False, error=f"unfinished after {timeout:.0f}s")
+            for t in tasks], wall
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -125,7 +132,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--url", help="use this running server instead of starting one")
     ap.add_argument("--api-key", default="bench-key")
-    ap.add_argument("--timeout", type=float, default=900, help="seconds for a whole phase")
+    ap.add_argument("--timeout", type=float, default=1200, help="seconds for a whole phase")
     ap.add_argument("--startup-timeout", type=float, default=900, help="seconds to wait for the server")
     args = ap.parse_args()
 

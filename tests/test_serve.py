@@ -236,6 +236,10 @@ def test_auth(server):
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
       "max_tokens": 2}, "messages.0.content.0.type"),
     ({"messages": [{"role": "tool", "content": "42", "tool_call_id": "t"}], "max_tokens": 2}, "messages.0.role"),
+    ({"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "t"}]}]}, "messages.0.tool_calls"),
+    ({"messages": MSGS, "seed": 2**64}, "seed"),
+    ({"messages": MSGS, "stop": [1]}, "stop"),
+    ({"messages": [{"role": "user", "content": ["hi"]}]}, "messages.0.content"),
 ])
 def test_bad_bodies_get_openai_400(server, body, param):
     err = assert_error(post(server, body), 400, param)
@@ -267,6 +271,18 @@ def test_body_size_and_context_limits(server, gen):
     assert len(gen.prompt_ids(long_msgs)) + CAP > 2048
     err = assert_error(post(server, {"messages": long_msgs, "max_tokens": CAP}), 400, "max_tokens")
     assert err["code"] == "context_length_exceeded"
+
+
+def test_generation_errors_map_to_openai_statuses():
+    import jinja2
+
+    from chattune.errors import TemplateError
+    from chattune.infer.serve_worker import as_api_error
+
+    assert as_api_error(jinja2.TemplateError("Conversation roles must alternate")).status == 400
+    assert as_api_error(TemplateError("no chat template")).status == 400
+    crash = as_api_error(RuntimeError("boom"))
+    assert crash.status == 500 and crash.body()["error"]["type"] == "server_error"
 
 
 def test_unknown_route_is_a_json_error(server):

@@ -106,7 +106,7 @@ class ChatCompletionRequest(_Open):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what torch.manual_seed accepts
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0)
     tools: list[Any] | None = None
@@ -165,6 +165,9 @@ def to_messages(req: ChatCompletionRequest) -> list[dict]:
         if m.role in ("tool", "function"):
             raise APIError(400, f"messages[{i}]: role {m.role!r} is not supported (no tool calling)",
                            param=f"messages.{i}.role", code="unsupported_value")
+        if (m.model_extra or {}).get("tool_calls") or (m.model_extra or {}).get("function_call"):
+            raise APIError(400, f"messages[{i}]: tool calls are not supported (no tool calling)",
+                           param=f"messages.{i}.tool_calls", code="unsupported_value")
         role = "system" if m.role == "developer" else m.role
         out.append({"role": role, "content": _content_text(m.content, i)})
     return out

@@ -81,8 +81,13 @@ def as_api_error(e: BaseException) -> APIError:
     """The error a client sees for an exception raised while answering it."""
     if isinstance(e, APIError):
         return e
-    if isinstance(e, ChattuneError):  # e.g. a chat template that refuses these messages
+    if isinstance(e, ChattuneError):
         return APIError(400, str(e), code="invalid_messages")
+    from jinja2 import TemplateError
+
+    if isinstance(e, TemplateError):  # the chat template refuses these messages (e.g. roles must alternate)
+        return APIError(400, f"the model's chat template rejected these messages: {e}", param="messages",
+                        code="invalid_messages")
     return APIError(500, f"generation failed: {type(e).__name__}: {e}")
 
 
