@@ -159,12 +159,17 @@ def _one_sgd_step(tmp_path, model_dir, run, **train):
     return adapter(tmp_path / run)
 
 
-def test_grad_accumulation_and_packing_match_one_full_batch(tmp_path, tiny_qwen3_dir):
-    """batch 4 x accum 1 == batch 2 x accum 2 == packed batch 4: the loss is the mean over the step's
-    trained tokens however the step is split, and packing changes nothing."""
+def test_grad_accumulation_and_packing_match_one_full_batch(tmp_path, tiny_qwen3_dir, monkeypatch):
+    """batch 4 x accum 1 == batch 2 x accum 2 == packed batch 4 == all logits computed: the loss is the
+    mean over the step's trained tokens however the step is split, and packing or computing logits
+    only at trained positions changes nothing."""
+    import chattune.train.trainer as trainer_mod
+
     full = _one_sgd_step(tmp_path, tiny_qwen3_dir, "full", batch_size=4, grad_accum=1)
     accum = _one_sgd_step(tmp_path, tiny_qwen3_dir, "accum", batch_size=2, grad_accum=2)
     packed = _one_sgd_step(tmp_path, tiny_qwen3_dir, "packed", batch_size=4, grad_accum=1, packing=True)
+    monkeypatch.setattr(trainer_mod, "supports_trained_logits_only", lambda model, cfg: False)
+    all_logits = _one_sgd_step(tmp_path, tiny_qwen3_dir, "all_logits", batch_size=4, grad_accum=1)
     # LoRA B starts at zero, so the first step moves exactly the B matrices
     moved = [k for k in full if "lora_B" in k]
     assert moved and all(full[k].abs().max() > 1e-3 for k in moved)
@@ -172,6 +177,7 @@ def test_grad_accumulation_and_packing_match_one_full_batch(tmp_path, tiny_qwen3
         scale = full[k].abs().max()
         assert (accum[k] - full[k]).abs().max() < 1e-4 * scale, k
         assert (packed[k] - full[k]).abs().max() < 1e-4 * scale, k
+        assert (all_logits[k] - full[k]).abs().max() < 1e-4 * scale, k
 
 
 def test_bad_config_exits_2_naming_the_key(tmp_path):

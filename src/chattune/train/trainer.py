@@ -81,10 +81,28 @@ def training_arguments(cfg: Config, *, run_dir: str | Path, has_eval: bool, devi
         dataloader_num_workers=2 if on_gpu else 0, dataloader_pin_memory=on_gpu,
         use_cache=False,  # a KV cache in training would also turn off packed-sequence masking
         save_only_model=False,
+        prediction_loss_only=True,  # eval needs the loss only; gathering logits would cost vocab x tokens of RAM
     )
     # DDP/FSDP2/DeepSpeed settings (no-ops for a single process) come last, from their own module.
     kwargs.update(training_args_for(cfg, model=model))
     return TrainingArguments(**kwargs)
+
+
+def supports_trained_logits_only(model, cfg: Config) -> bool:
+    """True when the model computes logits only at ``logits_to_keep`` positions and takes
+    ``shift_labels`` in its standard causal-LM loss (transformers 5 causal LMs), so the Collator may
+    skip the vocabulary projection at untrained positions. Liger's fused loss already avoids logits."""
+    import inspect
+
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        takes_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
+        standard_loss = getattr(base, "loss_function", None) is ForCausalLMLoss
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return takes_keep and standard_loss and not cfg.train.use_liger_kernel
 
 
 def _print_reports(console, data_report: dict, method_report: dict) -> None:
@@ -187,6 +205,11 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     args = training_arguments(run_cfg, run_dir=run_dir, has_eval=eval_ds is not None, device=device, dtype=dtype,
                               model=model)
+    collator = Collator(tokenizer.pad_token_id, packing=cfg.train.packing,
+                        trained_logits_only=supports_trained_logits_only(model, cfg))
+    console.print(f"[bold]batches[/] {'packed (padding-free)' if cfg.train.packing else 'dynamic padding'}, "
+                  f"{cfg.train.batch_size} x {cfg.train.grad_accum} accumulation"
+                  + (", logits only where a token is trained" if collator.trained_logits_only else ""))
     metrics = MetricsCallback(run_dir)
     cbs = [metrics, RichProgressCallback(metrics, console)] if main else []
     failed = True
@@ -195,7 +218,7 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
             write_manifest(run_dir, cfg, data_report)
             cbs += tracker_callbacks(cfg.train.report_to, run_dir, run_dir.name, resume=ckpt is not None)
         trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                          data_collator=Collator(tokenizer.pad_token_id, packing=cfg.train.packing),
+                          data_collator=collator,
                           processing_class=tokenizer, callbacks=[*cbs, *(callbacks or [])])
         trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress bar shows them
         out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
