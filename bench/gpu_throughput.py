@@ -244,10 +244,9 @@ def build_model(shape: dict, attn: str, device: str, dtype):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     cfg = Qwen3Config(rope_theta=1e6, max_position_embeddings=32768, attention_bias=False, **full_shape(shape))
-    cfg._attn_implementation = attn
     torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen3ForCausalLM(cfg).to(dtype)
+    with torch.device(device):  # built in place, in its dtype: an 8B model never exists in fp32
+        model = Qwen3ForCausalLM._from_config(cfg, dtype=dtype, attn_implementation=attn)
     return model
 
 
@@ -348,10 +347,12 @@ def main(argv=None) -> None:
     ap.add_argument("--seq", type=int, default=None, help="max length (default 2048; 256 with --tiny)")
     ap.add_argument("--batch", type=int, default=None, help="sequences per step (default 8; 4 with --tiny)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 3; 1 with --tiny)")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 10; 3 with --tiny)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 10; 5 with --tiny)")
     ap.add_argument("--examples", type=int, default=2000)
     ap.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the Qwen3 asset)")
     ap.add_argument("--cpu-compile", action="store_true", help="also run the torch.compile variants on CPU")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads (default 1: on a shared machine, spinning OpenMP threads cost more than they add)")
     args = ap.parse_args(argv)
 
     import torch
@@ -361,12 +362,13 @@ def main(argv=None) -> None:
     args.seq = args.seq or (256 if tiny else 2048)
     args.batch = args.batch or (4 if tiny else 8)
     args.warmup = args.warmup or (1 if tiny else 3)
-    args.steps = args.steps or (3 if tiny else 10)
+    args.steps = args.steps or (5 if tiny else 10)
     models = (args.models or ("tiny" if tiny else "0.6B,4B,8B")).split(",")
     variants = args.variants.split(",")
     if args.device == "cpu":
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        torch.set_num_threads(args.threads)
 
+    import datasets
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -374,6 +376,7 @@ def main(argv=None) -> None:
     from chattune.data.dataset import build_datasets
 
     hf_logging.set_verbosity_error()
+    datasets.disable_progress_bars()
     warnings.filterwarnings("ignore")
     tok = AutoTokenizer.from_pretrained(tokenizer_dir(args.tokenizer))
     if tok.pad_token is None:
