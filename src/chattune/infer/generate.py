@@ -22,13 +22,8 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..errors import ChattuneError, ModelError
-
-# End-of-turn tokens of the common chat templates, used only until data.render.end_of_turn_ids exists
-# (fallback) — the template-derived list from render is the source of truth.
-_KNOWN_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end▁of▁sentence|>", "<|end|>")
 
 
 @dataclass
@@ -49,43 +44,6 @@ class Completion:
     finish_reason: str
 
 
-def _torch_dtype(dtype: Any):
-    import torch
-
-    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
-        return dtype
-    return getattr(torch, str(dtype))
-
-
-def _fallback_load(path: str | Path, *, device=None, dtype=None):
-    """Plain HF folder / Hub id loading, used only while chattune.model.adapters is not importable."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    p = Path(path)
-    tok = AutoTokenizer.from_pretrained(str(p))
-    td = _torch_dtype(dtype) or torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(p), dtype=td)
-    if device:
-        model.to(device)
-    model.eval()
-    return model, tok, {"kind": "model", "base": str(path), "path": str(path), "thinking": "off"}
-
-
-def _load(path, *, device=None, dtype=None):
-    try:
-        from ..model.adapters import load_run_model
-    except ImportError:
-        return _fallback_load(path, device=device, dtype=dtype)
-    try:
-        return load_run_model(path, device=device, dtype=dtype)
-    except ModuleNotFoundError as e:
-        # A sibling chattune module still being written: plain folders keep working meanwhile.
-        if (e.name or "").startswith("chattune.") and Path(str(path)).is_dir():
-            return _fallback_load(path, device=device, dtype=dtype)
-        raise
-
-
 def _as_list(x) -> list[int]:
     if x is None:
         return []
@@ -95,14 +53,14 @@ def _as_list(x) -> list[int]:
 
 
 def _end_of_turn_ids(tokenizer) -> list[int]:
+    """The chat template's end-of-turn token(s); the tokenizer's EOS when the template writes none."""
+    from ..data.render import end_of_turn_ids
+    from ..errors import TemplateError
+
     try:
-        from ..data.render import end_of_turn_ids
-    except ImportError:
-        ids = _as_list(tokenizer.eos_token_id)
-        vocab = tokenizer.get_vocab()
-        ids += [vocab[t] for t in _KNOWN_END_OF_TURN if t in vocab]
-        return ids
-    return list(end_of_turn_ids(tokenizer))
+        return list(end_of_turn_ids(tokenizer))
+    except TemplateError:
+        return _as_list(tokenizer.eos_token_id)
 
 
 def _run_dir_eos(path) -> list[int]:
@@ -117,12 +75,8 @@ def _run_dir_eos(path) -> list[int]:
 
 
 def _render_prompt(tokenizer, messages: list[dict], thinking: str) -> list[int]:
-    try:
-        from ..data.render import prompt_ids
-    except ImportError:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                             enable_thinking=(thinking == "keep"))
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    from ..data.render import prompt_ids
+
     return list(prompt_ids(tokenizer, messages, thinking=thinking))
 
 
@@ -241,7 +195,9 @@ class Generator:
         Returns:
             A ready `Generator`.
         """
-        model, tok, info = _load(path, device=device, dtype=dtype)
+        from ..model.adapters import load_run_model
+
+        model, tok, info = load_run_model(path, device=device, dtype=dtype)
         model.eval()
         eos = _end_of_turn_ids(tok) + _run_dir_eos(path) + _as_list(
             getattr(getattr(model, "generation_config", None), "eos_token_id", None))
