@@ -159,14 +159,15 @@ def test_demo_end_to_end_on_the_tiny_model(tmp_path, tiny_qwen3_dir):
 
     summary = json.loads((out / "demo.json").read_text(encoding="utf-8"))
     assert summary["metrics"] == {"base": base["metrics"], "tuned": tuned["metrics"]}
-    assert len(summary["examples"]) == 6 and summary["examples"][0]["input"] == test_rows[0]["prompt"]
-    assert [s["name"].split(" ")[0] for s in summary["stages"]] == ["model", "synthesise", "evaluate", "train",
+    assert len(summary["examples"]) == 6 and summary["examples"][0]["input"] == test_rows[0]["sentence"]
+    assert [s["name"].split(" ")[0] for s in summary["stages"]] == ["prepare", "synthesise", "evaluate", "train",
                                                                       "evaluate", "write"]
     assert all(s["seconds"] >= 0 for s in summary["stages"]) and summary["total_seconds"] > 0
     losses = [json.loads(x) for x in (out / "run/metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     losses = [r["loss"] for r in losses if r["kind"] == "train"]
     assert len(losses) == 6 and losses[-1] < losses[0]  # it trained, and the curve has every step
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert summary["commands"][1].startswith("chattune demo --model ") and "train.max_steps=6" in summary["commands"][1]
     # the printed table and the report path
     assert "exact match" in res.output and "report:" in res.output and "report.md" in res.output
 

@@ -2,7 +2,7 @@
 
 `run_demo` composes the library and owns none of its logic:
 
-1. model ready      ``model.load.resolve_source`` (the SmolLM2 GGUF becomes cached safetensors on first use)
+1. prepare model    ``model.load.resolve_source`` (the SmolLM2 GGUF becomes cached safetensors on first use)
 2. synthesise       ``data.synth.city_date``: train + held-out test sentences (no sentence in both)
 3. evaluate base    ``infer.evaluate.evaluate`` on the test set, with the prompts training will use
 4. train            ``train.trainer.train`` (LoRA, the recipe below)
@@ -163,20 +163,30 @@ def _evaluate(console, label: str, model_path, test_path: Path, cfg: Config, out
     return res
 
 
-def _examples(base_rows: list[dict], tuned_rows: list[dict], n: int) -> list[dict]:
+def _examples(base_rows: list[dict], tuned_rows: list[dict], sentences: dict[str, str], n: int) -> list[dict]:
+    """The first `n` test rows (not picked), base vs tuned; the input shown is the bare sentence."""
     def ok(r):
         s = r.get("scores") or {}
         return s.get("exact", s.get("json_fields", 0.0)) == 1.0
 
-    return [{"input": b["input"], "reference": b["reference"], "base": b["output"], "tuned": t["output"],
-             "base_ok": ok(b), "tuned_ok": ok(t)} for b, t in list(zip(base_rows, tuned_rows))[:n]]
+    return [{"input": sentences.get(b["input"], b["input"]), "reference": b["reference"], "base": b["output"],
+             "tuned": t["output"], "base_ok": ok(b), "tuned_ok": ok(t)} for b, t in list(zip(base_rows, tuned_rows))[:n]]
 
 
-def _commands(out: Path, model: str, n_train: int, n_test: int, seed: int, config: str | None, cfg: Config) -> list:
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def _commands(out: Path, model: str, n_train: int, n_test: int, seed: int, config: str | None,
+              overrides: list[str], cfg: Config) -> list:
+    import shlex
+
     e = cfg.eval
-    one = f"chattune demo --model {model} --n-train {n_train} --n-test {n_test} --seed {seed} --out {out}"
+    one = f"chattune demo --model {shlex.quote(model)} --n-train {n_train} --n-test {n_test} --seed {seed} --out {out}"
     if config:
-        one += f" --config {config}"
+        one += f" --config {shlex.quote(config)}"
+    if overrides:
+        one += " " + " ".join(shlex.quote(o) for o in overrides)
     return [
         "# the whole demo",
         one,
@@ -264,8 +274,10 @@ def run_demo(*, model: str | None = None, n_train: int | None = None, n_test: in
                   f"({n_train} train / {n_test} held-out sentences) → {out}", highlight=False)
 
     stages = _Stages(console, 6)
-    source = stages.run("model ready (a GGUF is converted to safetensors once, then cached)", resolve_source,
-                        cfg.model)
+    source = stages.run("prepare the model", resolve_source, cfg.model)
+    if stages.done[-1]["seconds"] > 2:
+        console.print(f"model files: {source} (a GGUF is converted to safetensors once; later runs reuse it)",
+                      highlight=False)
     counts = stages.run("synthesise city+date sentences", make_city_date_files, train_path, n_train, seed,
                         prompt=DEMO_PROMPT, n_test=n_test, test_out=test_path)
     console.print(f"{counts['train']} train → {train_path}, {counts['test']} test → {test_path}", highlight=False)
@@ -286,10 +298,11 @@ def run_demo(*, model: str | None = None, n_train: int | None = None, n_test: in
         "metrics_files": {"base": base["metrics_path"], "tuned": tuned["metrics_path"]},
         "train": {k: trained.get(k) for k in ("steps", "train_loss", "tokens_per_s", "train_runtime_s", "tokens_seen")},
         "eval_timing": {"base": base["timing"], "tuned": tuned["timing"]},
-        "examples": _examples(base["rows"], tuned["rows"], N_EXAMPLES),
+        "examples": _examples(base["rows"], tuned["rows"], {r["prompt"]: r["sentence"] for r in _read_jsonl(test_path)},
+                              N_EXAMPLES),
         "recipe": _recipe_table(cfg, counts["train"], tuned["n"], seed),
         "commands": _commands(out, name, n_train, n_test, seed, str(config) if isinstance(config, (str, Path))
-                              else None, cfg),
+                              else None, list(overrides or []), cfg),
     }
 
     def report():
