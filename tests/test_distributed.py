@@ -266,13 +266,16 @@ def _train_losses(run_dir: Path) -> list[tuple[int, float, float, int]]:
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_one_process_and_resume(tmp_path, tiny_qwen3_dir):
-    """2 processes × batch 2 == 1 process × batch 4, step by step (fp32, rtol 1e-4), through a kill-and-resume.
+def test_ddp_and_fsdp_two_processes_match_one_process_and_resume(tmp_path, tiny_qwen3_dir):
+    """2 processes × batch 2 == 1 process × batch 4, step by step (fp32, rtol 1e-4), through a kill-and-resume;
+    and FSDP2 gives the same first steps and adapter as DDP.
 
     The 2-process run stops after its checkpoint at step 2 (max_steps=2 stands in for a crash) and is resumed
     with --resume to step 4. A constant LR keeps the schedule independent of max_steps.
     """
     import subprocess
+
+    import torch
 
     from chattune.train.trainer import train
 
@@ -293,9 +296,9 @@ def test_ddp_two_processes_match_one_process_and_resume(tmp_path, tiny_qwen3_dir
     one = train(load_config(cfg_path, ["train.batch_size=4", f"output_dir={tmp_path / 'one'}"]))
     assert one["steps"] == 4
 
-    def ddp(*extra: str) -> subprocess.CompletedProcess:
+    def ddp(*extra: str, out: str = "two") -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "chattune", "train", str(cfg_path), "train.batch_size=2",
-               f"output_dir={tmp_path / 'two'}", *extra, "--nproc", "2", "--master-port", str(_free_port())]
+               f"output_dir={tmp_path / out}", *extra, "--nproc", "2", "--master-port", str(_free_port())]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
     first = ddp("train.max_steps=2")
@@ -313,3 +316,14 @@ def test_ddp_two_processes_match_one_process_and_resume(tmp_path, tiny_qwen3_dir
     assert [r[1] for r in got] == pytest.approx([r[1] for r in ref], rel=1e-4)
     assert [r[2] for r in got] == pytest.approx([r[2] for r in ref], rel=1e-4)
     assert (tmp_path / "two" / "adapter_model.safetensors").is_file()
+
+    # FSDP2 (gloo on CPU) takes the same 2 steps and saves the same adapter as DDP's checkpoint-2
+    from safetensors.torch import load_file
+
+    fsdp = ddp("train.max_steps=2", "train.distributed=fsdp", out="fsdp")
+    assert fsdp.returncode == 0, fsdp.stdout[-3000:] + fsdp.stderr[-3000:]
+    assert [r[1] for r in _train_losses(tmp_path / "fsdp")] == pytest.approx([r[1] for r in ref[:2]], rel=1e-4)
+    sharded = load_file(tmp_path / "fsdp" / "adapter_model.safetensors")
+    plain = load_file(tmp_path / "two" / "checkpoint-2" / "adapter_model.safetensors")
+    assert sorted(sharded) == sorted(plain)
+    assert all(torch.allclose(sharded[k], plain[k], rtol=1e-4, atol=1e-6) for k in plain)
