@@ -12,8 +12,9 @@ don't change speed); shapes are Qwen3's (PERF.md). LoRA r16 all-linear on every 
 Variants (each trains the same examples in the same order, batch B sequences per step):
   hf-pad      plain Trainer + peft.get_peft_model, every example padded to --seq, gradient checkpointing on
               (the self-llm / tutorial recipe), SDPA
-  chattune    chattune's defaults: Collator with dynamic padding, `fast_path.resolve_fast_path` for attention /
-              recompute, chattune's TrainingArguments (`train.trainer.training_arguments`)
+  chattune    chattune's defaults, built as `chattune.train.trainer.train` builds them: `fast_path` plan
+              (attention, recompute), Collator with dynamic padding and logits only at trained positions,
+              chattune's TrainingArguments (`train.trainer.training_arguments`)
   +packing    + padding-free packing (one row, position_ids): flash-attention varlen when installed, else SDPA
               with a block-diagonal mask
   +liger      + Liger kernels (fused RMSNorm/RoPE/SwiGLU, linear-cross-entropy); GPU + liger-kernel only
@@ -261,7 +262,7 @@ def run_variant(name: str, args, shape: dict, pad_id: int, train_ds, peak: float
     from chattune.model.adapters import apply_method
     from chattune.train import fast_path
     from chattune.train.fast_path import ModelShape, flops_per_token
-    from chattune.train.trainer import training_arguments
+    from chattune.train.trainer import supports_trained_logits_only, training_arguments
 
     device = args.device
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -296,15 +297,16 @@ def run_variant(name: str, args, shape: dict, pad_id: int, train_ds, peak: float
         except ConfigError as e:  # a switch this machine cannot run (Liger without CUDA, ...)
             return {"variant": name, "skipped": str(e)}
         attn, gc_on = plan["attn_implementation"], plan["gradient_checkpointing"]
-        cfg.train.gradient_checkpointing = gc_on
+        run_cfg = fast_path.apply_plan(cfg, plan)  # as chattune.train.trainer.train does
         model = build_model(shape, attn, device, dtype)
         fast_path.prepare_model(model)
-        model, _ = apply_method(model, cfg)
-        base = training_arguments(cfg, run_dir=out_dir, has_eval=False, device=device, dtype=dtype)
+        model, _ = apply_method(model, run_cfg)
+        base = training_arguments(run_cfg, run_dir=out_dir, has_eval=False, device=device, dtype=dtype, model=model)
         over = {**common, **fast_path.training_args(plan)}
         over = {k: v for k, v in over.items() if k in {f.name for f in dataclasses.fields(base)}}
         targs = dataclasses.replace(base, **over)
-        collator = CountingCollator(Collator(pad_id, packing=cfg.train.packing))
+        collator = CountingCollator(Collator(pad_id, packing=cfg.train.packing,
+                                            trained_logits_only=supports_trained_logits_only(model, run_cfg)))
 
     trainer = Trainer(model=model, args=targs, train_dataset=train_ds, data_collator=collator, callbacks=[timer])
     trainer.remove_callback(PrinterCallback)  # keep the table readable
