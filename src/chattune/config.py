@@ -29,7 +29,8 @@ class ModelConfig(_Strict):
     tokenizer: str | None = Field(None, description="Tokenizer source when it differs from the model's.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = bf16 on GPUs that support it, else fp32 (CPUs here lack bf16).")
-    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flex_attention"] = "auto"
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] = Field(
+        "auto", description="auto = flash-attention (3 on Hopper, 2 elsewhere) when installed on CUDA, else sdpa.")
     trust_remote_code: bool = Field(False, description="Run Python code shipped with the model. Off unless asked.")
     chat_template: str | None = Field(None, description="Path to a Jinja file that replaces the tokenizer's chat template.")
 
@@ -132,10 +133,10 @@ class TrainConfig(_Strict):
     logging_steps: int = Field(5, ge=1)
     seed: int = 42
     report_to: list[Literal["tensorboard", "swanlab", "wandb", "none"]] = Field(default_factory=lambda: ["tensorboard"])
-    use_liger_kernel: bool = False
+    use_liger_kernel: bool | None = Field(None, description="Liger fused kernels; None = on when installed on CUDA.")
     torch_compile: bool = False
     distributed: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
-    deepspeed: str | None = Field(None, description="DeepSpeed JSON config path (distributed: deepspeed).")
+    deepspeed: str | None = Field(None, description="zero2 | zero3 | path to a DeepSpeed JSON (distributed: deepspeed); None = zero2.")
 
     @field_validator("report_to", mode="before")
     @classmethod
