@@ -166,7 +166,9 @@ def test_fast_path_on_cpu_is_plain_and_says_why():
     assert (plan["attn_implementation"], plan["use_liger_kernel"], plan["torch_compile"],
             plan["gradient_checkpointing"]) == ("sdpa", False, False, False)
     assert "block-diagonal mask" in plan["reasons"]["attn_implementation"]
-    assert plan["reasons"]["use_liger_kernel"] == "off in config"
+    assert plan["reasons"]["use_liger_kernel"] == "no CUDA GPU"  # default None = auto: off on CPU, said why
+    off = fp.resolve_fast_path(load_config(None, ["train.use_liger_kernel=false"]), caps=fp.Capabilities(device="cpu"))
+    assert off["reasons"]["use_liger_kernel"] == "off in config"
     with pytest.raises(ConfigError, match="use_liger_kernel: true but no CUDA GPU"):
         fp.resolve_fast_path(load_config(None, ["train.use_liger_kernel=true"]), caps=fp.Capabilities(device="cpu"))
     assert fp.training_args(plan) == {"use_liger_kernel": False, "torch_compile": False,
