@@ -52,35 +52,59 @@ def verification_prompts(run, tokenizer, n: int) -> tuple[list[list[int]], str]:
     if not messages:
         source = "fixed prompts (run data not found)"
         messages = [[{"role": "user", "content": p}] for p in FALLBACK_PROMPTS[:max(n, 1)]]
-    # Long prompts would only make verification slow; the first 512 tokens show any merge error.
-    return [prompt_ids(tokenizer, m, thinking=thinking)[-512:] for m in messages], source
+    # Long prompts would only make verification slow; their last 256 tokens show any merge error.
+    return [prompt_ids(tokenizer, m, thinking=thinking)[-256:] for m in messages], source
 
 
-def _greedy(model, ids, eos: list[int], pad: int | None):
+def _left_pad(seqs: list[list[int]], pad: int, device):
     import torch
 
-    inp = torch.tensor([ids], device=model.device)
-    with torch.no_grad():
-        out = model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), do_sample=False,
-                             max_new_tokens=MAX_NEW_TOKENS, eos_token_id=eos, pad_token_id=pad,
-                             temperature=None, top_p=None, top_k=None)
-    return out[0, len(ids):].tolist()
+    width = max(len(x) for x in seqs)
+    ids = torch.tensor([[pad] * (width - len(x)) + x for x in seqs], device=device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in seqs], device=device)
+    return ids, mask
 
 
-def _logits(model, ids):
+def _greedy(model, prompts: list[list[int]], eos: list[int], pad: int) -> list[list[int]]:
+    """Greedy continuations of a left-padded batch, each cut after its first end-of-turn token."""
     import torch
 
+    ids, mask = _left_pad(prompts, pad, model.device)
     with torch.no_grad():
-        return model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float().cpu()
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=MAX_NEW_TOKENS,
+                             eos_token_id=eos, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+    rows = []
+    for row in out[:, ids.shape[1]:].tolist():
+        stop = next((i for i, t in enumerate(row) if t in eos), None)
+        rows.append(row if stop is None else row[:stop + 1])
+    return rows
 
 
-def compare_models(reference, candidate, tokenizer, prompts: list[list[int]], *, tie_tolerance: float = 1e-2) -> dict:
+def _tail_logits(model, seqs: list[list[int]], pad: int, keep: int):
+    """fp32 logits of the last `keep` positions of each (left-padded) sequence. Only the tail is kept:
+    full logits of a batch are batch x length x vocab x 4 bytes (GBs for a 151k vocabulary)."""
+    import torch
+
+    ids, mask = _left_pad(seqs, pad, model.device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        try:
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits
+        except TypeError:  # an architecture without logits_to_keep
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -keep:]
+    return logits.float().cpu()
+
+
+def compare_models(reference, candidate, tokenizer, prompts: list[list[int]], *, tie_tolerance: float = 1e-2,
+                   batch_size: int = 8) -> dict:
     """Greedy outputs and logits of `candidate` versus `reference` on `prompts`.
 
-    A divergence counts as a tie, not a mismatch, only where the two models' logits at that step differ
-    by at most `tie_tolerance` (rounding-sized) and the reference's margin between the two chosen tokens
-    is within twice that difference: half-precision rounding can flip a genuine tie, a bad merge cannot
-    hide behind that rule.
+    Both models get identical left-padded batches. The logit difference is measured over each prompt's
+    last position and the reference's continuation (the positions that choose tokens). A divergence
+    counts as a tie, not a mismatch, only where the two models' logits at that step differ by at most
+    `tie_tolerance` (rounding-sized) and the reference's margin between the two chosen tokens is within
+    twice that difference: half-precision rounding can flip a genuine tie, a bad merge cannot hide
+    behind that rule.
 
     Returns:
         {"rows": [{"prompt", "reference", "candidate", "identical", "tie", "max_abs_logit_diff"}],
@@ -89,25 +113,29 @@ def compare_models(reference, candidate, tokenizer, prompts: list[list[int]], *,
     from ..data.render import end_of_turn_ids
 
     eos = end_of_turn_ids(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     rows, worst = [], 0.0
-    for ids in prompts:
-        out_r = _greedy(reference, ids, eos, tokenizer.pad_token_id)
-        out_c = _greedy(candidate, ids, eos, tokenizer.pad_token_id)
-        seq = ids + out_r
-        lr, lc = _logits(reference, seq), _logits(candidate, seq)
-        diff = float((lr - lc).abs().max())
-        worst = max(worst, diff)
-        tie = False
-        if out_r != out_c:
-            k = next((i for i, (a, b) in enumerate(zip(out_r, out_c)) if a != b), min(len(out_r), len(out_c)))
-            pos = len(ids) + k - 1  # logits at this position chose generated token k
-            if k < len(out_r) and k < len(out_c):
-                margin = float(lr[pos, out_r[k]] - lr[pos, out_c[k]])
-                local = float((lr[pos] - lc[pos]).abs().max())
-                tie = margin <= 2 * local and local <= tie_tolerance
-        rows.append({"prompt": tokenizer.decode(ids[-60:]), "reference": tokenizer.decode(out_r),
-                     "candidate": tokenizer.decode(out_c), "identical": out_r == out_c, "tie": tie,
-                     "max_abs_logit_diff": diff})
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        outs_r, outs_c = _greedy(reference, chunk, eos, pad), _greedy(candidate, chunk, eos, pad)
+        seqs = [p + o for p, o in zip(chunk, outs_r)]
+        keep = max(len(o) for o in outs_r) + 1
+        lr_all, lc_all = _tail_logits(reference, seqs, pad, keep), _tail_logits(candidate, seqs, pad, keep)
+        for i, (ids, out_r, out_c) in enumerate(zip(chunk, outs_r, outs_c)):
+            first = keep - len(out_r) - 1  # row i's prompt-end position inside the kept tail
+            lr, lc = lr_all[i, first:], lc_all[i, first:]  # lr[k] chose generated token k
+            diff = float((lr - lc).abs().max())
+            worst = max(worst, diff)
+            tie = False
+            if out_r != out_c:
+                k = next((j for j, (a, b) in enumerate(zip(out_r, out_c)) if a != b), min(len(out_r), len(out_c)))
+                if k < len(out_r) and k < len(out_c):
+                    margin = float(lr[k, out_r[k]] - lr[k, out_c[k]])
+                    local = float((lr[k] - lc[k]).abs().max())
+                    tie = margin <= 2 * local and local <= tie_tolerance
+            rows.append({"prompt": tokenizer.decode(ids[-60:]), "reference": tokenizer.decode(out_r),
+                         "candidate": tokenizer.decode(out_c), "identical": out_r == out_c, "tie": tie,
+                         "max_abs_logit_diff": diff})
     same = sum(r["identical"] for r in rows)
     ties = sum(r["tie"] for r in rows)
     return {"rows": rows, "identical": same, "ties": ties, "mismatches": len(rows) - same - ties,
