@@ -161,7 +161,7 @@ class ServeConfig(_Strict):
     max_tokens_cap: int = Field(1024, ge=1)
     max_queue: int = Field(64, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=1024)
-    max_batch_size: int = Field(8, ge=1, description="Most queued non-streaming requests with equal sampling "
+    max_batch_size: int = Field(32, ge=1, description="Most queued requests with equal sampling "
                                 "settings answered by one batched generate call.")
 
 
