@@ -132,6 +132,9 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--url", help="use this running server instead of starting one")
     ap.add_argument("--api-key", default="bench-key")
+    ap.add_argument("--max-batch-size", type=int, default=None, help="server's batch limit (default: its own)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads in the server (OMP_NUM_THREADS); 1 is far faster on an oversubscribed CPU")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds for a whole phase")
     ap.add_argument("--startup-timeout", type=float, default=900, help="seconds to wait for the server")
     args = ap.parse_args()
@@ -142,8 +145,12 @@ def main() -> int:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "CHATTUNE_API_KEY": args.api_key, "HF_HUB_OFFLINE": "1"}
+        if args.threads:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
         cmd = [sys.executable, "-m", "chattune", "serve", args.model, "--port", str(port),
                "--max-queue", str(max(64, args.clients + 1)), "--max-tokens-cap", str(max(args.max_tokens, 64))]
+        if args.max_batch_size:
+            cmd += ["--max-batch-size", str(args.max_batch_size)]
         # A file, not a pipe: the access log of many requests would fill a pipe nobody reads and stall the server.
         log = tempfile.NamedTemporaryFile("w+", prefix="serve_load_", suffix=".log", delete=False)  # noqa: SIM115
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -163,7 +170,8 @@ def main() -> int:
                 print("server did not come up", file=sys.stderr)
                 return 1
             time.sleep(0.5)
-        print(f"server up in {time.monotonic() - t0:.1f}s: {args.model} at {url}")
+        print(f"server up in {time.monotonic() - t0:.1f}s: {args.model} at {url} "
+              f"(threads {args.threads or 'default'}, max batch {args.max_batch_size or 'default'})")
         return asyncio.run(run(url, args.api_key, args.clients, args.max_tokens, args.timeout))
     finally:
         if proc is not None:
