@@ -109,3 +109,13 @@ def test_cli_doctor(tmp_path, tiny_qwen3_dir):
                              env={"COLUMNS": "160"})
     assert res.exit_code == 0, res.output
     assert "memory estimate" in res.output and "batch 2 × 64 tokens" in res.output and "verdict:" in res.output
+
+
+def test_estimate_reads_an_unconverted_gguf_header(smollm2_gguf, tmp_path, monkeypatch):
+    """Without the cached conversion, the config comes from the GGUF header: no 30 s conversion for a doctor."""
+    cached = estimate_memory(_cfg("smollm2-135m-instruct"), device="cpu", free_bytes=GiB)
+    monkeypatch.setenv("CHATTUNE_CACHE", str(tmp_path))
+    fresh = estimate_memory(_cfg("smollm2-135m-instruct"), device="cpu", free_bytes=GiB)
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+    assert fresh["params"] == cached["params"] and fresh["trainable_params"] == cached["trainable_params"]
+    assert fresh["vocab_size"] == cached["vocab_size"] == 49152
