@@ -113,11 +113,15 @@ def estimate_memory(cfg: Config, *, free_bytes: int | None = None, device: str |
       * gradients: trainable × (4 for LoRA, b for full/freeze).
       * optimizer: AdamW m and v in fp32 = 8 × trainable; master: 4 × trainable when full/freeze trains
         half-precision weights (mixed precision keeps an fp32 copy) — an upper bound.
-      * activations per token per layer ≈ b × (4·H + q + 2·kv + 4·I) without gradient checkpointing
-        (norm inputs, q/k/v, attention output, residuals, gate/up/act/down inputs; sdpa/flash attention
-        store no S×S matrix), + b × Σ in_features of the LoRA targets when lora.dropout > 0 (the dropped
-        input copies); with checkpointing b × H per layer (layer inputs) plus one layer recomputed.
-      * logits: 2 × T × vocab × 4 (fp32 logits for the loss and the log-softmax kept for backward).
+      * activations per token per layer ≈ b × (7·H + 8·q + 5·kv + 4·I) without gradient checkpointing,
+        q = heads·head_dim, kv = kv_heads·head_dim (two RMSNorms keep input, normalised and scaled copies:
+        6·H; the mid residual: H; q/k/v outputs, their rotary copies and rotate-half products, the GQA
+        repeat of k/v, attention output and o_proj input: 8·q + 5·kv; MLP gate, up, act, product: 4·I;
+        sdpa/flash attention store no S×S matrix), + (b + 1) × Σ in_features of the LoRA targets when
+        lora.dropout > 0 (dropped input copy + mask); with checkpointing b × H per layer (layer inputs)
+        plus one layer recomputed.
+      * logits: 4 × T × vocab × 4 (fp32 logits, the log-softmax kept for backward, and both gradients
+        at the start of backward).
     T assumes every sequence is max_length long (dynamic padding usually needs less).
 
     Args:
@@ -143,7 +147,7 @@ def estimate_memory(cfg: Config, *, free_bytes: int | None = None, device: str |
             params += p.numel()
     text = mconfig.get_text_config() if hasattr(mconfig, "get_text_config") else mconfig
     H, L, V = text.hidden_size, text.num_hidden_layers, text.vocab_size
-    I = getattr(text, "intermediate_size", 4 * H)  # noqa: E741
+    I = getattr(text, "intermediate_size", 4 * H)
     nh = text.num_attention_heads
     hd = getattr(text, "head_dim", None) or H // nh
     nkv = getattr(text, "num_key_value_heads", None) or nh
@@ -180,12 +184,13 @@ def estimate_memory(cfg: Config, *, free_bytes: int | None = None, device: str |
     gc = cfg.train.gradient_checkpointing
     gc = (device.startswith("cuda")) if gc is None else gc
     act_b = 2 if method == "qlora" else b  # qlora computes in bf16/fp16 (load.py's bnb compute dtype)
-    per_layer_full = act_b * (4 * H + nh * hd + 2 * nkv * hd + 4 * I)
+    q, kv = nh * hd, nkv * hd
+    per_layer_full = act_b * (7 * H + 8 * q + 5 * kv + 4 * I)
     if method in ("lora", "qlora") and cfg.method.lora.dropout > 0:
-        # LoRA dropout keeps its own dropped copy of every wrapped layer's input for backward
-        per_layer_full += act_b * sum(i for _, i, _ in targets) // max(L, 1)
+        # LoRA dropout keeps a dropped copy of every wrapped layer's input (+ a 1-byte mask) for backward
+        per_layer_full += (act_b + 1) * sum(i for _, i, _ in targets) // max(L, 1)
     activations = T * (L * act_b * H + per_layer_full) if gc else T * L * per_layer_full
-    logits = 2 * T * V * 4
+    logits = 4 * T * V * 4
     overhead = int(0.5 * GiB) if device.startswith("cuda") else 0  # CUDA context + allocator slack
     total = weights + lora_bytes + gradients + optimizer + master + activations + logits + overhead
 
