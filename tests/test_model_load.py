@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from conftest import REAL_TOKENIZERS, real_tokenizer_dir
 
 from chattune.config import ModelConfig
 from chattune.data.render import end_of_turn_ids
 from chattune.errors import ChattuneError, ModelError
 from chattune.model import load as L
-from conftest import REAL_TOKENIZERS, real_tokenizer_dir
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -14,7 +13,7 @@ from . import app, console, data_app  # noqa: F401
 def merge(
     run_dir: Path = typer.Argument(..., help="Run directory of a LoRA/DoRA/QLoRA training run."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the merged model (plain Hugging Face layout)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: the run's)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: the run's)."),
     n_verify: int = typer.Option(20, "--n-verify", min=0, help="Training prompts on which adapter and merged "
                                  "model must give identical greedy output (0 = skip)."),
 ) -> None:
@@ -45,7 +44,7 @@ def merge(
 
 @app.command()
 def doctor(
-    args: Optional[List[str]] = typer.Argument(None, metavar="[CONFIG] [KEY=VALUE]...",
+    args: list[str] | None = typer.Argument(None, metavar="[CONFIG] [KEY=VALUE]...",
                                                help="Optional config YAML, then dotted overrides."),
 ) -> None:
     """Show versions, devices and free memory; with a config, estimate whether training fits."""
