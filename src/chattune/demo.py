@@ -153,9 +153,11 @@ def _evaluate(console, label: str, model_path, test_path: Path, cfg: Config, out
 
     bar, cb = _eval_progress(console, label)
     with bar:
+        # both models run in the dtype training used, so the comparison is like for like
+        dtype = None if cfg.model.dtype == "auto" else cfg.model.dtype
         res = evaluate(model_path, test_path, metrics=cfg.eval.metrics, max_new_tokens=cfg.eval.max_new_tokens,
                        batch_size=cfg.eval.batch_size, limit=cfg.eval.limit, out_dir=out_dir, data_cfg=data_cfg,
-                       thinking=cfg.data.thinking, progress=cb)
+                       thinking=cfg.data.thinking, progress=cb, dtype=dtype)
     m, t = res["metrics"], res["timing"]
     shown = ", ".join(f"{k} {100 * m[k]:.1f}%" for k in ("exact", "json_fields") if k in m)
     console.print(f"{label}: {shown} on {res['n']} sentences ({t['new_tokens']} tokens generated in "
