@@ -1,0 +1,305 @@
+"""Training throughput on CPU, side by side: chattune's default recipe vs TRL's SFTTrainer (best CPU
+settings) vs the common tutorial recipe, on the same 200 city+date examples and SmolLM2-135M-Instruct
+(LoRA r16 all-linear everywhere).
+
+Each recipe runs in its own subprocess (so peak RSS is its own, read from ru_maxrss) and reports real
+(non-pad) tokens per second over the steps after a warm-up, counted by the Trainer from the attention
+mask (``include_num_input_tokens_seen="non_padding"``), the same way for all three.
+
+    .venv/bin/python bench/train_throughput.py                       # the three recipes, 20 steps each
+    .venv/bin/python bench/train_throughput.py --recipes chattune chattune-packed --steps 30
+    .venv/bin/python bench/train_throughput.py --profile             # where chattune's step time goes
+
+Numbers go in reports and docs, never in tests. The CPU is shared: compare ratios from one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "examples" / "data" / "city_date_train.jsonl"
+RECIPES = {
+    "chattune": "chattune defaults (fp32, dynamic padding, batch 8, no recompute, logits at trained tokens)",
+    "chattune-grouped": "chattune defaults + train.group_by_length=true",
+    "chattune-packed": "chattune defaults + train.packing=true",
+    "chattune-nodrop": "chattune defaults + method.lora.dropout=0",
+    "trl": "TRL SFTTrainer: fp32, no recompute, dynamic padding, batch 8, completion-only loss",
+    "tutorial": "HF Trainer: pad to 512, recompute, bf16, adafactor, batch 2 x accum 8",
+}
+# Overrides that turn chattune's defaults into each chattune variant.
+VARIANTS = {"chattune": {}, "chattune-grouped": {"train": {"group_by_length": True}},
+            "chattune-packed": {"train": {"packing": True}}, "chattune-nodrop": {"method": {"lora": {"dropout": 0.0}}}}
+WARMUP_MARKS = 2  # micro-batches (or steps) not timed: first-call allocations and lazy init
+
+
+def rows(n: int) -> list[dict]:
+    lines = DATA.read_text(encoding="utf-8").splitlines()[:n]
+    return [json.loads(x) for x in lines]
+
+
+def lora_config():
+    from peft import LoraConfig
+
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def timer_callback():
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        """(wall time, process CPU time, real tokens seen) after every micro-batch, and logged losses."""
+
+        def __init__(self):
+            self.marks: list[tuple[float, float, int]] = []
+            self.losses: list[float] = []
+
+        def _mark(self, state):
+            self.marks.append((time.perf_counter(), time.process_time(), state.num_input_tokens_seen))
+
+        def on_substep_end(self, args, state, control, **kw):  # micro-batches inside an accumulation
+            self._mark(state)
+
+        def on_step_end(self, args, state, control, **kw):
+            self._mark(state)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+    return Timer()
+
+
+def model_source() -> str:
+    from chattune.config import ModelConfig
+    from chattune.model.load import resolve_source
+
+    return resolve_source(ModelConfig())  # the smollm2 alias: GGUF converted once to safetensors
+
+
+# ------------------------------------------------------------------------------------------- recipes
+
+def run_chattune(steps: int, n: int, tmp: Path, variant: str = "chattune"):
+    from chattune.config import _deep_merge, config_from_dict
+    from chattune.train.trainer import train
+
+    data = tmp / "data.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows(n)), encoding="utf-8")
+    raw = {"data": {"train": str(data), "cache_dir": str(tmp / "cache")},
+           "train": {"max_steps": steps, "report_to": ["none"], "logging_steps": 5, "save_steps": 10_000},
+           "output_dir": str(tmp / "run")}
+    cfg = config_from_dict(_deep_merge(raw, VARIANTS[variant]))
+    timer = timer_callback()
+    train(cfg, callbacks=[timer])
+    return timer
+
+
+def run_trl(steps: int, n: int, tmp: Path):
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    src = model_source()
+    tok = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    ds = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
+                                      "completion": [{"role": "assistant", "content": r["completion"]}]}
+                                     for r in rows(n)])
+    args = SFTConfig(output_dir=str(tmp / "trl"), per_device_train_batch_size=8, max_steps=steps,
+                     learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0.03,
+                     gradient_checkpointing=False, bf16=False, use_cpu=True, packing=False, padding_free=False,
+                     completion_only_loss=True, max_length=1024, logging_steps=5, save_strategy="no",
+                     report_to="none", include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
+                     seed=42, disable_tqdm=True)
+    timer = timer_callback()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
+                         peft_config=lora_config(), callbacks=[timer])
+    trainer.train()
+    return timer
+
+
+def run_tutorial(steps: int, n: int, tmp: Path):
+    """The recipe most Chinese LoRA tutorials copy (self-llm style): each example tokenized alone and
+    padded to 512, gradient checkpointing, a bf16 model, adafactor, batch 2 x accumulation 8."""
+    import datasets
+    import torch
+    from peft import get_peft_model
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
+                              TrainingArguments)
+
+    src = model_source()
+    tok = AutoTokenizer.from_pretrained(src)
+    max_len = 512
+
+    def encode(r):
+        prompt = tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=True,
+                                         add_generation_prompt=True, return_dict=False)
+        answer = tok(r["completion"] + tok.eos_token, add_special_tokens=False)["input_ids"]
+        ids = (prompt + answer)[:max_len]
+        labels = ([-100] * len(prompt) + answer)[:max_len]
+        pad = max_len - len(ids)
+        return {"input_ids": ids + [tok.pad_token_id] * pad, "attention_mask": [1] * len(ids) + [0] * pad,
+                "labels": labels + [-100] * pad}
+
+    ds = datasets.Dataset.from_list([encode(r) for r in rows(n)])
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
+    model.enable_input_require_grads()
+    model = get_peft_model(model, lora_config())
+    args = TrainingArguments(output_dir=str(tmp / "tut"), per_device_train_batch_size=2, gradient_accumulation_steps=8,
+                             max_steps=steps, learning_rate=1e-4, gradient_checkpointing=True, bf16=True,
+                             optim="adafactor", use_cpu=True, logging_steps=1, save_strategy="no", report_to="none",
+                             include_num_input_tokens_seen="non_padding", seed=42, disable_tqdm=True)
+    timer = timer_callback()
+    trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[timer],
+                      data_collator=DataCollatorForSeq2Seq(tok, padding=True))
+    trainer.train()
+    return timer
+
+
+def worker(name: str, steps: int, n: int) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if name in VARIANTS:
+            timer = run_chattune(steps, n, tmp, name)
+        elif name == "trl":
+            timer = run_trl(steps, n, tmp)
+        elif name == "tutorial":
+            timer = run_tutorial(steps, n, tmp)
+        else:
+            raise SystemExit(f"unknown recipe {name}")
+    (t0, c0, k0), (t1, c1, k1) = timer.marks[WARMUP_MARKS - 1], timer.marks[-1]
+    return {"recipe": name, "batches_timed": len(timer.marks) - WARMUP_MARKS, "real_tokens": k1 - k0,
+            "seconds": round(t1 - t0, 2), "real_tok_per_s": round((k1 - k0) / (t1 - t0), 1),
+            "real_tok_per_cpu_s": round((k1 - k0) / (c1 - c0), 1),
+            "loss_first": timer.losses[0] if timer.losses else None,
+            "loss_last": timer.losses[-1] if timer.losses else None,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+# ------------------------------------------------------------------------------------------- profile
+
+def profile(n_steps: int = 4) -> None:
+    """Where one chattune training step goes (forward + backward + optimizer, batch 8), by op group."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    from chattune.config import config_from_dict
+    from chattune.data.dataset import build_datasets
+    from chattune.data.packing import Collator
+    from chattune.model.adapters import apply_method
+    from chattune.model.load import load_model, load_tokenizer
+
+    with tempfile.TemporaryDirectory() as d:
+        data = Path(d) / "data.jsonl"
+        data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows(64)), encoding="utf-8")
+        cfg = config_from_dict({"data": {"train": str(data), "cache_dir": str(Path(d) / "cache")}})
+        tok = load_tokenizer(cfg.model)
+        train_ds, _, _ = build_datasets(cfg, tok)
+    model, _ = apply_method(load_model(cfg.model, tokenizer=tok, device="cpu"), cfg)
+    model.config.use_cache = False
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    collate = Collator(tok.pad_token_id)
+    batches = [collate([train_ds[i] for i in range(j * 8, j * 8 + 8)]) for j in range(n_steps + 1)]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    r = cfg.method.lora.r
+
+    def step(b):
+        loss = model(**b).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step(batches[0])  # warm-up
+    with tprofile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        t0 = time.perf_counter()
+        for b in batches[1:]:
+            step(b)
+        wall = time.perf_counter() - t0
+    groups: dict[str, float] = {}
+    for ev in prof.key_averages(group_by_input_shape=True):
+        name, shapes = ev.key, str(ev.input_shapes)
+        if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"):
+            if name in ("aten::matmul", "aten::linear"):
+                continue  # wrappers: their mm/addmm children are counted
+            g = ("lm_head (49k vocab) matmuls" if str(vocab) in shapes else
+                 "LoRA matmuls (rank %d)" % r if f", {r}]" in shapes or f"[{r}," in shapes else "frozen linear matmuls")
+        elif "scaled_dot_product" in name or "attention" in name:
+            g = "attention (sdpa)"
+        elif any(k in name for k in ("log_softmax", "nll_loss", "cross_entropy")):
+            g = "cross-entropy (49k vocab)"
+        elif any(k in name for k in ("_foreach", "adam", "lerp", "addcdiv")):
+            g = "optimizer"
+        elif "dropout" in name or "bernoulli" in name:
+            g = "LoRA dropout"
+        else:
+            continue
+        groups[g] = groups.get(g, 0.0) + ev.self_cpu_time_total / 1e6
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches[1:])
+    print(f"\nprofile: {n_steps} steps of batch 8, {tokens} real tokens, {wall:.2f} s wall "
+          f"({tokens / wall:.0f} tok/s under the profiler)")
+    print(f"{'group':34} {'self CPU s':>10} {'share of wall':>14}")
+    for g, s in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"{g:34} {s:10.2f} {100 * s / wall:13.1f}%")
+    print(f"{'other (norms, rope, activations, python)':34} {wall - sum(groups.values()):10.2f} "
+          f"{100 * (wall - sum(groups.values())) / wall:13.1f}%")
+
+
+# ------------------------------------------------------------------------------------------- main
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--recipes", nargs="+", default=["chattune", "trl", "tutorial"], choices=list(RECIPES))
+    ap.add_argument("--steps", type=int, default=20, help="optimizer steps per recipe (tutorial: --tutorial-steps)")
+    ap.add_argument("--tutorial-steps", type=int, default=1,
+                    help="each tutorial step is 8 micro-batches of 2 examples padded to 512 (timed per micro-batch)")
+    ap.add_argument("--examples", type=int, default=200)
+    ap.add_argument("--profile", action="store_true", help="profile chattune's step instead")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if a.worker:
+        print("RESULT " + json.dumps(worker(a.worker, a.steps, a.examples)), flush=True)
+        return
+    if a.profile:
+        profile()
+        return
+    model_source()  # convert the GGUF once, outside the timed subprocesses
+    results = []
+    for name in a.recipes:
+        steps = a.tutorial_steps if name == "tutorial" else a.steps
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, __file__, "--worker", name, "--steps", str(steps),
+                            "--examples", str(a.examples)], capture_output=True, text=True)
+        line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if p.returncode or line is None:
+            print(f"{name} failed (exit {p.returncode}):\n{p.stderr[-3000:]}", file=sys.stderr)
+            continue
+        res = json.loads(line[7:])
+        res["process_s"] = round(time.perf_counter() - t, 1)
+        results.append(res)
+        print(f"  {name}: {res['real_tok_per_s']} real tok/s", file=sys.stderr, flush=True)
+    ref = next((r["real_tok_per_s"] for r in results if r["recipe"] == "trl"), None)
+    print(f"\nSmolLM2-135M-Instruct, LoRA r16 all-linear, {a.examples} city+date examples, {os.cpu_count()} CPUs, "
+          f"torch threads {__import__('torch').get_num_threads()}")
+    ref_cpu = next((r["real_tok_per_cpu_s"] for r in results if r["recipe"] == "trl"), None)
+    print(f"{'recipe':17} {'real tok/s':>10} {'vs TRL':>7} {'tok/CPU-s':>9} {'vs TRL':>7} {'peak RSS MB':>11} "
+          f"{'batches':>7} {'loss first→last':>17}  what")
+    for r in results:
+        vs = f"{r['real_tok_per_s'] / ref:.2f}x" if ref else "-"
+        vs_cpu = f"{r['real_tok_per_cpu_s'] / ref_cpu:.2f}x" if ref_cpu else "-"
+        loss = (f"{r['loss_first']:.3f}→{r['loss_last']:.3f}" if r["loss_first"] is not None else "-")
+        print(f"{r['recipe']:17} {r['real_tok_per_s']:10.1f} {vs:>7} {r['real_tok_per_cpu_s']:9.1f} {vs_cpu:>7} "
+              f"{r['peak_rss_mb']:11d} {r['batches_timed']:7d} {loss:>17}  {RECIPES[r['recipe']]}")
+
+
+if __name__ == "__main__":
+    main()
