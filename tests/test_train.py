@@ -49,8 +49,9 @@ def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_cli_train_memorises_and_writes_exactly_the_run_dir_layout(tmp_path, tiny_qwen3_dir):
-    """`chattune train` on a memorisation set: loss falls, and the run dir holds exactly the documented
-    files (tracker subfolders allowed), with the chat template and EOS list exactly as used."""
+    """`chattune train` on a memorisation set: loss falls (train and held-out), and the run dir holds
+    exactly the documented files (tracker subfolders allowed), with the chat template and EOS list
+    exactly as used."""
     from typer.testing import CliRunner
 
     from chattune.cli import app
@@ -65,17 +66,17 @@ def test_cli_train_memorises_and_writes_exactly_the_run_dir_layout(tmp_path, tin
         else tok_cfg["chat_template"]
     (tmp_path / "custom.jinja").write_text(template + "{#- chattune test override -#}", encoding="utf-8")
     cfg = {"model": {"name_or_path": str(tiny_qwen3_dir), "chat_template": str(tmp_path / "custom.jinja")},
-           "data": {"train": "facts.jsonl", "cache_dir": str(tmp_path / "cache")},
+           "data": {"train": "facts.jsonl", "cache_dir": str(tmp_path / "cache"), "eval_ratio": 0.25},
            "method": {"lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
            "train": {"max_steps": 8, "lr": 2e-2, "batch_size": 12, "logging_steps": 1, "save_steps": 4,
-                     "warmup_ratio": 0.0, "scheduler": "constant"},
+                     "eval_steps": 4, "warmup_ratio": 0.0, "scheduler": "constant"},
            "output_dir": str(tmp_path / "run")}
     import yaml
 
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
     res = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml"), "train.save_total_limit=1"])
     assert res.exit_code == 0, res.output
-    assert "trainable params" in res.output and "12 examples" in res.output and "done 8 steps" in res.output
+    assert "trainable params" in res.output and "9 examples" in res.output and "done 8 steps" in res.output
 
     run = tmp_path / "run"
     names = {p.name for p in run.iterdir()}
@@ -96,7 +97,10 @@ def test_cli_train_memorises_and_writes_exactly_the_run_dir_layout(tmp_path, tin
     rows = metrics(run)
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert all(set(r) >= {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s"} for r in rows)
-    # one step = the whole set (batch 12): real tokens seen grow by exactly the data report's token count
+    evals = metrics(run, "eval")  # 3 of the 12 facts held out, eval loss every 4 steps
+    assert [r["step"] for r in evals] == [4, 8] and evals[1]["eval_loss"] < evals[0]["eval_loss"]
+    assert json.loads((run / "data.json").read_text())["eval"]["examples"] == 3
+    # one step = the whole train set (batch 12 > 9): real tokens seen grow by exactly the report's token count
     n_tokens = json.loads((run / "data.json").read_text())["train"]["tokens"]
     assert [r["tokens_seen"] for r in rows] == [n_tokens * s for s in range(1, 9)]
     assert rows[-1]["loss"] < 0.5 * rows[0]["loss"], [r["loss"] for r in rows]

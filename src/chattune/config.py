@@ -125,6 +125,8 @@ class TrainConfig(_Strict):
     batch_size: int = Field(8, ge=1, description="Per-device micro batch.")
     grad_accum: int = Field(1, ge=1)
     packing: bool = Field(False, description="Padding-free packing with position_ids (no cross-example attention).")
+    group_by_length: bool = Field(False, description="Batch examples of similar length together (less padding "
+                                  "with dynamic padding; transformers' LengthGroupedSampler).")
     gradient_checkpointing: bool | None = Field(None, description="None = on for GPU, off for CPU.")
     eval_steps: int | None = Field(None, ge=1, description="Eval loss every N steps (None: at each epoch end).")
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps (None: at each epoch end).")

@@ -114,6 +114,11 @@ class RichProgressCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step)
+        self.close()
+
+    def close(self) -> None:
+        """Stop the live display (also when training raised, so the terminal is left clean)."""
+        if self.progress is not None:
             self.progress.stop()
             self.progress = None
 

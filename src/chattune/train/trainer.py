@@ -77,6 +77,8 @@ def training_arguments(cfg: Config, *, run_dir: str | Path, has_eval: bool, devi
         # (gradient checkpointing is switched on by adapters.apply_method, once, for every method)
         # keep our columns (input_ids, labels, length); the Collator reads only what it needs
         remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        length_column_name="length",
         # collation is cheap; worker processes would only compete for the few cores a CPU run has
         dataloader_num_workers=2 if on_gpu else 0, dataloader_pin_memory=on_gpu,
         use_cache=False,  # a KV cache in training would also turn off packed-sequence masking
@@ -206,7 +208,7 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
     args = training_arguments(run_cfg, run_dir=run_dir, has_eval=eval_ds is not None, device=device, dtype=dtype,
                               model=model)
     collator = Collator(tokenizer.pad_token_id, packing=cfg.train.packing,
-                        trained_logits_only=supports_trained_logits_only(model, cfg))
+                        trained_logits_only=supports_trained_logits_only(model, run_cfg))
     console.print(f"[bold]batches[/] {'packed (padding-free)' if cfg.train.packing else 'dynamic padding'}, "
                   f"{cfg.train.batch_size} x {cfg.train.grad_accum} accumulation"
                   + (", logits only where a token is trained" if collator.trained_logits_only else ""))
@@ -224,6 +226,9 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
         out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
         failed = False
     finally:
+        for cb in cbs:
+            if isinstance(cb, RichProgressCallback):
+                cb.close()
         close_trackers(failed)
     if main:
         is_adapter = cfg.method.type in ("lora", "qlora")
