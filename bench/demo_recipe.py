@@ -60,7 +60,8 @@ class Recipe:
     system: str | None = None     # None = the template's default system prompt
     scheduler: str = "cosine"     # cosine | linear | constant
     warmup_ratio: float = 0.03
-    seed: int = 42
+    seed: int = 42                # LoRA init and batch order
+    data_seed: int = 0            # sentences (chattune demo's --seed; 0 = the demo's default)
     dtype: str = "float32"        # bfloat16: bf16 weights + autocast, as the Trainer does with model.dtype=bfloat16
     train: bool = True            # False: evaluate the base model only
 
@@ -316,7 +317,7 @@ def evaluate(model, tok, rows: list[dict], system: str | None, batch_size: int =
 def run(rc: Recipe, st_dir: Path, n_test: int, show: int) -> dict:
     torch.manual_seed(rc.seed)
     tok, model = load(st_dir, rc.dtype)
-    train_rows, test_rows, source = make_data(rc.n_train, rc.seed, rc.prompt, n_test)
+    train_rows, test_rows, source = make_data(rc.n_train, rc.data_seed, rc.prompt, n_test)
     test_set = {r["sentence"] for r in test_rows}
     assert not any(r["sentence"] in test_set for r in train_rows), "a test sentence leaked into train"
     res = {"recipe": rc.name, "train_s": 0.0, "train_cpu": 0.0, "tok_s": 0.0, "steps": 0, "n_train": 0}

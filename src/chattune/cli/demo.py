@@ -13,7 +13,7 @@ from . import app, console, data_app  # noqa: F401
 def demo_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="Model to tune: alias, folder, .gguf or Hub id "
                                         "(default: smollm2-135m-instruct, offline)."),
-    n_train: Optional[int] = typer.Option(None, "--n-train", min=1, help="Train sentences (default: the recipe's, 400)."),
+    n_train: Optional[int] = typer.Option(None, "--n-train", min=1, help="Train sentences (default: the recipe's, 300)."),
     n_test: int = typer.Option(100, "--n-test", min=1, help="Held-out test sentences (never in train)."),
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Demo folder; an earlier demo there is replaced."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML recipe to use instead of the built-in one "
