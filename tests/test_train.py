@@ -113,8 +113,13 @@ def test_resume_after_crash_is_bit_exact(tmp_path, tiny_qwen3_dir):
 
     from chattune.train.trainer import train
 
-    # lora dropout on: the RNG state must be restored too; batch 4 of 12: the resume crosses an epoch.
-    whole = train(tiny_cfg(tmp_path, tiny_qwen3_dir, "whole", lora_dropout=0.1))
+    # lora dropout on: the RNG state must be restored too; batch 4 of 12: the resume crosses an epoch;
+    # group_by_length is on by default here (one process, padded batches): its sampler must resume too.
+    from chattune.train.trainer import group_by_length
+
+    whole_cfg = tiny_cfg(tmp_path, tiny_qwen3_dir, "whole", lora_dropout=0.1)
+    assert group_by_length(whole_cfg)
+    whole = train(whole_cfg)
     assert whole["steps"] == 6
 
     class Crash(TrainerCallback):
@@ -157,8 +162,9 @@ def _one_sgd_step(tmp_path, model_dir, run, **train):
 
     # SGD without clipping: the update is lr * gradient, so any mis-scaled loss shows (Adam's first step
     # is ~lr * sign(gradient) and would hide it).
+    # group_by_length off: its sampler draws another order than packing's random one; same examples here
     cfg = tiny_cfg(tmp_path, model_dir, run, max_steps=1, optim="sgd", lr=1.0, max_grad_norm=0.0,
-                   save_steps=100, **train)
+                   save_steps=100, group_by_length=False, **train)
     run_train(cfg)
     return adapter(tmp_path / run)
 

@@ -125,8 +125,10 @@ class TrainConfig(_Strict):
     batch_size: int = Field(8, ge=1, description="Per-device micro batch.")
     grad_accum: int = Field(1, ge=1)
     packing: bool = Field(False, description="Padding-free packing with position_ids (no cross-example attention).")
-    group_by_length: bool = Field(False, description="Batch examples of similar length together (less padding "
-                                  "with dynamic padding; transformers' LengthGroupedSampler).")
+    group_by_length: bool | None = Field(
+        None, description="Batch examples of similar length together (transformers' LengthGroupedSampler): less "
+        "padding. None = on for padded batches in one process, off with packing (nothing to save) or several "
+        "processes (keeps their data order equal to one process's).")
     gradient_checkpointing: bool | None = Field(None, description="None = on for GPU, off for CPU.")
     eval_steps: int | None = Field(None, ge=1, description="Eval loss every N steps (None: at each epoch end).")
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps (None: at each epoch end).")
