@@ -200,3 +200,21 @@ def test_bad_config_exits_2_naming_the_key(tmp_path):
     res = subprocess.run([str(exe), "train", str(bad), "train.batchsize=", "train.scheduler=wavy"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "train.scheduler" in res.stderr
+
+
+def test_full_fine_tune_writes_full_weights_not_an_adapter(tmp_path, tiny_qwen3_dir):
+    from chattune.rundir import read_run
+    from chattune.train.trainer import train
+
+    cfg = tiny_cfg(tmp_path, tiny_qwen3_dir, "full", max_steps=2, save_steps=100, lr=1e-4)
+    cfg.method.type = "full"
+    out = train(cfg)
+    run = tmp_path / "full"
+    names = {p.name for p in run.iterdir() if not p.name.startswith("checkpoint-")}
+    assert names == {"chattune.yaml", "versions.json", "data.json", "tokenizer.json", "tokenizer_config.json",
+                     "chat_template.jinja", "generation_config.json", "config.json", "model.safetensors",
+                     "metrics.jsonl"}, names
+    info = read_run(run)
+    assert not info.is_adapter and out["trainable_params"] > 9_000_000
+    weights = load_file(run / "model.safetensors")
+    assert any("embed_tokens" in k for k in weights)
