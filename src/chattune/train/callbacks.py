@@ -174,5 +174,11 @@ def close_trackers(failed: bool = False) -> None:
     import sys
 
     swanlab = sys.modules.get("swanlab")
-    if swanlab is not None and swanlab.get_run() is not None:
+    if swanlab is None:
+        return
+    try:  # swanlab 0.10 raises instead of returning None when no run is active (another test/run imported it)
+        run = swanlab.get_run()
+    except RuntimeError:
+        run = None
+    if run is not None:
         swanlab.finish(state="crashed") if failed else swanlab.finish()
