@@ -97,7 +97,9 @@ class DataConfig(_Strict):
 class LoraConfig(_Strict):
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1, description=(
+        "Dropout on the LoRA input. 0 (LLaMA-Factory's and peft's default) lets peft skip the extra "
+        "pass over activations: +19% tokens/s on CPU in bench/train_throughput.py."))
     target_modules: str | list[str] = Field("all-linear", description="'all-linear' or a list of module names.")
     use_dora: bool = False
     use_rslora: bool = False
