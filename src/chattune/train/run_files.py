@@ -138,10 +138,13 @@ def save_final(run_dir: str | Path, model, tokenizer, end_of_turn: list[int], *,
         generation_config(model, tokenizer, end_of_turn).to_json_file(str(tok_dir / GENERATION_FILE))
         # peft also writes README.md, and full models their own generation_config.json: only the
         # weight files below are taken, so the run dir holds exactly the documented layout.
-        model.save_pretrained(w_dir, safe_serialization=True)
         if is_adapter:
+            # Rows of an added pad token travel as peft trainable tokens; peft's "auto" would also save the
+            # whole resized embedding + lm_head (~300M parameters for a 151k vocabulary).
+            model.save_pretrained(w_dir, safe_serialization=True, save_embedding_layers=False)
             weights = [n for n in ADAPTER_FILES if (w_dir / n).is_file()]
         else:
+            model.save_pretrained(w_dir, safe_serialization=True)
             weights = [p.name for p in sorted(w_dir.iterdir())
                        if p.name in FULL_FILES or (p.name.startswith("model-") and p.suffix == ".safetensors")]
             weights.sort(key=lambda n: n.startswith("model"))  # config first, weights last
