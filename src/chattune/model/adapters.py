@@ -3,7 +3,9 @@ trained run back for inference.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from pathlib import Path
 
 from ..config import Config, ModelConfig
@@ -15,6 +17,15 @@ from .load import (  # noqa: F401
     load_tokenizer,
     resolve_source,
 )
+
+
+@contextlib.contextmanager
+def _quiet_peft():
+    """peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` property when it wraps a
+    model: a FutureWarning the user can do nothing about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def count_params(model) -> tuple[int, int]:
@@ -101,7 +112,8 @@ def apply_method(model, cfg: Config, *, gradient_checkpointing: bool | None = No
             use_dora=lc.use_dora, use_rslora=lc.use_rslora, task_type="CAUSAL_LM",
             # peft ties the lm_head rows to these automatically when the model ties its embeddings
             trainable_token_indices=trainable_tokens or None)
-        model = get_peft_model(model, peft_cfg)
+        with _quiet_peft():
+            model = get_peft_model(model, peft_cfg)
         target_modules = sorted({str(t).rsplit(".", 1)[-1] for t in model.peft_config["default"].target_modules})
     elif method == "full":
         for p in model.parameters():
@@ -206,7 +218,8 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
             # (no bitsandbytes needed to use a QLoRA run, and no quantisation error at inference).
             base = load_model(mcfg, tokenizer=tok, method="lora", device=device)
             _apply_generation_config(base, run_dir)
-            model = PeftModel.from_pretrained(base, run_dir, is_trainable=False)
+            with _quiet_peft():
+                model = PeftModel.from_pretrained(base, run_dir, is_trainable=False)
             kind, base_name = "adapter", cfg.model.name_or_path
         else:
             full_cfg = mcfg.model_copy(update={"name_or_path": str(run_dir), "gguf_file": None, "revision": None})
