@@ -6,8 +6,8 @@ HTTP handlers only put a `Job` on the queue and await what the worker hands back
 
 Each turn the worker takes the oldest job plus every queued job of the same kind (streaming or not)
 with equal `Sampling`, up to `max_batch_size`, and answers them with one batched call:
-`Generator.generate` for plain requests; for streams, one left-padded `model.generate` whose streamer
-hands each row's tokens to its own client (`_RowStreams`), with per-row stop and cancel. A lone
+`Generator.generate` for plain requests; for streams, `Generator.stream_many` (one left-padded batch that
+hands each row's text to its own client, with per-row stop and cancel). A lone
 stream goes through `Generator.stream`. Jobs whose client left are skipped; a running stream whose
 client left stops at its next token without stopping the other rows.
 """
@@ -236,8 +236,12 @@ class Worker:
                                                 temperature=s.temperature, top_p=s.top_p, seed=s.seed,
                                                 stop=list(s.stop) or None, cancel=group[0].cancel):
                         group[0].deliver(item)
-                else:
-                    _stream_batch(self.gen, group, s)
+                else:  # one left-padded batch; each row ends (and is answered) on its own
+                    for i, item in self.gen.stream_many(
+                            [j.messages for j in group], max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                            top_p=s.top_p, seed=s.seed, stop=list(s.stop) or None,
+                            cancels=[j.cancel for j in group]):
+                        group[i].deliver(item)
             except Exception as e:
                 log.exception("generation failed")
                 for job in group:
@@ -249,86 +253,3 @@ class Worker:
                 self.stats["largest_batch"] = max(self.stats["largest_batch"], len(group))
                 self.stats["completed"] += len(group) - cancelled
                 self.stats["cancelled"] += cancelled
-
-
-# --- batched streaming ---------------------------------------------------------------------------------
-# `Generator` streams one conversation at a time; serving many streams needs one batch. The helpers
-# below are generate.py's own (same decode, stop-string and hold-back rules), so a batched stream
-# yields exactly what `Generator.generate` returns for the same batch. They belong in generate.py as
-# a public `Generator.stream_many`; until then serve imports them.
-
-class _RowCancel:
-    """Stopping criterion: row i is done once its client's cancel event is set (other rows go on)."""
-
-    def __init__(self, events: list[threading.Event]):
-        self.events = events
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        return torch.tensor([e.is_set() for e in self.events], dtype=torch.bool, device=input_ids.device)
-
-
-class _RowStreams:
-    """A transformers streamer for a batch: decodes each row's new tokens and delivers its text delta.
-
-    Runs inside `model.generate` on the worker thread (`put` is called once per decoding step).
-    """
-
-    def __init__(self, gen: Generator, jobs: list[Job], stop: list[str]):
-        from .generate import _cut_at_stop, _held_back
-
-        self._cut, self._held = _cut_at_stop, _held_back
-        self.gen, self.jobs, self.stop = gen, jobs, stop
-        self.eos = set(gen.eos_token_ids)
-        self.new_ids: list[list[int]] = [[] for _ in jobs]
-        self.sent = [""] * len(jobs)
-        self.done = [False] * len(jobs)
-        self._prompt_seen = False
-
-    def put(self, value) -> None:
-        if not self._prompt_seen:  # generate() first puts the prompt
-            self._prompt_seen = True
-            return
-        for i, t in enumerate(value.reshape(-1).tolist()):
-            if self.done[i]:
-                continue
-            self.new_ids[i].append(int(t))
-            if t in self.eos:
-                self.done[i] = True
-                continue
-            text = self.gen.tokenizer.decode(self.new_ids[i], skip_special_tokens=True,
-                                             clean_up_tokenization_spaces=False)
-            text, hit = self._cut(text, self.stop)
-            ready = text if hit else text[:len(text) - self._held(text, self.stop)]
-            if len(ready) > len(self.sent[i]) and ready.startswith(self.sent[i]):
-                self.jobs[i].deliver(ready[len(self.sent[i]):])
-                self.sent[i] = ready
-            self.done[i] = hit or self.jobs[i].cancel.is_set()
-
-    def end(self) -> None:
-        pass
-
-
-def _stream_batch(gen: Generator, jobs: list[Job], s: Sampling) -> None:
-    """Stream several conversations with one left-padded `model.generate` (see `_RowStreams`)."""
-    import torch
-
-    from .generate import _StopStrings
-
-    prompts = [gen.prompt_ids(j.messages) for j in jobs]
-    kw = gen._gen_kwargs(s.max_new_tokens, s.temperature, s.top_p, s.seed)
-    stop = list(s.stop)
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[gen.pad_token_id] * (width - len(p)) + p for p in prompts], dtype=torch.long)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
-    rows = _RowStreams(gen, jobs, stop)
-    criteria = [_RowCancel([j.cancel for j in jobs])] + ([_StopStrings(gen.tokenizer, stop, width)] if stop else [])
-    with torch.inference_mode():
-        gen.model.generate(input_ids=ids.to(gen.device), attention_mask=mask.to(gen.device),
-                           stopping_criteria=criteria, streamer=rows, **kw)
-    for i, (job, p) in enumerate(zip(jobs, prompts)):
-        final = gen._finish(rows.new_ids[i], len(p), s.max_new_tokens, stop, cancelled=job.cancel.is_set())
-        if final.text.startswith(rows.sent[i]) and len(final.text) > len(rows.sent[i]):
-            job.deliver(final.text[len(rows.sent[i]):])
-        job.deliver(final)
