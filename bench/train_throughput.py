@@ -32,13 +32,13 @@ RECIPES = {
                 "trained tokens",
     "chattune-random": "chattune defaults + train.group_by_length=false",
     "chattune-packed": "chattune defaults + train.packing=true",
-    "chattune-nodrop": "chattune defaults + method.lora.dropout=0",
+    "chattune-drop05": "chattune defaults + method.lora.dropout=0.05 (the LoRA config TRL and tutorial run here)",
     "trl": "TRL SFTTrainer: fp32, no recompute, dynamic padding, batch 8, completion-only loss",
     "tutorial": "HF Trainer: pad to 512, recompute, bf16, adafactor, batch 2 x accum 8",
 }
 # Overrides that turn chattune's defaults into each chattune variant.
 VARIANTS = {"chattune": {}, "chattune-random": {"train": {"group_by_length": False}},
-            "chattune-packed": {"train": {"packing": True}}, "chattune-nodrop": {"method": {"lora": {"dropout": 0.0}}}}
+            "chattune-packed": {"train": {"packing": True}}, "chattune-drop05": {"method": {"lora": {"dropout": 0.05}}}}
 WARMUP_MARKS = 2  # micro-batches (or steps) not timed: first-call allocations and lazy init
 
 
