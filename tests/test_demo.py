@@ -178,3 +178,37 @@ def test_demo_end_to_end_on_the_tiny_model(tmp_path, tiny_qwen3_dir):
     assert "replacing" in res2.output
     assert len([r for r in map(json.loads, (out / "run/metrics.jsonl").read_text().splitlines())
                 if r["kind"] == "train"]) == 1
+
+
+@pytest.mark.slow
+def test_reduced_demo_on_the_real_default_model(tmp_path, smollm2_gguf):
+    """What `make demo` runs, cut down for CI: the built-in recipe on the real default model
+    (SmolLM2-135M-Instruct from its GGUF), 24 train / 8 held-out sentences, 6 optimizer steps."""
+    from typer.testing import CliRunner
+
+    from chattune.cli import app
+    from chattune.demo import demo_config
+
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(app, ["demo", "--n-train", "24", "--n-test", "8", "--out", str(out),
+                                   "train.max_steps=6", f"data.cache_dir={tmp_path / 'cache'}"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+
+    used = yaml.safe_load((out / "train.yaml").read_text(encoding="utf-8"))
+    recipe = demo_config().model_dump(mode="json")
+    assert used["model"]["name_or_path"] == "smollm2-135m-instruct"
+    assert used["method"] == recipe["method"] and used["eval"] == recipe["eval"]
+    assert {k: v for k, v in used["train"].items() if k != "max_steps"} == \
+        {k: v for k, v in recipe["train"].items() if k != "max_steps"}
+    assert used["train"]["max_steps"] == 6
+    for name in ("eval_base", "eval_tuned"):
+        m = json.loads((out / name / "metrics.json").read_text(encoding="utf-8"))
+        assert m["n"] == 8 and 0.0 <= m["metrics"]["exact"] <= 1.0
+        preds = (out / name / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+        assert len(preds) == 8
+    losses = [r["loss"] for r in map(json.loads, (out / "run/metrics.jsonl").read_text().splitlines())
+              if r["kind"] == "train"]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert (out / "run" / "adapter_model.safetensors").is_file()
+    assert "exact match" in res.output and "report.md" in res.output
