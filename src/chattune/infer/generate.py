@@ -7,9 +7,11 @@
   `generate` appends after it never reaches the text.
 * `stream`: one conversation, text deltas as tokens arrive, then one `Completion`; a `threading.Event`
   cancels it promptly.
+* `stream_many`: several conversations in one left-padded batch, each row's deltas as they arrive
+  (what the server uses for concurrent streams).
 
-Both decode the same way (full decode of the new ids, special tokens skipped, stop strings cut), so
-the concatenated stream deltas equal `generate()`'s text for greedy decoding.
+All three decode the same way (full decode of the new ids, special tokens skipped, stop strings cut), so
+the concatenated stream deltas equal `generate()`'s text for greedy decoding (`stopping.py`).
 
 Thread-safety: no per-call state lives on the `Generator`; the server serialises calls anyway because
 one model cannot run two `generate` calls at once efficiently.
@@ -17,13 +19,13 @@ one model cannot run two `generate` calls at once efficiently.
 from __future__ import annotations
 
 import json
-import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ChattuneError, ModelError
+from .stopping import CancelRows, QueueStreamer, StopStrings, cut_at_stop, held_back
 
 
 @dataclass
@@ -78,80 +80,6 @@ def _render_prompt(tokenizer, messages: list[dict], thinking: str) -> list[int]:
     from ..data.render import prompt_ids
 
     return list(prompt_ids(tokenizer, messages, thinking=thinking))
-
-
-def _cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
-    """Cut `text` before the earliest occurrence of any stop string; return (text, found)."""
-    if not stop:
-        return text, False
-    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
-def _held_back(text: str, stop: list[str] | None) -> int:
-    """How many trailing characters of `text` must wait: an incomplete UTF-8 character (decoded as
-    U+FFFD) or the start of a stop string that the next tokens may complete."""
-    n = 0
-    while n < len(text) and text[len(text) - 1 - n] == "\ufffd":
-        n += 1
-    for s in stop or ():
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                n = max(n, k)
-                break
-    return n
-
-
-class _StopStrings:
-    """Per-row stopping criterion for stop strings: decodes each row's new ids and checks the text.
-
-    Own code rather than transformers' StopStringCriteria: we need the same text-level rule as the cut
-    in `_finish` (and in streaming), and rows must stop independently.
-    """
-
-    def __init__(self, tokenizer, stop: list[str], prompt_len: int):
-        self.tokenizer, self.stop, self.prompt_len = tokenizer, stop, prompt_len
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        done = [_cut_at_stop(self.tokenizer.decode(row[self.prompt_len:], skip_special_tokens=True),
-                             self.stop)[1] for row in input_ids.tolist()]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-class _Cancel:
-    """Row i stops once its event is set; every row stops once `all_rows` is set (checked after each token)."""
-
-    def __init__(self, rows: list[threading.Event], all_rows: threading.Event):
-        self.rows, self.all_rows = rows, all_rows
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        everyone = self.all_rows.is_set()
-        return torch.tensor([everyone or e.is_set() for e in self.rows], dtype=torch.bool, device=input_ids.device)
-
-
-class _QueueStreamer:
-    """A transformers streamer that hands the new token ids to the consuming thread.
-
-    Decoding happens in `Generator.stream_many` (not in TextIteratorStreamer) so streaming applies exactly
-    the same decode + stop-string rule as `generate`.
-    """
-
-    def __init__(self):
-        self.q: queue.Queue = queue.Queue()
-        self._prompt_seen = False
-
-    def put(self, value):
-        if not self._prompt_seen:  # generate() first puts the prompt
-            self._prompt_seen = True
-            return
-        self.q.put(("ids", [int(i) for i in value.reshape(-1).tolist()]))  # one new id per row
-
-    def end(self):
-        self.q.put(("end", None))
 
 
 class Generator:
@@ -248,11 +176,11 @@ class Generator:
                 break
         kept = new_ids[:n - 1] if hit_eos else new_ids[:n]
         text = self.tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        text, hit_stop = _cut_at_stop(text, stop)
+        text, hit_stop = cut_at_stop(text, stop)
         if hit_stop:
             # Count tokens only up to the one that completed the stop string: generate() pads a stopped
             # row afterwards, and those pads are not part of the completion.
-            n = next(k for k in range(1, len(kept) + 1) if _cut_at_stop(
+            n = next(k for k in range(1, len(kept) + 1) if cut_at_stop(
                 self.tokenizer.decode(kept[:k], skip_special_tokens=True, clean_up_tokenization_spaces=False),
                 stop)[1])
         if hit_eos or hit_stop or cancelled or n < max_new_tokens:
@@ -291,7 +219,7 @@ class Generator:
         ids = torch.tensor([[self.pad_token_id] * (width - len(p)) + p for p in prompts], dtype=torch.long)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
         stop = [s for s in (stop or []) if s]
-        criteria = [_StopStrings(self.tokenizer, stop, width)] if stop else []
+        criteria = [StopStrings(self.tokenizer, stop, width)] if stop else []
         with torch.inference_mode():
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       stopping_criteria=criteria or None, **kw)
@@ -345,8 +273,8 @@ class Generator:
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[self.pad_token_id] * (width - len(p)) + p for p in prompts], dtype=torch.long)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
-        streamer = _QueueStreamer()
-        criteria = [_Cancel(events, abandoned)] + ([_StopStrings(self.tokenizer, stop, width)] if stop else [])
+        streamer = QueueStreamer()
+        criteria = [CancelRows(events, abandoned)] + ([StopStrings(self.tokenizer, stop, width)] if stop else [])
         errors: list[BaseException] = []
 
         def work():
@@ -388,8 +316,8 @@ class Generator:
                     # characters split across tokens come out whole (U+FFFD is held back).
                     text = self.tokenizer.decode(new_ids[i], skip_special_tokens=True,
                                                  clean_up_tokenization_spaces=False)
-                    text, hit = _cut_at_stop(text, stop)
-                    ready = text if hit else text[:len(text) - _held_back(text, stop)]
+                    text, hit = cut_at_stop(text, stop)
+                    ready = text if hit else text[:len(text) - held_back(text, stop)]
                     if len(ready) > len(sent[i]) and ready.startswith(sent[i]):
                         yield i, ready[len(sent[i]):]
                         sent[i] = ready
