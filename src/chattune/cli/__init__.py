@@ -19,6 +19,14 @@ app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
 
+
+def fail(e: ChattuneError) -> typer.Exit:
+    """Print a user error as one clear line and return the Exit to raise. Commands raise it themselves
+    (not only `main`) so the exit code is 2 under any runner, typer's CliRunner included."""
+    err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(e.exit_code)
+
+
 # Each module registers its commands on `app` / `data_app`.
 from . import data, demo, infer, model, serve, synth, train  # noqa: E402,F401
 
@@ -28,8 +36,7 @@ def main() -> None:
     try:
         app()
     except ChattuneError as e:
-        err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
+        sys.exit(fail(e).exit_code)
 
 
 if __name__ == "__main__":

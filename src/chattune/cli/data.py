@@ -6,15 +6,10 @@ from pathlib import Path
 import typer
 
 from ..errors import ChattuneError
-from . import console, data_app, err_console
+from . import console, data_app, fail
 
 TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
 
-
-def _fail(e: ChattuneError) -> typer.Exit:
-    # Raised here (not only in cli.main) so the exit code is 2 under any runner, CliRunner included.
-    err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
-    return typer.Exit(e.exit_code)
 
 
 def _tokenizer(model: str | None, tokenizer: str | None):
@@ -54,7 +49,7 @@ def check(
         report = check_data([str(f) for f in files], tokenizer=tok, max_length=max_length, fmt=fmt, system=system,
                             loss=loss, thinking=thinking, sample=sample)
     except ChattuneError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     _print_check(report)
     raise typer.Exit(report["exit_code"])
 
@@ -142,7 +137,7 @@ def preview(
         items = run_preview([str(file)], tok, n=n, fmt=fmt, system=system, max_length=max_length, loss=loss,
                             thinking=thinking)
     except ChattuneError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     tty = console.is_terminal
     for item in items:
         console.rule(f"{item['source']} · line/row {item['row']}", style="dim")

@@ -7,16 +7,11 @@ from typing import Optional
 import typer
 
 from ..errors import ChattuneError
-from . import console, data_app, err_console
+from . import console, data_app, fail
 
 synth_app = typer.Typer(help="Generate synthetic training data.", no_args_is_help=True)
 data_app.add_typer(synth_app, name="synth")
 
-
-def _fail(e: ChattuneError) -> typer.Exit:
-    # Caught here (not only in cli.main) so the exit code is 2 under any runner, CliRunner included.
-    err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
-    return typer.Exit(e.exit_code)
 
 
 @synth_app.command("city-date")
@@ -34,11 +29,11 @@ def city_date(
     from ..data.synth import make_city_date_files
 
     if prompt not in ("short", "steps"):
-        raise _fail(ChattuneError(f"--prompt {prompt!r}: expected short or steps"))
+        raise fail(ChattuneError(f"--prompt {prompt!r}: expected short or steps"))
     try:
         counts = make_city_date_files(out, n, seed, prompt=prompt, n_test=split, test_out=test_out)
     except ChattuneError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     console.print(f"wrote {counts['train']} train rows to {out}")
     if test_out is not None:
         console.print(f"wrote {counts['test']} test rows to {test_out}")
@@ -60,5 +55,5 @@ def convert(
     try:
         count = convert_file(src, to, fmt=fmt, to=shape)
     except ChattuneError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     console.print(f"wrote {count} conversations to {to}")

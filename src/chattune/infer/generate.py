@@ -18,7 +18,6 @@ one model cannot run two `generate` calls at once efficiently.
 """
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,23 +62,6 @@ def _end_of_turn_ids(tokenizer) -> list[int]:
         return list(end_of_turn_ids(tokenizer))
     except TemplateError:
         return _as_list(tokenizer.eos_token_id)
-
-
-def _run_dir_eos(path) -> list[int]:
-    """eos_token_id from a folder's generation_config.json (the run dir writes the end-of-turn list there)."""
-    try:
-        f = Path(path) / "generation_config.json"
-        if f.is_file():
-            return _as_list(json.loads(f.read_text(encoding="utf-8")).get("eos_token_id"))
-    except (OSError, ValueError, TypeError):
-        pass
-    return []
-
-
-def _render_prompt(tokenizer, messages: list[dict], thinking: str) -> list[int]:
-    from ..data.render import prompt_ids
-
-    return list(prompt_ids(tokenizer, messages, thinking=thinking))
 
 
 class Generator:
@@ -127,10 +109,10 @@ class Generator:
 
         model, tok, info = load_run_model(path, device=device, dtype=dtype)
         model.eval()
-        eos = _end_of_turn_ids(tok) + _run_dir_eos(path) + _as_list(
-            getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+        # EOS: __init__ takes the template's end-of-turn + model.generation_config's, which the loader
+        # read from the run dir's (or folder's) generation_config.json.
         name = Path(str(path)).name if Path(str(path)).exists() else str(path)
-        return cls(model, tok, eos_token_ids=eos, name=name or str(path),
+        return cls(model, tok, name=name or str(path),
                    thinking=thinking or info.get("thinking") or "off")
 
     @property
@@ -141,7 +123,9 @@ class Generator:
         """The token ids of `messages` rendered for generation, exactly as training renders them."""
         if not messages:
             raise ChattuneError("cannot generate from an empty conversation")
-        return _render_prompt(self.tokenizer, messages, self.thinking)
+        from ..data.render import prompt_ids
+
+        return list(prompt_ids(self.tokenizer, messages, thinking=self.thinking))
 
     # --- generation -------------------------------------------------------------------------------
 
