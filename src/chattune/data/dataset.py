@@ -34,9 +34,9 @@ COLUMNS = ("input_ids", "labels", "length")
 # Extra columns the render map writes for the report; dropped before the dataset is returned.
 _OK, _DROPPED, _ERROR = 0, 1, 2
 _AUX = ("_status", "_truncated", "_trained", "_skipped", "_error")
-# Source files whose code decides the tokens: editing any of them invalidates the cache, so a fix in
-# the renderer can never be hidden by a stale cache (version numbers do not change during development).
-_CODE_FILES = ("render.py", "dataset.py", "formats.py", "clean.py", "readers.py")
+# The code that decides the tokens is chattune.data's modules: editing any of them invalidates the cache,
+# so a fix in the renderer can never be hidden by a stale cache (version numbers do not change during
+# development). All of them, not a hand-kept list that a new module could be missing from.
 _MAX_ERRORS_REPORTED = 5
 
 
@@ -84,11 +84,9 @@ def _code_fingerprint() -> str:
     from .. import __version__
 
     h = hashlib.sha256(__version__.encode())
-    here = Path(__file__).parent
-    for name in _CODE_FILES:
-        p = here / name
-        if p.is_file():
-            h.update(p.read_bytes())
+    for p in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
     return h.hexdigest()
 
 
