@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import defaults
 from .errors import ConfigError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -161,13 +162,13 @@ class EvalConfig(_Strict):
 
 
 class ServeConfig(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = defaults.SERVE_HOST
+    port: int = Field(defaults.SERVE_PORT, ge=0, le=65535)
     api_key: str | None = None
-    max_tokens_cap: int = Field(1024, ge=1)
-    max_queue: int = Field(64, ge=1)
+    max_tokens_cap: int = Field(defaults.SERVE_MAX_TOKENS_CAP, ge=1)
+    max_queue: int = Field(defaults.SERVE_MAX_QUEUE, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=1024)
-    max_batch_size: int = Field(32, ge=1, description="Most queued requests with equal sampling "
+    max_batch_size: int = Field(defaults.SERVE_MAX_BATCH_SIZE, ge=1, description="Most queued requests with equal sampling "
                                 "settings answered by one batched generate call.")
 
 
@@ -219,11 +220,12 @@ def parse_overrides(overrides: list[str]) -> dict:
     return out
 
 
-def _deep_merge(base: dict, extra: dict) -> dict:
+def deep_merge(base: dict, extra: dict) -> dict:
+    """`extra` laid over `base`, nested dicts merged key by key (how overrides apply to a config)."""
     merged = dict(base)
     for k, v in extra.items():
         if isinstance(v, dict) and isinstance(merged.get(k), dict):
-            merged[k] = _deep_merge(merged[k], v)
+            merged[k] = deep_merge(merged[k], v)
         else:
             merged[k] = v
     return merged
@@ -265,7 +267,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections (model, data, method, train, ...)")
     if overrides:
-        raw = _deep_merge(raw, parse_overrides(overrides))
+        raw = deep_merge(raw, parse_overrides(overrides))
     cfg = config_from_dict(raw, source)
     if path is not None:
         base = Path(path).resolve().parent

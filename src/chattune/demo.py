@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Config, config_from_dict, load_config, parse_overrides
+from .config import Config, config_from_dict, deep_merge, load_config, parse_overrides
 from .errors import ChattuneError
 from .fsutil import atomic_write_text
 
@@ -84,22 +84,15 @@ def demo_config(*, config: str | Path | Config | None = None, model: str | None 
     if isinstance(config, Config):
         cfg = config_from_dict({**config.model_dump(mode="json")}, "<config>")
         if overrides:
-            cfg = config_from_dict(_merge(cfg.model_dump(mode="json"), parse_overrides(overrides)), "<config>")
+            cfg = config_from_dict(deep_merge(cfg.model_dump(mode="json"), parse_overrides(overrides)), "<config>")
     elif config is not None:
         cfg = load_config(config, overrides)
     else:
         raw = json.loads(json.dumps(DEMO_RECIPE))  # deep copy
-        cfg = config_from_dict(_merge(raw, parse_overrides(overrides or [])), "<demo recipe>")
+        cfg = config_from_dict(deep_merge(raw, parse_overrides(overrides or [])), "<demo recipe>")
     if model:
         cfg.model.name_or_path = model
     return cfg
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _prepare_out(out: Path, console) -> None:

@@ -12,7 +12,7 @@ Layout (train writes it; infer/eval/merge/serve read it and need nothing else)::
       adapter_config.json + adapter_model.safetensors   (lora/qlora/dora)   or
       config.json + model.safetensors                   (full/freeze)
       metrics.jsonl            one line per log step
-      checkpoint-N/            complete checkpoints only (written under a temp name, then renamed)
+      checkpoint-N/            Trainer checkpoints; complete once trainer_state.json parses (train.run_files)
 """
 from __future__ import annotations
 

@@ -3,30 +3,29 @@ from __future__ import annotations
 
 import typer
 
-from ..config import ServeConfig, config_from_dict
+from .. import defaults as _D  # the help shows ServeConfig's defaults; options left out keep them
 from . import app, console, data_app  # noqa: F401
-
-_D = ServeConfig()  # the defaults live in ServeConfig; options left out keep them
 
 
 @app.command()
 def serve(
     path: str = typer.Argument(..., help="Run dir, merged model dir, HF model folder or alias to serve."),
-    host: str | None = typer.Option(None, help=f"Address to bind (default {_D.host}). Anything but loopback "
+    host: str | None = typer.Option(None, help=f"Address to bind (default {_D.SERVE_HOST}). Anything but loopback "
                                     "needs --api-key."),
-    port: int | None = typer.Option(None, help=f"TCP port (default {_D.port}; 0 = any free port)."),
+    port: int | None = typer.Option(None, help=f"TCP port (default {_D.SERVE_PORT}; 0 = any free port)."),
     api_key: str | None = typer.Option(None, "--api-key", envvar="CHATTUNE_API_KEY", show_envvar=True,
                                        help="Require 'Authorization: Bearer KEY' on /v1/*."),
     max_tokens_cap: int | None = typer.Option(None, help="Largest max_tokens a request may ask for; above it: "
-                                              f"400 (default {_D.max_tokens_cap})."),
+                                              f"400 (default {_D.SERVE_MAX_TOKENS_CAP})."),
     max_queue: int | None = typer.Option(None, help="Requests that may wait for the model; more get 429 "
-                                         f"(default {_D.max_queue})."),
+                                         f"(default {_D.SERVE_MAX_QUEUE})."),
     max_batch_size: int | None = typer.Option(None, help="Queued requests with equal settings answered in one "
-                                              f"batch (default {_D.max_batch_size})."),
+                                              f"batch (default {_D.SERVE_MAX_BATCH_SIZE})."),
     device: str | None = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16 (default: the loader's)."),
 ) -> None:
     """Serve a model over an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models, GET /health)."""
+    from ..config import config_from_dict
     from ..infer.serve import run_server
 
     given = {"host": host, "port": port, "api_key": api_key, "max_tokens_cap": max_tokens_cap,

@@ -39,7 +39,7 @@ def _runs(labels: list[int]) -> list[tuple[int, int]]:
 
 
 def verify_sequences(messages: Sequence[dict], seqs: Sequence[Rendered], tokenizer, *, thinking: str = "off",
-                     loss: str = "assistant") -> list[str]:
+                     loss: str = "assistant", eot: int | None = None) -> list[str]:
     """Re-check (a), (b), (c) for one conversation's rendered sequences.
 
     (a) tokens before each trained turn == ``apply_chat_template(messages[:k], add_generation_prompt=True)``;
@@ -52,13 +52,14 @@ def verify_sequences(messages: Sequence[dict], seqs: Sequence[Rendered], tokeniz
         tokenizer: the same tokenizer.
         thinking: the thinking policy used.
         loss: the loss policy used (``"all"`` checks (b) and that every token is trained).
+        eot: the template's end-of-turn id, when the caller already has it (default: detected).
 
     Returns:
         Problems found, as sentences; empty when the guarantee holds.
     """
     msgs = prepare_messages(messages, thinking)
     kw = template_kwargs(tokenizer, thinking)
-    eot = end_of_turn_ids(tokenizer)[0]
+    eot = end_of_turn_ids(tokenizer)[0] if eot is None else eot
 
     def chat(m: list[dict], gen: bool) -> list[int]:
         return list(tokenizer.apply_chat_template(m, add_generation_prompt=gen, tokenize=True, return_dict=False,
@@ -209,7 +210,8 @@ def _token_report(report: dict, convs: list, tokenizer, d: DataConfig, sample: i
     failed = []
     results = render_batch([msgs[i] for i in picked], tokenizer, eot_ids=eot, **opts)
     for i, res in zip(picked, results):
-        problems = verify_sequences(msgs[i], res.sequences, tokenizer, thinking=d.thinking, loss=d.loss)
+        problems = verify_sequences(msgs[i], res.sequences, tokenizer, thinking=d.thinking, loss=d.loss,
+                                    eot=eot[0])
         if problems:
             failed.append(f"{convs[i].source}, line/row {convs[i].row}: {problems[0]}")
     report["fidelity"] = {"checked": len(picked), "failed": len(failed), "examples": failed[:5]}

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
-IGNORE_INDEX = -100
+from .render import IGNORE as IGNORE_INDEX  # one -100 for the whole package
 
 
 def _as_list(x: Any) -> list[int]:

@@ -116,7 +116,7 @@ def generate_all(gen, prompts: Sequence[list[dict]], *, batch_size: int = 16, ma
 def reference_nll(gen, conversations: Sequence[list[dict]], *, batch_size: int = 16) -> list[tuple[float, int]]:
     """Sum of NLL and token count of each conversation's last assistant turn, as training scores it.
 
-    Rendering is `render_conversation(loss="last", thinking=gen.thinking)`: the trained tokens (answer +
+    Rendering is `render_batch(loss="last", thinking=gen.thinking)`: the trained tokens (answer +
     end-of-turn) are exactly those training puts a loss on. Batches are left-padded with explicit
     position_ids, and only the last positions' logits are computed (`logits_to_keep`), so a 150k
     vocabulary does not cost a full (batch, length, vocab) tensor.
@@ -124,12 +124,16 @@ def reference_nll(gen, conversations: Sequence[list[dict]], *, batch_size: int =
     import torch
     import torch.nn.functional as F
 
-    from ..data.render import IGNORE, render_conversation
+    from ..data.render import IGNORE, render_batch
+    from ..errors import TemplateError
 
+    # One batched render: what `render_conversation` gives per conversation, without probing the
+    # template again for every one.
     seqs = []
-    for conv in conversations:
-        rendered = render_conversation(conv, gen.tokenizer, loss="last", thinking=gen.thinking)
-        seqs.append([(r.input_ids, r.labels) for r in rendered])
+    for res in render_batch(conversations, gen.tokenizer, loss="last", thinking=gen.thinking):
+        if res.error:
+            raise TemplateError(res.error)
+        seqs.append([(r.input_ids, r.labels) for r in res.sequences])
     flat = [(i, ids, labels) for i, rs in enumerate(seqs) for ids, labels in rs]
     totals = [[0.0, 0] for _ in conversations]
     model, pad = gen.model, gen.pad_token_id

@@ -107,8 +107,7 @@ class Generator:
         """
         from ..model.adapters import load_run_model
 
-        model, tok, info = load_run_model(path, device=device, dtype=dtype)
-        model.eval()
+        model, tok, info = load_run_model(path, device=device, dtype=dtype)  # in eval mode
         # EOS: __init__ takes the template's end-of-turn + model.generation_config's, which the loader
         # read from the run dir's (or folder's) generation_config.json.
         name = Path(str(path)).name if Path(str(path)).exists() else str(path)

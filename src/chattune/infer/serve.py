@@ -167,7 +167,7 @@ def create_app(generator: Generator, serve_cfg: ServeConfig) -> FastAPI:
         The app; its worker thread starts and stops with the app's lifespan. ``app.state.worker`` is
         the `Worker` (queue counters, model lock).
     """
-    worker = Worker(generator, serve_cfg.max_queue, getattr(serve_cfg, "max_batch_size", 8))
+    worker = Worker(generator, serve_cfg.max_queue, serve_cfg.max_batch_size)
     model_name = generator.name
     created = int(time.time())
     default_temp, default_top_p = _default_sampling(generator)

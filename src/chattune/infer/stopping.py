@@ -46,8 +46,9 @@ class StopStrings:
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        done = [cut_at_stop(self.tokenizer.decode(row[self.prompt_len:], skip_special_tokens=True),
-                             self.stop)[1] for row in input_ids.tolist()]
+        done = [cut_at_stop(self.tokenizer.decode(row[self.prompt_len:], skip_special_tokens=True,
+                                                  clean_up_tokenization_spaces=False),
+                            self.stop)[1] for row in input_ids.tolist()]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 

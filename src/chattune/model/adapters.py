@@ -233,7 +233,9 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
         tok = tokenizer or load_tokenizer(mcfg, source=src)
         model = load_model(mcfg, tokenizer=tok, method="full", device=device, source=src)
         kind, base_name, thinking, method = "model", path_s, "off", None
-        merged_report = Path(src) / "chattune_merge.json"
+        from .merge import MERGE_REPORT
+
+        merged_report = Path(src) / MERGE_REPORT
         if merged_report.is_file():  # a `chattune merge` output: render as the run was trained
             rep = json.loads(merged_report.read_text(encoding="utf-8"))
             base_name, thinking, method = rep.get("base", path_s), rep.get("thinking", "off"), rep.get("method")

@@ -50,9 +50,7 @@ def training_arguments(cfg: Config, *, run_dir: str | Path, has_eval: bool, devi
     if t.load_best_model_at_end and t.eval_steps and t.save_steps % t.eval_steps:
         raise ConfigError(f"train.save_steps ({t.save_steps}) must be a multiple of train.eval_steps "
                           f"({t.eval_steps}) when train.load_best_model_at_end is on")
-    if t.use_liger_kernel and not on_gpu:
-        raise ConfigError("train.use_liger_kernel needs a CUDA GPU (and `pip install liger-kernel`); "
-                          "set train.use_liger_kernel=false on CPU")
+    # (use_liger_kernel without a GPU is refused earlier, by fast_path.resolve_fast_path)
     eval_strategy = ("steps" if t.eval_steps else "epoch") if has_eval else "no"
     kwargs = dict(
         output_dir=str(run_dir),
