@@ -124,6 +124,7 @@ def reference_nll(gen, conversations: Sequence[list[dict]], *, batch_size: int =
     import torch
     import torch.nn.functional as F
 
+    from ..data.packing import left_pad
     from ..data.render import IGNORE, render_batch
     from ..errors import TemplateError
 
@@ -142,8 +143,7 @@ def reference_nll(gen, conversations: Sequence[list[dict]], *, batch_size: int =
         width = max(len(ids) for _, ids, _ in chunk)
         first = [next((j for j, t in enumerate(lab) if t != IGNORE), len(lab)) for _, _, lab in chunk]
         keep = max(len(ids) - f + 1 for (_, ids, _), f in zip(chunk, first))
-        ids = torch.tensor([[pad] * (width - len(x)) + x for _, x, _ in chunk])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for _, x, _ in chunk])
+        ids, mask = left_pad([x for _, x, _ in chunk], pad)
         # target at position q is the label of token q + 1
         shifted = torch.tensor([[IGNORE] * (width - len(lab)) + lab[1:] + [IGNORE] for _, _, lab in chunk])
         pos = (mask.cumsum(-1) - 1).clamp(min=0)

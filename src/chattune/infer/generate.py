@@ -193,14 +193,14 @@ class Generator:
         """
         import torch
 
+        from ..data.packing import left_pad
+
         if not conversations:
             return []
         prompts = [self.prompt_ids(c) for c in conversations]
         kw = self._gen_kwargs(max_new_tokens, temperature, top_p, seed)
-        width = max(len(p) for p in prompts)
-        # Left padding: every row's last prompt token sits at the same column, so new tokens line up.
-        ids = torch.tensor([[self.pad_token_id] * (width - len(p)) + p for p in prompts], dtype=torch.long)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+        ids, mask = left_pad(prompts, self.pad_token_id)
+        width = ids.shape[1]
         stop = [s for s in (stop or []) if s]
         criteria = [StopStrings(self.tokenizer, stop, width)] if stop else []
         with torch.inference_mode():
@@ -245,6 +245,8 @@ class Generator:
         """
         import torch
 
+        from ..data.packing import left_pad
+
         if not conversations:
             return
         prompts = [self.prompt_ids(c) for c in conversations]
@@ -253,9 +255,8 @@ class Generator:
         events = [(cancels[i] if cancels and i < len(cancels) else None) or threading.Event()
                   for i in range(len(prompts))]
         abandoned = threading.Event()  # ours: the consumer stopped iterating; callers' events stay untouched
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[self.pad_token_id] * (width - len(p)) + p for p in prompts], dtype=torch.long)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+        ids, mask = left_pad(prompts, self.pad_token_id)
+        width = ids.shape[1]
         streamer = QueueStreamer()
         criteria = [CancelRows(events, abandoned)] + ([StopStrings(self.tokenizer, stop, width)] if stop else [])
         errors: list[BaseException] = []
