@@ -3,7 +3,8 @@
 The merged folder is an ordinary Hugging Face model (safetensors + tokenizer + chat template +
 generation_config with the end-of-turn EOS list) plus ``chattune_merge.json``. Verification reloads the
 saved folder and compares it with the adapter model on prompts from the run's own training data: greedy
-outputs must match token for token, and the report gives the largest logit difference.
+outputs must match token for token, and the report gives the largest logit difference. The adapter
+model's answers are taken before it is merged in place, so only one model is in memory at a time.
 """
 from __future__ import annotations
 
@@ -56,20 +57,13 @@ def verification_prompts(run, tokenizer, n: int) -> tuple[list[list[int]], str]:
     return [prompt_ids(tokenizer, m, thinking=thinking)[-256:] for m in messages], source
 
 
-def _left_pad(seqs: list[list[int]], pad: int, device):
-    import torch
-
-    width = max(len(x) for x in seqs)
-    ids = torch.tensor([[pad] * (width - len(x)) + x for x in seqs], device=device)
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in seqs], device=device)
-    return ids, mask
-
-
 def _greedy(model, prompts: list[list[int]], eos: list[int], pad: int) -> list[list[int]]:
     """Greedy continuations of a left-padded batch, each cut after its first end-of-turn token."""
     import torch
 
-    ids, mask = _left_pad(prompts, pad, model.device)
+    from ..data.packing import left_pad
+
+    ids, mask = left_pad(prompts, pad, model.device)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=MAX_NEW_TOKENS,
                              eos_token_id=eos, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
@@ -85,7 +79,9 @@ def _tail_logits(model, seqs: list[list[int]], pad: int, keep: int):
     full logits of a batch are batch x length x vocab x 4 bytes (GBs for a 151k vocabulary)."""
     import torch
 
-    ids, mask = _left_pad(seqs, pad, model.device)
+    from ..data.packing import left_pad
+
+    ids, mask = left_pad(seqs, pad, model.device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         try:
@@ -95,32 +91,34 @@ def _tail_logits(model, seqs: list[list[int]], pad: int, keep: int):
     return logits.float().cpu()
 
 
-def compare_models(reference, candidate, tokenizer, prompts: list[list[int]], *, tie_tolerance: float = 1e-2,
-                   batch_size: int = 8) -> dict:
-    """Greedy outputs and logits of `candidate` versus `reference` on `prompts`.
+def _reference_pass(model, tokenizer, prompts: list[list[int]], batch_size: int) -> list[tuple]:
+    """Per batch: (prompts, greedy continuations, tail logits) of the reference model. Kept on the CPU so
+    the reference model can be freed (or merged in place) before the candidate is loaded."""
+    from ..data.render import end_of_turn_ids
 
-    Both models get identical left-padded batches. The logit difference is measured over each prompt's
-    last position and the reference's continuation (the positions that choose tokens). A divergence
-    counts as a tie, not a mismatch, only where the two models' logits at that step differ by at most
-    `tie_tolerance` (rounding-sized) and the reference's margin between the two chosen tokens is within
-    twice that difference: half-precision rounding can flip a genuine tie, a bad merge cannot hide
-    behind that rule.
+    eos = end_of_turn_ids(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        outs_r = _greedy(model, chunk, eos, pad)
+        keep = max(len(o) for o in outs_r) + 1
+        out.append((chunk, outs_r, _tail_logits(model, [p + o for p, o in zip(chunk, outs_r)], pad, keep)))
+    return out
 
-    Returns:
-        {"rows": [{"prompt", "reference", "candidate", "identical", "tie", "max_abs_logit_diff"}],
-         "identical": n, "ties": n, "mismatches": n, "max_abs_logit_diff": float}
-    """
+
+def _compare(reference: list[tuple], candidate, tokenizer, *, tie_tolerance: float) -> dict:
+    """`candidate` against a `_reference_pass`: its greedy outputs, and its logits on the reference's
+    continuations (see `compare_models`)."""
     from ..data.render import end_of_turn_ids
 
     eos = end_of_turn_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     rows, worst = [], 0.0
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        outs_r, outs_c = _greedy(reference, chunk, eos, pad), _greedy(candidate, chunk, eos, pad)
-        seqs = [p + o for p, o in zip(chunk, outs_r)]
-        keep = max(len(o) for o in outs_r) + 1
-        lr_all, lc_all = _tail_logits(reference, seqs, pad, keep), _tail_logits(candidate, seqs, pad, keep)
+    for chunk, outs_r, lr_all in reference:
+        outs_c = _greedy(candidate, chunk, eos, pad)
+        keep = lr_all.shape[1]
+        lc_all = _tail_logits(candidate, [p + o for p, o in zip(chunk, outs_r)], pad, keep)
         for i, (ids, out_r, out_c) in enumerate(zip(chunk, outs_r, outs_c)):
             first = keep - len(out_r) - 1  # row i's prompt-end position inside the kept tail
             lr, lc = lr_all[i, first:], lc_all[i, first:]  # lr[k] chose generated token k
@@ -142,24 +140,41 @@ def compare_models(reference, candidate, tokenizer, prompts: list[list[int]], *,
             "max_abs_logit_diff": worst}
 
 
-def _save_merged(run, out: Path, *, device: str, dtype: str | None, tokenizer=None):
-    """Load base + adapter afresh (un-quantised), merge_and_unload, save model + tokenizer + template.
+def compare_models(reference, candidate, tokenizer, prompts: list[list[int]], *, tie_tolerance: float = 1e-2,
+                   batch_size: int = 8) -> dict:
+    """Greedy outputs and logits of `candidate` versus `reference` on `prompts`.
+
+    Both models get identical left-padded batches. The logit difference is measured over each prompt's
+    last position and the reference's continuation (the positions that choose tokens). A divergence
+    counts as a tie, not a mismatch, only where the two models' logits at that step differ by at most
+    `tie_tolerance` (rounding-sized) and the reference's margin between the two chosen tokens is within
+    twice that difference: half-precision rounding can flip a genuine tie, a bad merge cannot hide
+    behind that rule.
+
+    Returns:
+        {"rows": [{"prompt", "reference", "candidate", "identical", "tie", "max_abs_logit_diff"}],
+         "identical": n, "ties": n, "mismatches": n, "max_abs_logit_diff": float}
+    """
+    return _compare(_reference_pass(reference, tokenizer, prompts, batch_size), candidate, tokenizer,
+                    tie_tolerance=tie_tolerance)
+
+
+def _save_merged(run, out: Path, *, model, tokenizer):
+    """Merge the loaded adapter `model` in place (merge_and_unload) and save model + tokenizer + template.
 
     Returns:
         the run's tokenizer (reused by verification).
     """
     from ..rundir import GENERATION_FILE, TEMPLATE_FILE
-    from .adapters import load_run_model
 
-    model, tok, _ = load_run_model(run.path, device=device, dtype=dtype, tokenizer=tokenizer)
     merged = model.merge_and_unload()
     merged.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
+    tokenizer.save_pretrained(out)
     for name in (GENERATION_FILE, TEMPLATE_FILE):  # exactly as training wrote them (EOS list, template)
         if (run.path / name).is_file():
             shutil.copyfile(run.path / name, out / name)
-    del model, merged
-    return tok
+    del merged
+    return tokenizer
 
 
 def merge(run_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None, n_verify: int = 20,
@@ -209,18 +224,22 @@ def merge(run_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None,
         report["note"] = ("QLoRA adapter merged into the un-quantised base: the merged model is not the 4-bit "
                           "model it was trained on; verification compares against the adapter on that same base")
     with atomic_path(out) as tmp:
-        tok = _save_merged(run, tmp, device=device, dtype=dtype)
+        # One model in memory at a time: the adapter model answers the verification prompts first, is then
+        # merged in place and saved; the saved folder is reloaded and compared with those answers.
+        adapter, tok, _ = load_run_model(run.path, device=device, dtype=dtype)  # base un-quantised
         if n_verify > 0:
-            adapter, _, _ = load_run_model(run.path, device=device, dtype=dtype, tokenizer=tok)
+            prompts, source = verification_prompts(run, tok, n_verify)
+            reference = _reference_pass(adapter, tok, prompts, batch_size=8)
+        tok = _save_merged(run, tmp, model=adapter, tokenizer=tok)
+        del adapter
+        if n_verify > 0:
             # the saved tokenizer files are a copy of the run's; reloading them would only cost time
             merged, _, _ = load_run_model(tmp, device=device, dtype=dtype, tokenizer=tok)
-            prompts, source = verification_prompts(run, tok, n_verify)
             # bf16/fp16 merges round each weight once; logits then move by up to a few tenths
-            verdict = compare_models(adapter, merged, tok, prompts,
-                                     tie_tolerance=1e-2 if dtype == "float32" else 0.5)
+            verdict = _compare(reference, merged, tok, tie_tolerance=1e-2 if dtype == "float32" else 0.5)
             report["verify"] = {"source": source, "prompts": len(prompts), "max_new_tokens": MAX_NEW_TOKENS,
                                 **verdict}
-            del adapter, merged
+            del merged, reference
             if verdict["mismatches"]:
                 bad = next(r for r in verdict["rows"] if not r["identical"] and not r["tie"])
                 raise ChattuneError(
