@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_generate import SCRIPTS, scripted_model_dir
+from tests.infer.test_generate import SCRIPTS, scripted_model_dir
 
 CHATTUNE = Path(sys.executable).with_name("chattune")
 

@@ -14,7 +14,7 @@ from chattune.data.convert import convert_file, write_records
 from chattune.data.formats import load_conversations
 from chattune.errors import DataError
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 runner = CliRunner()
 
 

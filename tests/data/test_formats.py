@@ -13,7 +13,7 @@ from chattune.data.readers import read_records
 from chattune.errors import DataError
 from chattune.fsutil import sha256_file
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 
 
 def _jsonl(path: Path, rows: list[dict]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import real_tokenizer_dir, smollm2_gguf_path
+from tests.conftest import real_tokenizer_dir, smollm2_gguf_path
 from transformers import AutoTokenizer
 
 from chattune.data.render import (

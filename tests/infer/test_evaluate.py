@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
-from test_generate import SCRIPTS, scripted_model_dir
+from tests.infer.test_generate import SCRIPTS, scripted_model_dir
 
 ROWS = [
     {"instruction": "alpha", "output": SCRIPTS["alpha"]},        # exact

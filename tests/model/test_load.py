@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import REAL_TOKENIZERS, real_tokenizer_dir
+from tests.conftest import REAL_TOKENIZERS, real_tokenizer_dir
 
 from chattune.config import ModelConfig
 from chattune.data.render import end_of_turn_ids

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_adapters import CUSTOM_TEMPLATE, make_adapter_run
+from tests.model.test_adapters import CUSTOM_TEMPLATE, make_adapter_run
 
 from chattune.errors import ChattuneError, ModelError
 from chattune.model import merge as M

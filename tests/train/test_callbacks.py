@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from test_train import metrics, tiny_cfg
+from tests.train.test_trainer import metrics, tiny_cfg
 
 
 def _swanlab_scalars(run_file) -> dict[str, list[tuple[int, float]]]:

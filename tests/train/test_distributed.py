@@ -19,7 +19,7 @@ from chattune.errors import ConfigError
 from chattune.train import distributed as dist
 from chattune.train import fast_path as fp
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------------------- distributed helpers
