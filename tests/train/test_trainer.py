@@ -137,11 +137,6 @@ def test_resume_after_crash_is_bit_exact(tmp_path, tiny_qwen3_dir):
     (run / "checkpoint-5" / "adapter_model.safetensors").write_bytes(b"\0" * 100)
     (run / "checkpoint-4").mkdir()
     (run / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4, "log_hi')
-    from chattune.rundir import latest_checkpoint
-    from chattune.train.run_files import resume_checkpoint
-
-    assert latest_checkpoint(run).name == "checkpoint-4"  # rundir's file check alone would pick it...
-    assert resume_checkpoint(run).name == "checkpoint-3"  # ...so resume also parses trainer_state.json
 
     with pytest.raises(Exception, match="already holds a run"):
         train(cfg)  # without --resume an existing run is never overwritten
