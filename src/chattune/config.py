@@ -4,6 +4,7 @@ Every error names the dotted key, the value found and what is allowed (see `load
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +30,7 @@ class ModelConfig(_Strict):
     gguf_file: str | None = Field(None, description="GGUF file name inside name_or_path, if it is a folder.")
     tokenizer: str | None = Field(None, description="Tokenizer source when it differs from the model's.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto = bf16 on GPUs that support it, else fp32 (CPUs here lack bf16).")
+        "auto", description="auto = bf16 on GPUs that support it, else fp32 (always fp32 on CPU).")
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] = Field(
         "auto", description="auto = flash-attention (3 on Hopper, 2 elsewhere) when installed on CUDA, else sdpa.")
     trust_remote_code: bool = Field(False, description="Run Python code shipped with the model. Off unless asked.")
@@ -39,8 +40,10 @@ class ModelConfig(_Strict):
 class DataSource(_Strict):
     """One input file and how to read it."""
 
-    path: str
-    format: Literal["auto", "alpaca", "qa", "prompt_completion", "messages", "sharegpt", "text"] = "auto"
+    path: str = Field(description="File or folder: .jsonl/.json/.csv/.tsv/.xlsx/.parquet, or a datasets.save_to_disk "
+                      "folder. Relative paths are resolved beside the YAML file when they exist there.")
+    format: Literal["auto", "alpaca", "qa", "prompt_completion", "messages", "sharegpt", "text"] = Field(
+        "auto", description="Row shape; auto = detected from the columns of the first rows.")
     columns: dict[str, str] = Field(default_factory=dict, description="Map our field names to the file's "
                                     "column names, e.g. {instruction: question, output: answer}.")
     sheet: str | int | None = Field(None, description="xlsx sheet name or index (default: the first).")
@@ -71,8 +74,10 @@ class TextSplitConfig(_Strict):
 class DataConfig(_Strict):
     """Where the data comes from and how it becomes tokens and labels."""
 
-    train: list[DataSource] = Field(default_factory=list, description="Training files.")
-    eval: list[DataSource] = Field(default_factory=list, description="Held-out files for eval loss.")
+    train: list[DataSource] = Field(default_factory=list, description="Training files: a path, a list of paths, "
+                                    "or entries with the data.train[] keys below.")
+    eval: list[DataSource] = Field(default_factory=list, description="Held-out files for eval loss (same forms "
+                                   "as data.train).")
     eval_ratio: float = Field(0.0, ge=0, lt=1, description="Share of train held out for eval when no eval files.")
     system: str | None = Field(None, description="Default system prompt for conversations without one.")
     max_length: int = Field(1024, ge=8, description="Token limit per sequence; longer ones are truncated and reported.")
@@ -82,8 +87,8 @@ class DataConfig(_Strict):
     multi_turn: Literal["split", "consistent"] = Field(
         "split", description="When the template rewrites earlier turns (Qwen3 drops old <think>): split = one "
         "sequence per trained turn; consistent = train only turns whose prefix matches inference.")
-    clean: CleanConfig = Field(default_factory=CleanConfig)
-    text: TextSplitConfig = Field(default_factory=TextSplitConfig)
+    clean: CleanConfig = Field(default_factory=CleanConfig, description=CleanConfig.__doc__)
+    text: TextSplitConfig = Field(default_factory=TextSplitConfig, description=TextSplitConfig.__doc__)
     cache_dir: str | None = Field(None, description="Tokenized-data cache (default ~/.cache/chattune/datasets).")
     num_proc: int | None = Field(None, ge=1, description="Processes for tokenization (default: 1 below 20k rows).")
 
@@ -96,37 +101,44 @@ class DataConfig(_Strict):
 
 
 class LoraConfig(_Strict):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
+    """LoRA adapter shape (methods lora and qlora)."""
+
+    r: int = Field(16, ge=1, description="Rank of the update matrices.")
+    alpha: int = Field(32, ge=1, description="Scale: the update is multiplied by alpha / r (alpha / sqrt(r) "
+                       "with use_rslora).")
     dropout: float = Field(0.0, ge=0, lt=1, description=(
         "Dropout on the LoRA input. 0 (LLaMA-Factory's and peft's default) lets peft skip the extra "
-        "pass over activations: +19% tokens/s on CPU in bench/train_throughput.py."))
+        "pass over the activations, so training is faster (see bench/train_throughput.py)."))
     target_modules: str | list[str] = Field("all-linear", description="'all-linear' or a list of module names.")
-    use_dora: bool = False
-    use_rslora: bool = False
+    use_dora: bool = Field(False, description="DoRA: learn a magnitude per output as well (slower, sometimes better).")
+    use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r), for large r.")
 
 
 class MethodConfig(_Strict):
     """How the model is adapted."""
 
-    type: Literal["lora", "qlora", "full", "freeze"] = "lora"
-    lora: LoraConfig = Field(default_factory=LoraConfig)
+    type: Literal["lora", "qlora", "full", "freeze"] = Field(
+        "lora", description="lora = adapters on a frozen model; qlora = the same on a 4-bit base (CUDA only); "
+        "full = train every weight; freeze = train only the last layers.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description=LoraConfig.__doc__)
     freeze_trainable_layers: int = Field(2, ge=1, description="method freeze: train the last N layers.")
 
 
 class TrainConfig(_Strict):
     """Optimisation, batching, checkpoints and logging."""
 
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1 = use epochs).")
-    lr: float = Field(2e-4, gt=0)
-    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0)
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of the steps spent warming the rate up from 0.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0 = no clipping).")
     optim: str = Field("adamw_torch", description="Any transformers optimizer name.")
     batch_size: int = Field(8, ge=1, description="Per-device micro batch.")
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1, description="Micro batches per optimizer step (the loss is averaged over "
+                            "their trained tokens).")
     packing: bool = Field(False, description="Padding-free packing with position_ids (no cross-example attention).")
     group_by_length: bool | None = Field(
         None, description="Batch examples of similar length together (transformers' LengthGroupedSampler): less "
@@ -135,14 +147,19 @@ class TrainConfig(_Strict):
     gradient_checkpointing: bool | None = Field(None, description="None = on for GPU, off for CPU.")
     eval_steps: int | None = Field(None, ge=1, description="Eval loss every N steps (None: at each epoch end).")
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps (None: at each epoch end).")
-    save_total_limit: int | None = Field(2, ge=1)
-    load_best_model_at_end: bool = False
-    logging_steps: int = Field(5, ge=1)
-    seed: int = 42
-    report_to: list[Literal["tensorboard", "swanlab", "wandb", "none"]] = Field(default_factory=lambda: ["tensorboard"])
+    save_total_limit: int | None = Field(2, ge=1, description="Keep at most this many checkpoints (None: all).")
+    load_best_model_at_end: bool = Field(False, description="Finish with the checkpoint of lowest eval loss; needs "
+                                         "an eval set and save_steps a multiple of eval_steps.")
+    logging_steps: int = Field(5, ge=1, description="Log the train loss every N steps (metrics.jsonl, trackers).")
+    seed: int = Field(42, description="Seed for weights init, data order, dropout and the eval split.")
+    report_to: list[Literal["tensorboard", "swanlab", "wandb", "none"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="Trackers that receive the metrics (they write "
+        "inside the run directory); none = only metrics.jsonl.")
     use_liger_kernel: bool | None = Field(None, description="Liger fused kernels; None = on when installed on CUDA.")
-    torch_compile: bool = False
-    distributed: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    torch_compile: bool = Field(False, description="torch.compile the model (pays back on long GPU runs).")
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp", description="Strategy when launched on several processes (chattune train --nproc): ddp = a "
+        "full copy per GPU; fsdp = sharded (FSDP2); deepspeed = ZeRO (see deepspeed).")
     deepspeed: str | None = Field(None, description="zero2 | zero3 | path to a DeepSpeed JSON (distributed: deepspeed); None = zero2.")
 
     @field_validator("report_to", mode="before")
@@ -155,19 +172,24 @@ class EvalConfig(_Strict):
     """Task evaluation (generation) settings."""
 
     metrics: list[Literal["json_fields", "exact", "contains", "rouge_l", "bleu4", "loss"]] = Field(
-        default_factory=lambda: ["exact"])
-    max_new_tokens: int = Field(128, ge=1)
-    batch_size: int = Field(16, ge=1)
+        default_factory=lambda: ["exact"], description="Scores of each answer against the reference; loss = "
+        "the reference's per-token loss under the model.")
+    max_new_tokens: int = Field(128, ge=1, description="Longest generated answer.")
+    batch_size: int = Field(16, ge=1, description="Prompts generated together.")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N examples.")
 
 
 class ServeConfig(_Strict):
-    host: str = defaults.SERVE_HOST
-    port: int = Field(defaults.SERVE_PORT, ge=0, le=65535)
-    api_key: str | None = None
-    max_tokens_cap: int = Field(defaults.SERVE_MAX_TOKENS_CAP, ge=1)
-    max_queue: int = Field(defaults.SERVE_MAX_QUEUE, ge=1)
-    max_body_bytes: int = Field(1_000_000, ge=1024)
+    """The OpenAI-compatible server (chattune serve)."""
+
+    host: str = Field(defaults.SERVE_HOST, description="Address to listen on; any non-loopback address needs "
+                      "api_key.")
+    port: int = Field(defaults.SERVE_PORT, ge=0, le=65535, description="TCP port (0 = any free port).")
+    api_key: str | None = Field(None, description="Bearer key clients must send (default: $CHATTUNE_API_KEY).")
+    max_tokens_cap: int = Field(defaults.SERVE_MAX_TOKENS_CAP, ge=1, description="Upper bound on a request's "
+                                "max_tokens; a request above it gets 400 (never silently clamped).")
+    max_queue: int = Field(defaults.SERVE_MAX_QUEUE, ge=1, description="Requests waiting beyond this get 429.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
     max_batch_size: int = Field(defaults.SERVE_MAX_BATCH_SIZE, ge=1, description="Most queued requests with equal sampling "
                                 "settings answered by one batched generate call.")
 
@@ -175,12 +197,12 @@ class ServeConfig(_Strict):
 class Config(_Strict):
     """The whole run: one YAML file."""
 
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    serve: ServeConfig = Field(default_factory=ServeConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig, description=ModelConfig.__doc__)
+    data: DataConfig = Field(default_factory=DataConfig, description=DataConfig.__doc__)
+    method: MethodConfig = Field(default_factory=MethodConfig, description=MethodConfig.__doc__)
+    train: TrainConfig = Field(default_factory=TrainConfig, description=TrainConfig.__doc__)
+    eval: EvalConfig = Field(default_factory=EvalConfig, description=EvalConfig.__doc__)
+    serve: ServeConfig = Field(default_factory=ServeConfig, description=ServeConfig.__doc__)
     output_dir: str = Field("runs/run", description="The run directory.")
 
     def to_yaml(self) -> str:
@@ -193,7 +215,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in e["loc"])
         value = e.get("input")
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (value {value!r}); check the spelling against `chattune train --help-config`")
+            lines.append(f"  {key}: unknown key (value {value!r}); check the spelling against `chattune config`")
         elif e["type"] == "literal_error":
             allowed = e.get("ctx", {}).get("expected", "")
             lines.append(f"  {key}: {value!r} is not allowed; expected {allowed}")
@@ -231,12 +253,64 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return merged
 
 
-def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
-    """Validate a plain dict as a `Config`; raises `ConfigError` naming the bad keys."""
+def _deepspeed_stage(value: str | None) -> int | None:
+    """ZeRO stage of ``train.deepspeed``: the presets by name, a JSON file by its zero_optimization.stage
+    (None when the file cannot be read; the launcher names that error)."""
+    if value is None or value.lower() in ("zero2", "zero3"):
+        return int((value or "zero2")[-1])
     try:
-        return Config.model_validate(raw)
+        return int(json.loads(Path(value).read_text(encoding="utf-8"))["zero_optimization"]["stage"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def cross_field_errors(cfg: Config) -> list[str]:
+    """Every rule that ties two or more fields together, checked in one place, from the config alone.
+
+    Runs inside `config_from_dict` (so `load_config` too), before any data is read or a model loaded:
+    a combination that cannot work fails in milliseconds, not after tokenizing. Rules that also depend on
+    the machine (a GPU, an installed kernel) belong to the run plan, not here.
+
+    Returns:
+        One ``key: problem; fix`` line per broken rule (empty when the config is consistent).
+    """
+    t, m, d = cfg.train, cfg.method, cfg.data
+    errors = []
+    if t.load_best_model_at_end:
+        if not d.eval and d.eval_ratio == 0:
+            errors.append("train.load_best_model_at_end needs an eval set: set data.eval or data.eval_ratio")
+        if (t.eval_steps is None) != (t.save_steps is None):
+            errors.append("train.load_best_model_at_end needs train.eval_steps and train.save_steps both set "
+                          "(save_steps a multiple of eval_steps) or both unset (per epoch)")
+        elif t.eval_steps and t.save_steps and t.save_steps % t.eval_steps:
+            errors.append(f"train.save_steps ({t.save_steps}) must be a multiple of train.eval_steps "
+                          f"({t.eval_steps}) when train.load_best_model_at_end is on")
+    if t.deepspeed is not None and t.distributed != "deepspeed":
+        errors.append(f"train.deepspeed is {t.deepspeed!r} but train.distributed is {t.distributed!r}; "
+                      "set train.distributed: deepspeed (or remove train.deepspeed)")
+    if m.type == "qlora" and t.distributed == "fsdp":
+        errors.append("method.type: qlora with train.distributed: fsdp is not supported; use ddp "
+                      "(each GPU holds the 4-bit model) or method.type: lora")
+    if m.type == "qlora" and t.distributed == "deepspeed" and _deepspeed_stage(t.deepspeed) == 3:
+        errors.append("method.type: qlora with DeepSpeed ZeRO-3 is not supported; use zero2 or ddp")
+    return errors
+
+
+def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
+    """Validate a plain dict as a `Config`, field by field and then `cross_field_errors`.
+
+    Raises:
+        ConfigError: naming every bad key (or broken rule) and pointing at ``chattune config``.
+    """
+    try:
+        cfg = Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
+    errors = cross_field_errors(cfg)
+    if errors:
+        raise ConfigError("\n".join([f"invalid config ({source}):", *(f"  {e}" for e in errors),
+                                      "  (every field: `chattune config`)"]))
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -28,7 +28,7 @@ def fail(e: ChattuneError) -> typer.Exit:
 
 
 # Each module registers its commands on `app` / `data_app`.
-from . import data, demo, infer, model, serve, synth, train  # noqa: E402,F401
+from . import config, data, demo, infer, model, serve, synth, train  # noqa: E402,F401
 
 
 def main() -> None:

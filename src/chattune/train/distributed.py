@@ -213,8 +213,7 @@ def training_args_for(cfg, *, model=None, gradient_checkpointing: bool | None = 
         wrapped, full state dict so the run dir gets a normal adapter file) or ``deepspeed``.
 
     Raises:
-        ConfigError: a combination that cannot work (DeepSpeed not installed, train.deepspeed set without
-            distributed: deepspeed, QLoRA with FSDP/ZeRO-3).
+        ConfigError: DeepSpeed is not installed, or train.deepspeed names no preset and no file.
     """
     t = cfg.train
     out: dict[str, Any] = {"ddp_find_unused_parameters": not _uses_every_trainable_param(model)}
@@ -223,13 +222,9 @@ def training_args_for(cfg, *, model=None, gradient_checkpointing: bool | None = 
         out["ddp_backend"] = "nccl" if gpu else "gloo"
         if not gpu:
             out["use_cpu"] = True  # see _partial_state: without it every CPU process trains alone
-    if t.deepspeed is not None and t.distributed != "deepspeed":
-        raise ConfigError(f"train.deepspeed is {t.deepspeed!r} but train.distributed is {t.distributed!r}; "
-                          "set train.distributed: deepspeed (or remove train.deepspeed)")
+    # qlora with FSDP or ZeRO-3, train.deepspeed without distributed: deepspeed: refused at load
+    # (config.cross_field_errors), so they never reach here.
     if t.distributed == "fsdp":
-        if cfg.method.type == "qlora":
-            raise ConfigError("method.type: qlora with train.distributed: fsdp is not supported; use ddp "
-                              "(each GPU holds the 4-bit model) or method.type: lora")
         layers = decoder_layer_classes(model, cfg.model.name_or_path)
         gc = bool(t.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -260,11 +255,7 @@ def training_args_for(cfg, *, model=None, gradient_checkpointing: bool | None = 
         if importlib.util.find_spec("deepspeed") is None:
             raise ConfigError("train.distributed: deepspeed needs the deepspeed package: pip install deepspeed "
                               "(CUDA machines only)")
-        ds = deepspeed_config(t.deepspeed)
-        stage = ds.get("zero_optimization", {}).get("stage") if isinstance(ds, dict) else None
-        if cfg.method.type == "qlora" and stage == 3:
-            raise ConfigError("method.type: qlora with DeepSpeed ZeRO-3 is not supported; use zero2 or ddp")
-        out["deepspeed"] = ds
+        out["deepspeed"] = deepspeed_config(t.deepspeed)
     return out
 
 

@@ -42,14 +42,11 @@ def training_arguments(cfg: Config, *, run_dir: str | Path, has_eval: bool, devi
 
     t = cfg.train
     on_gpu = str(device).startswith("cuda")
+    # The config-only rules ran at load (config.cross_field_errors); this one needs the data: an eval_ratio
+    # split of fewer than 2 conversations holds nothing out.
     if t.load_best_model_at_end and not has_eval:
-        raise ConfigError("train.load_best_model_at_end needs an eval set: set data.eval or data.eval_ratio")
-    if t.load_best_model_at_end and (t.eval_steps is None) != (t.save_steps is None):
-        raise ConfigError("train.load_best_model_at_end needs train.eval_steps and train.save_steps both set "
-                          "(save_steps a multiple of eval_steps) or both unset (per epoch)")
-    if t.load_best_model_at_end and t.eval_steps and t.save_steps % t.eval_steps:
-        raise ConfigError(f"train.save_steps ({t.save_steps}) must be a multiple of train.eval_steps "
-                          f"({t.eval_steps}) when train.load_best_model_at_end is on")
+        raise ConfigError("train.load_best_model_at_end needs an eval set, but data.eval_ratio held out no "
+                          "conversation (fewer than 2 in the training data); set data.eval")
     # (use_liger_kernel without a GPU is refused earlier, by fast_path.resolve_fast_path)
     eval_strategy = ("steps" if t.eval_steps else "epoch") if has_eval else "no"
     kwargs = dict(
