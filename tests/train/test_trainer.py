@@ -107,49 +107,64 @@ def test_cli_train_memorises_and_writes_exactly_the_run_dir_layout(tmp_path, tin
     assert metrics(run, "summary")[0]["train_loss"] > 0
 
 
-def test_resume_after_crash_is_bit_exact(tmp_path, tiny_qwen3_dir):
-    """6 steps straight == 3 steps, crash, resume (past a half-written checkpoint) to 6: same adapter bits."""
-    from transformers import TrainerCallback
+class _CrashAfterSave:
+    """A callback that raises right after checkpoint-`step` is written (what kill -9 leaves, minus the tail)."""
 
+    def __new__(cls, step: int):
+        from transformers import TrainerCallback
+
+        class Crash(TrainerCallback):
+            def on_save(self, args, state, control, **kw):
+                if state.global_step == step:
+                    raise KeyboardInterrupt(f"simulated crash right after checkpoint-{step} was written")
+
+        return Crash()
+
+
+# 12 examples, 3 optimizer steps per epoch: checkpoint-4 is mid-epoch 2, checkpoint-8 mid-epoch 3.
+RESUME_CASES = {
+    # group_by_length is on by default here (one process, padded batches); lora dropout: RNG state must resume
+    "grouped": dict(lora_dropout=0.1),
+    "grouped_accum": pytest.param(dict(batch_size=2, grad_accum=2), marks=pytest.mark.slow),
+    "random_padded": pytest.param(dict(group_by_length=False, lora_dropout=0.1), marks=pytest.mark.slow),
+    "packed_accum": pytest.param(dict(packing=True, batch_size=2, grad_accum=2), marks=pytest.mark.slow),
+}
+
+
+@pytest.mark.parametrize("case", RESUME_CASES.values(), ids=RESUME_CASES.keys())
+def test_resume_mid_epoch_2_and_3_is_bit_exact(tmp_path, tiny_qwen3_dir, case):
+    """9 steps straight == crash after checkpoint-4 (mid-epoch 2), resume (past half-written checkpoints),
+    crash after checkpoint-8 (mid-epoch 3), resume to 9: same adapter bits and the same loss at every step."""
     from chattune.train.trainer import train
 
-    # lora dropout on: the RNG state must be restored too; batch 4 of 12: the resume crosses an epoch;
-    # group_by_length is on by default here (one process, padded batches): its sampler must resume too.
-    from chattune.train.trainer import group_by_length
+    whole = train(tiny_cfg(tmp_path, tiny_qwen3_dir, "whole", max_steps=9, save_steps=4, **case))
+    assert whole["steps"] == 9 and whole["epochs"] == 3
 
-    whole_cfg = tiny_cfg(tmp_path, tiny_qwen3_dir, "whole", lora_dropout=0.1)
-    assert group_by_length(whole_cfg)
-    whole = train(whole_cfg)
-    assert whole["steps"] == 6
-
-    class Crash(TrainerCallback):
-        def on_save(self, args, state, control, **kw):
-            if state.global_step == 3:
-                raise KeyboardInterrupt("simulated crash right after checkpoint-3 was written")
-
-    cfg = tiny_cfg(tmp_path, tiny_qwen3_dir, "crashy", lora_dropout=0.1)
+    cfg = tiny_cfg(tmp_path, tiny_qwen3_dir, "crashy", max_steps=9, save_steps=4, **case)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, callbacks=[Crash()])
+        train(cfg, callbacks=[_CrashAfterSave(4)])
     run = tmp_path / "crashy"
     assert not (run / "adapter_model.safetensors").exists()
     # What a process killed mid-save leaves: weights but no trainer_state.json, or a truncated one.
+    (run / "checkpoint-6").mkdir()
+    (run / "checkpoint-6" / "adapter_model.safetensors").write_bytes(b"\0" * 100)
     (run / "checkpoint-5").mkdir()
-    (run / "checkpoint-5" / "adapter_model.safetensors").write_bytes(b"\0" * 100)
-    (run / "checkpoint-4").mkdir()
-    (run / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4, "log_hi')
+    (run / "checkpoint-5" / "trainer_state.json").write_text('{"global_step": 5, "log_hi')
 
     with pytest.raises(Exception, match="already holds a run"):
         train(cfg)  # without --resume an existing run is never overwritten
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, resume=True, callbacks=[_CrashAfterSave(8)])
+    assert not (run / "checkpoint-5").exists() and not (run / "checkpoint-6").exists()
     resumed = train(cfg, resume=True)
-    assert resumed["resumed_from"] == "checkpoint-3" and resumed["steps"] == 6
-    assert not (run / "checkpoint-4").exists() and not (run / "checkpoint-5").exists()
+    assert resumed["resumed_from"] == "checkpoint-8" and resumed["steps"] == 9
 
+    # metrics.jsonl of the resumed run: each step once, same losses as the uninterrupted run
+    assert [(r["step"], r["loss"]) for r in metrics(run)] == [(r["step"], r["loss"]) for r in metrics(tmp_path / "whole")]
     a, b = adapter(tmp_path / "whole"), adapter(run)
     assert a.keys() == b.keys() and len(a) > 0
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    # metrics.jsonl of the resumed run: each step once, same losses as the uninterrupted run
-    assert [(r["step"], r["loss"]) for r in metrics(run)] == [(r["step"], r["loss"]) for r in metrics(tmp_path / "whole")]
 
 
 def _one_sgd_step(tmp_path, model_dir, run, **train):

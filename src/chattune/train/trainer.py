@@ -1,7 +1,9 @@
 """Training: config → datasets + model → a plain ``transformers.Trainer`` → a self-describing run dir.
 
-Nothing here subclasses the Trainer: batches come from `chattune.data.packing.Collator`, metrics and
-progress from `chattune.train.callbacks`, and the run-dir files from `chattune.train.run_files`.
+The Trainer is transformers' own with two exactness overrides (`chattune.train.hf_trainer`: a
+length-grouped order that resumes exactly, a per-token eval loss); batches come from
+`chattune.data.packing.Collator`, metrics and progress from `chattune.train.callbacks`, and the run-dir
+files from `chattune.train.run_files`.
 
 Gradient accumulation: transformers 5 counts the trained tokens of all micro-batches of an optimizer
 step (``num_items_in_batch``) and the model's loss divides by that count, so the loss is the mean over
@@ -173,7 +175,7 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
         ChattuneError: bad config, data or model (the message says what to fix).
     """
     from rich.console import Console
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
 
     from ..data.dataset import build_datasets
@@ -184,6 +186,7 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
     from .callbacks import MetricsCallback, RichProgressCallback, close_trackers, tracker_callbacks
     from .distributed import describe_batch, is_main_process, main_process_first, wait_for_everyone
     from .fast_path import apply_plan, describe, resolve_fast_path
+    from .hf_trainer import ExactTrainer
 
     main = is_main_process()  # under torchrun only rank 0 writes the run dir, prints and tracks
     console = console or Console()
@@ -227,9 +230,9 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
         if main:
             write_manifest(run_dir, cfg, data_report)
             cbs += tracker_callbacks(cfg.train.report_to, run_dir, run_dir.name, resume=ckpt is not None)
-        trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                          data_collator=collator,
-                          processing_class=tokenizer, callbacks=[*cbs, *(callbacks or [])])
+        trainer = ExactTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                               data_collator=collator,
+                               processing_class=tokenizer, callbacks=[*cbs, *(callbacks or [])])
         trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress bar shows them
         out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
         failed = False
