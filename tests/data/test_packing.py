@@ -32,7 +32,7 @@ def test_pad_to_multiple_of():
 def test_packing_flattens_with_restarting_positions_and_boundary_labels():
     feats = [_ex([11, 12, 13], n_prompt=0), _ex([21, 22], n_prompt=0), _ex([31, 32, 33, 34], n_prompt=2)]
     b = Collator(0, packing=True)(feats)
-    assert set(b) == {"input_ids", "labels", "position_ids"}
+    assert set(b) == {"input_ids", "labels", "position_ids", "use_cache"}
     assert b["input_ids"].tolist() == [[11, 12, 13, 21, 22, 31, 32, 33, 34]]
     assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3]]
     # first label of every example is -100: nothing is predicted across a boundary
@@ -109,3 +109,23 @@ def test_packed_losses_equal_each_example_alone(tiny_qwen3_dir, attn):
             out = model(**b)
             assert out.logits.shape[0] == int(b["logits_to_keep"].sum()) == sum(len(f["input_ids"]) - 2 for f in feats)
             assert abs(out.loss.item() - ref) < 1e-4
+
+
+def test_a_packed_batch_never_attends_across_examples_even_with_the_kv_cache_on():
+    """With ``use_cache=True`` (most models' default config) a causal LM builds a KV cache in the
+    forward and then ignores the packed ``position_ids`` for masking. `model(**batch)` on a packed batch
+    must be exact however the model is configured: the batch itself turns the cache off."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(Qwen3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=1000))
+    assert model.config.use_cache
+    model.train()
+    first, second = list(range(10, 22)), [5, 6, 7, 8]
+    batch = Collator(0, packing=True)([_ex(first, 0), _ex(second, 0)])
+    with torch.no_grad():
+        alone = model(input_ids=torch.tensor([second])).logits[0]
+        packed = model(**batch).logits[0, len(first):]
+    assert (packed - alone).abs().max() < 1e-5, "the second example attends to the first"
+    assert batch["use_cache"] is False  # and a caller cannot turn it back on: model(**batch, use_cache=True) is a TypeError

@@ -228,3 +228,22 @@ def test_full_fine_tune_writes_full_weights_not_an_adapter(tmp_path, tiny_qwen3_
     assert not info.is_adapter and out["trainable_params"] > 9_000_000
     weights = load_file(run / "model.safetensors")
     assert any("embed_tokens" in k for k in weights)
+
+
+def test_packing_is_refused_on_a_model_that_attends_across_examples(tmp_path, qwen3_tokenizer_dir):
+    """A packed run starts with the packing proof on the loaded model: a tiny random OPT (its own
+    masking code ignores position_ids) is refused before any step, naming the key and the fix."""
+    from transformers import AutoTokenizer, OPTConfig, OPTForCausalLM
+
+    from chattune.errors import ConfigError
+    from chattune.train.trainer import train
+
+    tok = AutoTokenizer.from_pretrained(qwen3_tokenizer_dir)
+    torch.manual_seed(0)
+    opt = OPTForCausalLM(OPTConfig(vocab_size=len(tok), hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                                   num_attention_heads=2, word_embed_proj_dim=32, pad_token_id=tok.pad_token_id))
+    opt.save_pretrained(tmp_path / "opt")
+    tok.save_pretrained(tmp_path / "opt")
+    with pytest.raises(ConfigError, match="train.packing: packing check on OPTForCausalLM: ATTENDS ACROSS"):
+        train(tiny_cfg(tmp_path, tmp_path / "opt", "opt_run", packing=True))
+    assert not list((tmp_path / "opt_run").glob("checkpoint-*"))

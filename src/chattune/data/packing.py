@@ -10,9 +10,11 @@ example, first label of each example -100).
 Packing and attention: transformers 5 (``masking_utils._preprocess_mask_arguments``) detects packed
 sequences from ``position_ids`` that restart at 0 when no ``attention_mask`` and no KV cache are passed,
 and builds a block-diagonal causal mask for sdpa, eager and flex attention (flash-attention uses varlen
-kernels). The Trainer sets ``model.config.use_cache = False``, so no cache is created in training.
-``tests/test_packing.py`` checks that per-example losses of a packed row equal those of each example run
-alone (no attention across examples) for sdpa and eager.
+kernels). With a KV cache that detection is skipped and the row is one causal sequence, so a packed batch
+carries ``use_cache=False`` itself: ``model(**batch)`` is exact whatever the model's config says, and
+passing ``use_cache=True`` on top is a TypeError. Models with their own masking code (OPT, Bloom, old
+Falcon) ignore ``position_ids`` altogether; ``chattune.model.packing_proof`` finds them before a packed
+run. ``tests/data/test_packing.py`` checks per-example losses of a packed row against each example alone.
 """
 from __future__ import annotations
 
@@ -65,7 +67,8 @@ class Collator:
     Returns (from ``__call__``):
         dict of int64 tensors: ``input_ids``, ``labels``, and ``attention_mask`` or ``position_ids``,
         each of shape (batch, length), batch = 1 when packing; plus ``logits_to_keep`` and
-        ``shift_labels`` with `trained_logits_only`.
+        ``shift_labels`` with `trained_logits_only`. Packed batches also hold ``use_cache=False`` (a
+        KV cache would turn the per-example masking off).
     """
 
     def __init__(self, pad_token_id: int, *, packing: bool = False, pad_to_multiple_of: int | None = None,
@@ -123,7 +126,8 @@ class Collator:
             flat_labels += [IGNORE_INDEX] * filler
             positions += range(filler)
         as_row = lambda v: torch.tensor(v, dtype=torch.long).unsqueeze(0)  # noqa: E731
-        return {"input_ids": as_row(flat_ids), "labels": as_row(flat_labels), "position_ids": as_row(positions)}
+        return {"input_ids": as_row(flat_ids), "labels": as_row(flat_labels), "position_ids": as_row(positions),
+                "use_cache": False}
 
 
 def count_trained_tokens(batch: dict[str, torch.Tensor]) -> int:

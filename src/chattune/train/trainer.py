@@ -182,6 +182,7 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
     from ..data.packing import Collator
     from ..data.render import end_of_turn_ids
     from ..model.adapters import apply_method
+    from ..model.packing_proof import require_exact_packing
     from ..model.load import default_device, load_model, load_tokenizer, resolve_source
     from .callbacks import MetricsCallback, RichProgressCallback, close_trackers, tracker_callbacks
     from .distributed import describe_batch, is_main_process, main_process_first, wait_for_everyone
@@ -209,6 +210,8 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
     if len(train_ds) == 0:
         raise ChattuneError("no training examples left after reading and filtering the data (see the data report)")
     model = load_model(run_cfg.model, tokenizer=tokenizer, method=cfg.method.type, device=device, source=source)
+    if cfg.train.packing:  # proven on this model and attention kernel, not assumed (ConfigError if not exact)
+        console.print(require_exact_packing(model).describe())
     # One seed drives adapter init (here), dropout (the Trainer re-seeds) and data order (data_seed).
     set_seed(cfg.train.seed)
     model, method_report = apply_method(model, run_cfg)
