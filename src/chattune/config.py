@@ -118,7 +118,7 @@ class MethodConfig(_Strict):
     """How the model is adapted."""
 
     type: Literal["lora", "qlora", "full", "freeze"] = Field(
-        "lora", description="lora = adapters on a frozen model; qlora = the same on a 4-bit base (CUDA only); "
+        "lora", description="lora = adapters on a frozen model; qlora = the same on a 4-bit NF4 base (CUDA, or slowly on CPU); "
         "full = train every weight; freeze = train only the last layers.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description=LoraConfig.__doc__)
     freeze_trainable_layers: int = Field(2, ge=1, description="method freeze: train the last N layers.")

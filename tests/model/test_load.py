@@ -204,11 +204,6 @@ def test_load_model_defaults_on_cpu(tiny_qwen3_dir, monkeypatch):
     assert model16.chattune_load["attn_implementation"] == "eager"
 
 
-def test_qlora_on_cpu_refuses_with_a_clear_error(tiny_qwen3_dir):
-    with pytest.raises(ChattuneError, match="qlora needs a CUDA GPU and bitsandbytes; use method.type: lora on CPU"):
-        L.load_model(ModelConfig(name_or_path=str(tiny_qwen3_dir)), method="qlora", device="cpu")
-
-
 def test_unloadable_model_is_a_model_error(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelError, match="cannot load a model"):

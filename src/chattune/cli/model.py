@@ -70,7 +70,7 @@ def doctor(
             t.add_row(f"GPU {g['index']}", f"{g['name']}: {g['free_gb']} of {g['total_gb']} GiB free, "
                       f"bf16 {'yes' if g['bf16'] else 'no'} (CUDA {info['cuda_version']})")
     else:
-        t.add_row("GPU", "none (CPU training: fp32, no gradient checkpointing, qlora unavailable)")
+        t.add_row("GPU", "none (CPU training: fp32, no gradient checkpointing, qlora slow)")
     console.print(t)
 
     est = info.get("estimate")

@@ -222,7 +222,8 @@ def _free_bytes(device: str) -> int:
 def _advice(verdict: str, parts: dict, method: str, gc: bool, device: str) -> list[str]:
     tips = []
     if method == "qlora" and not device.startswith("cuda"):
-        tips.append("qlora needs a CUDA GPU and bitsandbytes; use method.type=lora on CPU")
+        tips.append("qlora runs on CPU but slower than lora (every matmul dequantises the 4-bit weights); "
+                    "it saves memory, not time")
     if verdict == "fits":
         return tips
     biggest = max(parts, key=parts.get)
@@ -233,7 +234,7 @@ def _advice(verdict: str, parts: dict, method: str, gc: bool, device: str) -> li
     if method in ("full", "freeze"):
         tips.append("use method.type=lora (trains <1% of the weights)")
     if method == "lora":
-        tips.append("use method.type=qlora on a CUDA GPU (4-bit base weights)")
+        tips.append("use method.type=qlora (4-bit base weights)")
     return tips
 
 

