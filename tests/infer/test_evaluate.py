@@ -164,17 +164,23 @@ def test_bad_inputs_are_clear_errors(tmp_path, scripted_dir, scripted_gen):
         evaluate(scripted_dir, data, metrics=["json_fields"], generator=scripted_gen, max_new_tokens=4)
 
 
-def test_eval_and_predict_cli(tmp_path, scripted_dir):
+def test_eval_and_predict_cli(tmp_path, scripted_dir, monkeypatch):
+    """...and, with output that is not a terminal (CliRunner), progress comes as plain lines."""
     from typer.testing import CliRunner
+
+    import chattune.progress
 
     from chattune.cli import app
     from chattune.errors import ConfigError
 
+    monkeypatch.setattr(chattune.progress, "DEFAULT_INTERVAL_S", 0.0)  # a line per batch (default: every 30 s)
     runner = CliRunner()
     data = write_jsonl(tmp_path / "test.jsonl", ROWS)
     res = runner.invoke(app, ["eval", str(scripted_dir), "--data", str(data), "--metrics", "exact,contains",
                               "--out", str(tmp_path / "ev"), "--max-new-tokens", "16", "--batch-size", "2"])
     assert res.exit_code == 0, res.output
+    assert f"generating 2/{len(ROWS)} ({100 * 2 // len(ROWS)}%)" in res.output, res.output
+    assert f"generating {len(ROWS)}/{len(ROWS)} (100%)" in res.output and "ETA" in res.output
     assert "exact" in res.output and "0.2500" in res.output
     doc = json.loads((tmp_path / "ev" / "metrics.json").read_text(encoding="utf-8"))
     assert doc["metrics"]["exact"] == pytest.approx(0.25) and doc["metrics"]["contains"] == pytest.approx(0.75)

@@ -48,11 +48,13 @@ def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "adapter_model.safetensors")
 
 
-def test_cli_train_memorises_and_writes_exactly_the_run_dir_layout(tmp_path, tiny_qwen3_dir):
+def test_cli_train_memorises_and_writes_exactly_the_run_dir_layout(tmp_path, tiny_qwen3_dir, monkeypatch):
     """`chattune train` on a memorisation set: loss falls (train and held-out), and the run dir holds
     exactly the documented files (tracker subfolders allowed), with the chat template and EOS list
-    exactly as used."""
+    exactly as used. Output is not a terminal (CliRunner): progress comes as plain lines."""
     from typer.testing import CliRunner
+
+    import chattune.progress
 
     from chattune.cli import app
     from chattune.data.render import end_of_turn_ids
@@ -74,8 +76,12 @@ def test_cli_train_memorises_and_writes_exactly_the_run_dir_layout(tmp_path, tin
     import yaml
 
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    monkeypatch.setattr(chattune.progress, "DEFAULT_INTERVAL_S", 0.0)  # a line per step (default: every 30 s)
     res = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml"), "train.save_total_limit=1"])
     assert res.exit_code == 0, res.output
+    lines = [x for x in res.output.splitlines() if x.startswith("train step ")]
+    assert [x.split(",")[0] for x in lines] == [f"train step {s}/8 ({100 * s / 8:.0f}%)" for s in range(9)], lines
+    assert all("tok/s" in x and "ETA" in x for x in lines[1:-1]) and "loss" in lines[-1], lines
     assert "trainable params" in res.output and "9 examples" in res.output and "done 8 steps" in res.output
 
     run = tmp_path / "run"

@@ -21,9 +21,18 @@ def _default_out(model: str, data: Path) -> Path:
 
 
 def _progress(label: str):
-    """A rich progress bar on stderr, returned as (context manager, callback(done, total))."""
+    """Progress on stderr, returned as (context manager, callback(done, total)): a rich bar on a terminal,
+    else a plain line at a steady interval (a live bar draws nothing into a log file)."""
+    import contextlib
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if not err_console.is_terminal:
+        from ..progress import ProgressLines
+
+        lines = ProgressLines(label, lambda line: err_console.print(line, markup=False, highlight=False,
+                                                                    soft_wrap=True))
+        return contextlib.nullcontext(), lambda done, total: lines.update(done, total, final=done >= total)
     bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=err_console, transient=True)
     task = bar.add_task(label, total=None)

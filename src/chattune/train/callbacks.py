@@ -79,15 +79,36 @@ class MetricsCallback(TrainerCallback):
 
 
 class RichProgressCallback(TrainerCallback):
-    """A rich progress bar: step m/n, loss, lr, real tokens/s, elapsed and ETA."""
+    """A rich progress bar: step m/n, loss, lr, real tokens/s, elapsed and ETA. When the console is not a
+    terminal (output redirected to a file), plain lines at a steady interval instead
+    (`chattune.progress.ProgressLines`): a live bar would print nothing there."""
 
     def __init__(self, metrics: MetricsCallback, console=None):
         self.metrics = metrics
         self.console = console
         self.progress = None
         self.task = None
+        self.lines = None
+        self._tok0 = 0
+
+    def _line_info(self, state) -> str:
+        rec = self.metrics.last
+        elapsed = time.monotonic() - self._line_t0
+        parts = [f"loss {rec['loss']:.4f}"] if rec.get("loss") is not None else []
+        if state.global_step > self._step0 and elapsed > 0:
+            parts.append(f"{(state.num_input_tokens_seen - self._tok0) / elapsed:.0f} tok/s")
+        return ", ".join(parts)
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if self.console is not None and not self.console.is_terminal:
+            from ..progress import ProgressLines
+
+            self.lines = ProgressLines("train step", lambda line: self.console.print(
+                line, markup=False, highlight=False, soft_wrap=True))
+            self.lines.start(state.global_step)
+            self._line_t0, self._step0, self._tok0 = time.monotonic(), state.global_step, state.num_input_tokens_seen
+            self.lines.update(state.global_step, state.max_steps)
+            return
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 
@@ -98,10 +119,14 @@ class RichProgressCallback(TrainerCallback):
         self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.lines is not None:
+            self.lines.update(state.global_step, state.max_steps, self._line_info(state))
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.lines is not None and logs and "eval_loss" in logs:
+            self.console.print(f"step {state.global_step}: eval_loss {logs['eval_loss']:.4f}", highlight=False)
         if self.progress is None or not logs:
             return
         rec = self.metrics.last
@@ -112,6 +137,8 @@ class RichProgressCallback(TrainerCallback):
             self.progress.console.print(f"step {state.global_step}: eval_loss {logs['eval_loss']:.4f}")
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self.lines is not None:
+            self.lines.update(state.global_step, state.max_steps, self._line_info(state), final=True)
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step)
         self.close()
