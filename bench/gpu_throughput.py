@@ -257,7 +257,7 @@ def run_variant(name: str, args, shape: dict, pad_id: int, train_ds, peak: float
     from transformers.trainer_callback import PrinterCallback
 
     from chattune.config import load_config
-    from chattune.data.packing import Collator
+    from chattune.data.collate import Collator
     from chattune.errors import ConfigError
     from chattune.model.adapters import apply_method
     from chattune.train import fast_path

@@ -195,7 +195,7 @@ def profile(n_steps: int = 2) -> None:
 
     from chattune.config import config_from_dict
     from chattune.data.dataset import build_datasets
-    from chattune.data.packing import Collator
+    from chattune.data.collate import Collator
     from chattune.model.adapters import apply_method
     from chattune.model.load import load_model, load_tokenizer
 

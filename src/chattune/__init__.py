@@ -21,7 +21,7 @@ _API = {
     "render_conversation": ("chattune.data.render", "render_conversation"),
     "train": ("chattune.train.trainer", "train"),
     "evaluate": ("chattune.infer.evaluate", "evaluate"),
-    "merge": ("chattune.model.merge", "merge"),
+    "merge": ("chattune.infer.merge", "merge"),
     "Generator": ("chattune.infer.generate", "Generator"),
 }
 

@@ -250,7 +250,7 @@ def run_demo(*, model: str | None = None, n_train: int | None = None, n_test: in
     from .data.synth.city_date import make_city_date_files
     from .model.load import resolve_source
     from .report import write_report
-    from .rundir import METRICS_FILE
+    from .rundir.layout import METRICS_FILE
     from .train.trainer import train
 
     console = console or Console()

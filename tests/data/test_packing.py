@@ -1,10 +1,10 @@
-"""The batch contract (chattune.data.packing.Collator) and packed == unpacked on a real Qwen3 graph."""
+"""The batch contract (chattune.data.collate.Collator) and packed == unpacked on a real Qwen3 graph."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from chattune.data.packing import IGNORE_INDEX, Collator, count_trained_tokens
+from chattune.data.collate import IGNORE_INDEX, Collator, count_trained_tokens
 
 
 def _ex(ids, n_prompt=1):

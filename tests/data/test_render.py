@@ -273,7 +273,7 @@ def test_fast_path_proves_spans_and_equals_reference_path(toks, family, monkeypa
     for multi_turn in ("split", "consistent"):
         reference = render_batch(convs, tok, multi_turn=multi_turn, fast=False)
         with monkeypatch.context() as m:
-            m.setattr(render, "_assemble_exact", lambda *a, **k: pytest.fail("fast path fell back"))
+            m.setattr(render, "assemble_exact", lambda *a, **k: pytest.fail("fast path fell back"))
             fast = render_batch(convs, tok, multi_turn=multi_turn)
         assert [r.sequences for r in fast] == [r.sequences for r in reference]
         assert [r.skipped_turns for r in fast] == [r.skipped_turns for r in reference]

@@ -1,4 +1,5 @@
-"""chattune.model.adapters: apply_method (lora/dora/rslora/full/freeze), gradient checkpointing, load_run_model."""
+"""chattune.model.adapters: apply_method (lora/dora/rslora/full/freeze), gradient checkpointing; and
+chattune.rundir.load.load_run_model on the runs it makes."""
 from __future__ import annotations
 
 import json
@@ -7,9 +8,10 @@ import pytest
 import torch
 
 from chattune.config import Config, ModelConfig, config_from_dict
-from chattune.model.adapters import apply_method, count_params, load_run_model
+from chattune.model.adapters import apply_method, count_params
 from chattune.model.load import load_model, load_tokenizer
-from chattune.rundir import write_manifest
+from chattune.rundir.load import load_run_model
+from chattune.rundir.write import write_manifest
 
 
 def _cfg(tiny_dir, **method) -> Config:

@@ -1,4 +1,4 @@
-"""chattune.model.merge: merge an adapter run, verify against the adapter, fail loudly on a bad merge."""
+"""chattune.infer.merge: merge an adapter run, verify against the adapter, fail loudly on a bad merge."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 from tests.model.test_adapters import CUSTOM_TEMPLATE, make_adapter_run
 
 from chattune.errors import ChattuneError, ModelError
-from chattune.model import merge as M
+from chattune.infer import merge as M
+from chattune.rundir.layout import MERGE_REPORT
 
 CONVS = [
     {"messages": [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi"}]},
@@ -47,7 +48,7 @@ def test_merge_verifies_and_writes_a_plain_model_folder(tmp_path, run_with_data)
     res = CliRunner().invoke(app, ["merge", str(run), "--out", str(out), "--n-verify", "3"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "verification: adapter vs merged" in res.output and "identical 3/3" in res.output
-    rep = json.loads((out / M.MERGE_REPORT).read_text())
+    rep = json.loads((out / MERGE_REPORT).read_text())
     ver = rep["verify"]
     assert ver["source"] == "training data" and ver["prompts"] == 3
     assert ver["identical"] == 3 and ver["mismatches"] == 0
@@ -63,7 +64,7 @@ def test_merge_verifies_and_writes_a_plain_model_folder(tmp_path, run_with_data)
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == \
         json.loads((run / "generation_config.json").read_text())["eos_token_id"]
     assert not list(tmp_path.glob(".merged.*"))  # temp folder renamed away
-    from chattune.model.adapters import load_run_model
+    from chattune.rundir.load import load_run_model
 
     merged, mtok, info = load_run_model(out, device="cpu")
     assert info["kind"] == "model" and info["method"] == "lora" and info["thinking"] == "off"
@@ -114,7 +115,7 @@ def test_merge_refuses_full_runs_and_unrelated_out_dirs(tmp_path, run_with_data,
     with pytest.raises(ModelError, match="must differ"):
         M.merge(run, run, device="cpu")
     from chattune.config import config_from_dict
-    from chattune.rundir import write_manifest
+    from chattune.rundir.write import write_manifest
 
     full = tmp_path / "full"
     write_manifest(full, config_from_dict({"method": {"type": "full"}}), {})

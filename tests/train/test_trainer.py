@@ -59,7 +59,7 @@ def test_cli_train_memorises_and_writes_exactly_the_run_dir_layout(tmp_path, tin
     from chattune.cli import app
     from chattune.data.render import end_of_turn_ids
     from chattune.model.load import load_tokenizer
-    from chattune.rundir import read_run
+    from chattune.rundir.read import read_run
 
     write_data(tmp_path)
     # A template override, to prove the saved template is the one used (not the tokenizer's original).
@@ -219,7 +219,7 @@ def test_bad_config_exits_2_naming_the_key(tmp_path):
 
 
 def test_full_fine_tune_writes_full_weights_not_an_adapter(tmp_path, tiny_qwen3_dir):
-    from chattune.rundir import read_run
+    from chattune.rundir.read import read_run
     from chattune.train.trainer import train
 
     cfg = tiny_cfg(tmp_path, tiny_qwen3_dir, "full", max_steps=2, save_steps=100, lr=1e-4)

@@ -1,10 +1,12 @@
-"""CLI command: config, the field reference (registered on the app in cli/__init__.py)."""
+"""CLI command: config, the field reference (attached to the root app in cli/__init__.py)."""
 from __future__ import annotations
 
 import typer
 from rich.table import Table
 
-from . import app, console
+from ._common import console
+
+app = typer.Typer()  # attached to the root app by cli/__init__.py
 
 
 @app.command("config")

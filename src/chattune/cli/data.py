@@ -1,4 +1,4 @@
-"""CLI commands: ``data check`` and ``data preview`` (registered on `data_app`)."""
+"""CLI commands: ``data check`` and ``data preview`` (the ``data`` group, attached in cli/__init__.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,9 @@ from pathlib import Path
 import typer
 
 from ..errors import ChattuneError
-from . import console, data_app, fail
+from ._common import console, fail
+
+app = typer.Typer(help="Check, preview, convert and synthesise data.", no_args_is_help=True)
 
 TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
 
@@ -29,7 +31,7 @@ _FORMAT = typer.Option("auto", "--format", help="auto, alpaca, qa, prompt_comple
 _SYSTEM = typer.Option(None, "--system", help="System prompt for conversations without one.")
 
 
-@data_app.command("check")
+@app.command("check")
 def check(
     files: list[Path] = typer.Argument(..., help="Data files (json, jsonl, csv, tsv, xlsx, parquet, save_to_disk dirs)."),
     model: str | None = typer.Option(None, "--model", help="Model whose tokenizer and chat template to check with."),
@@ -113,7 +115,7 @@ def _stats(st: dict) -> str:
     return f"min {st['min']} · median {st['median']} · p95 {st['p95']} · max {st['max']}"
 
 
-@data_app.command("preview")
+@app.command("preview")
 def preview(
     file: Path = typer.Argument(..., help="Data file."),
     tokenizer: str | None = typer.Option(None, "--tokenizer", help="Tokenizer folder or Hub id."),

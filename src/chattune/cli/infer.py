@@ -1,4 +1,4 @@
-"""CLI commands: eval, predict, chat (registered on the app in cli/__init__.py)."""
+"""CLI commands: eval, predict, chat (attached to the root app in cli/__init__.py)."""
 from __future__ import annotations
 
 import sys
@@ -7,13 +7,15 @@ from typing import Optional
 
 import typer
 
-from . import app, console, data_app, err_console  # noqa: F401
+from ._common import console, err_console
+
+app = typer.Typer()  # attached to the root app by cli/__init__.py
 
 _MODEL_HELP = "Run dir, merged/plain model folder, 'smollm2-135m-instruct', a .gguf file or a Hub id."
 
 
 def _default_out(model: str, data: Path) -> Path:
-    from ..rundir import is_run_dir
+    from ..rundir.layout import is_run_dir
 
     if is_run_dir(model):
         return Path(model) / "eval" / data.stem

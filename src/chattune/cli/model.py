@@ -1,4 +1,4 @@
-"""CLI commands: merge and doctor (registered on the app in cli/__init__.py)."""
+"""CLI commands: merge and doctor (attached to the root app in cli/__init__.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from . import app, console, data_app  # noqa: F401
+from ._common import console
+
+app = typer.Typer()  # attached to the root app by cli/__init__.py
 
 
 @app.command()
@@ -18,7 +20,7 @@ def merge(
                                  "model must give identical greedy output (0 = skip)."),
 ) -> None:
     """Merge the adapter into its base model, save it, and verify the merge changed no output."""
-    from ..model.merge import merge as merge_run
+    from ..infer.merge import merge as merge_run
 
     report = merge_run(run_dir, out, dtype=dtype, n_verify=n_verify)
     ver = report.get("verify")

@@ -1,10 +1,12 @@
-"""CLI commands: serve (registered on the app in cli/__init__.py)."""
+"""CLI commands: serve (attached to the root app in cli/__init__.py)."""
 from __future__ import annotations
 
 import typer
 
 from .. import defaults as _D  # the help shows ServeConfig's defaults; options left out keep them
-from . import app, console, data_app  # noqa: F401
+from ._common import console
+
+app = typer.Typer()  # attached to the root app by cli/__init__.py
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""CLI commands: ``data synth city-date`` and ``data convert`` (registered on `data_app`)."""
+"""CLI commands: ``data synth city-date`` and ``data convert`` (joined to the ``data`` group in cli/__init__.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,10 +7,12 @@ from typing import Optional
 import typer
 
 from ..errors import ChattuneError
-from . import console, data_app, fail
+from ._common import console, fail
+
+app = typer.Typer()
 
 synth_app = typer.Typer(help="Generate synthetic training data.", no_args_is_help=True)
-data_app.add_typer(synth_app, name="synth")
+app.add_typer(synth_app, name="synth")
 
 
 
@@ -39,7 +41,7 @@ def city_date(
         console.print(f"wrote {counts['test']} test rows to {test_out}")
 
 
-@data_app.command("convert")
+@app.command("convert")
 def convert(
     src: Path = typer.Argument(..., help="Input file in any supported shape and type."),
     to: Path = typer.Option(..., "--to", help="Output: .jsonl (messages), .json (alpaca) or .xlsx "

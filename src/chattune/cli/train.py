@@ -1,4 +1,4 @@
-"""CLI commands: train (registered on the app in cli/__init__.py)."""
+"""CLI commands: train (attached to the root app in cli/__init__.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,9 @@ from typing import List, Optional
 
 import typer
 
-from . import app, console, data_app  # noqa: F401
+from ._common import console
+
+app = typer.Typer()  # attached to the root app by cli/__init__.py
 
 
 @app.command("train")

@@ -25,13 +25,15 @@ fast-tokenizer call for all texts; the per-conversation work is list slicing and
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ChattuneError, TemplateError
+from ._spans import IGNORE, Rendered, RenderResult, TurnTexts, assemble_exact, encode, finish
+from ._text_spans import markup, render_by_text
 
-IGNORE = -100
+__all__ = ["IGNORE", "Rendered", "RenderResult", "apply_template_override", "end_of_turn_ids", "prepare_messages",
+           "prompt_ids", "render_batch", "render_conversation", "template_kwargs"]
 LOSS_POLICIES = ("assistant", "last", "all")
 THINKING_POLICIES = ("off", "keep")
 MULTI_TURN_POLICIES = ("split", "consistent")
@@ -39,35 +41,6 @@ MULTI_TURN_POLICIES = ("split", "consistent")
 # transformers aliases these message keys to `reasoning_content` (chat_template_utils._REASONING_FIELDS).
 _REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 _PROBE_ANSWER = "Probe answer 42."
-
-
-@dataclass
-class Rendered:
-    """One training sequence.
-
-    Attributes:
-        input_ids: the tokens, exactly ``apply_chat_template(messages[:n_messages])`` (cut to
-            ``max_length`` when ``truncated``).
-        labels: same length; ``-100`` where not trained.
-        truncated: the sequence was cut to ``max_length``.
-        n_messages: how many leading messages of the conversation the sequence holds.
-        trained_turns: indices (into the conversation) of the assistant messages trained here.
-    """
-
-    input_ids: list[int]
-    labels: list[int]
-    truncated: bool
-    n_messages: int = 0
-    trained_turns: tuple[int, ...] = ()
-
-
-@dataclass
-class RenderResult:
-    """What became of one conversation: its sequences, the turns that could not be trained and why."""
-
-    sequences: list[Rendered] = field(default_factory=list)
-    skipped_turns: list[tuple[int, str]] = field(default_factory=list)
-    error: str | None = None
 
 
 def _template_text(tokenizer) -> str:
@@ -131,13 +104,6 @@ def _render_texts(tokenizer, convs: list[list[dict]], gen: bool, kwargs: dict) -
         return res
 
 
-def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    # Exactly what apply_chat_template(tokenize=True) does with its rendered text.
-    if not texts:
-        return []
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-
 def _template_eot(tokenizer) -> int:
     """The token the template writes right after an assistant message's content."""
     apply_template_override(tokenizer, None)  # a clear error when there is no template at all
@@ -152,7 +118,7 @@ def _template_eot(tokenizer) -> int:
     if at < 0:
         raise TemplateError("the chat template does not render assistant message content; cannot train on it")
     suffix = full[at + len(_PROBE_ANSWER):]
-    ids = _encode(tokenizer, [suffix])[0] if suffix else []
+    ids = encode(tokenizer, [suffix])[0] if suffix else []
     special = set(tokenizer.all_special_ids) | {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {})}
     for i in ids:
         if i in special:
@@ -240,95 +206,6 @@ def _check_options(loss: str, thinking: str, multi_turn: str, max_length: int | 
         raise TemplateError(f"max_length={max_length} must be at least 1")
 
 
-def _last_index(ids: list[int], start: int, targets: tuple[int, ...]) -> int:
-    """Index of the last occurrence of any target at or after `start`, or -1 (list.index runs in C)."""
-    best = -1
-    tail = ids[start:]
-    tail.reverse()
-    for t in targets:
-        try:
-            best = max(best, len(ids) - 1 - tail.index(t))
-        except ValueError:
-            pass
-    return best
-
-
-def _nth_index(ids: list[int], value: int, n: int) -> int:
-    """Index of the n-th (1-based) occurrence of `value`, or -1."""
-    at = -1
-    try:
-        for _ in range(n):
-            at = ids.index(value, at + 1)
-    except ValueError:
-        return -1
-    return at
-
-
-def _finish(ids: list[int], spans: list[tuple[int, int]], n_messages: int, turns: tuple[int, ...],
-            max_length: int | None, train_all: bool = False) -> Rendered:
-    if train_all:
-        labels = list(ids)
-    else:
-        labels = [IGNORE] * len(ids)
-        for s, e in spans:
-            labels[s:e] = ids[s:e]
-    truncated = max_length is not None and len(ids) > max_length
-    if truncated:
-        ids, labels = ids[:max_length], labels[:max_length]
-    return Rendered(list(ids), labels, truncated, n_messages, turns)
-
-
-_REWRITTEN = ("the template rewrites this turn once later turns follow (multi_turn=consistent trains only "
-              "turns that match inference)")
-_NOT_PREFIX = ("the template renders this turn differently from what follows its generation prompt, so "
-               "inference could never produce it")
-
-
-def _group(turns: list[int], fits: Callable[[int, int], bool], multi_turn: str) -> tuple[list[list[int]], list[int]]:
-    """Group trained turns into sequences; each group's last turn is the one whose full render is the sequence.
-
-    Returns:
-        ``(groups, dropped)``: ``dropped`` are turns that fit no sequence (only with multi_turn="consistent").
-    """
-    last = turns[-1]
-    if multi_turn == "consistent" or all(fits(j, last) for j in turns[:-1]):
-        keep = [j for j in turns[:-1] if fits(j, last)] + [last]
-        return [keep], [j for j in turns if j not in keep]
-    pending, groups = list(turns), []
-    while pending:  # split: a sequence ends at its turn; earlier turns join it only if they fit
-        t = pending.pop()
-        group = [j for j in pending if fits(j, t)] + [t]
-        pending = [j for j in pending if j not in group]
-        groups.append(group)
-    return groups[::-1], []
-
-
-def _assemble_exact(trained: list[int], ptoks: dict[int, list[int]], ftoks: dict[int, list[int]],
-                    eot: tuple[int, ...], multi_turn: str, max_length: int | None) -> RenderResult:
-    """The reference path: tokenize every P_k and F_k and compare token lists."""
-    res = RenderResult()
-    spans: dict[int, tuple[int, int]] = {}
-    for k in trained:
-        p, f = ptoks[k], ftoks[k]
-        if f[:len(p)] != p:
-            res.skipped_turns.append((k, _NOT_PREFIX))
-            continue
-        e = _last_index(f, len(p), eot)
-        if e < 0:
-            res.skipped_turns.append((k, "no end-of-turn token after the assistant content"))
-            continue
-        spans[k] = (len(p), e + 1)
-    if not spans:
-        res.error = "; ".join(f"message {k + 1}: {why}" for k, why in res.skipped_turns)
-        return res
-    turns = sorted(spans)
-    groups, dropped = _group(turns, lambda j, t: ftoks[t][:spans[j][1]] == ftoks[j][:spans[j][1]], multi_turn)
-    res.skipped_turns += [(j, _REWRITTEN) for j in dropped]
-    for g in groups:
-        res.sequences.append(_finish(ftoks[g[-1]], [spans[j] for j in g], g[-1] + 1, tuple(g), max_length))
-    return res
-
-
 def render_batch(conversations: Sequence[Sequence[dict]], tokenizer, *, loss: str = "assistant",
                  thinking: str = "off", multi_turn: str = "split", max_length: int | None = None,
                  eot_ids: Sequence[int] | None = None, fast: bool = True) -> list[RenderResult]:
@@ -342,7 +219,7 @@ def render_batch(conversations: Sequence[Sequence[dict]], tokenizer, *, loss: st
         multi_turn: ``"split"`` or ``"consistent"``, for templates that rewrite earlier turns.
         max_length: cut sequences to this many tokens (flagged ``truncated``), or None.
         eot_ids: the template's end-of-turn id first (default: detected with `end_of_turn_ids`).
-        fast: tokenize only each sequence's full text (see `render_fast.fast_plan`); False tokenizes every prompt
+        fast: tokenize only each sequence's full text (see `_text_spans.plan_turns`); False tokenizes every prompt
             too and compares token lists (the reference path, same result).
 
     Returns:
@@ -362,56 +239,58 @@ def render_batch(conversations: Sequence[Sequence[dict]], tokenizer, *, loss: st
             prepared.append([])
 
     # Which renders each conversation needs: prompt P_k and full F_k for each trained turn k.
-    plan: dict[int, list[int]] = {}
+    todo: dict[int, TurnTexts] = {}
     for i, msgs in enumerate(prepared):
         if results[i].error:
             continue
         if not msgs:
             results[i].error = "empty conversation"
         elif loss == "all":
-            plan[i] = [len(msgs) - 1]
+            todo[i] = TurnTexts([len(msgs) - 1])
         else:
             asst = [k for k, m in enumerate(msgs) if m.get("role") == "assistant"]
             if not asst:
                 results[i].error = "no assistant message to train"
             else:
-                plan[i] = asst[-1:] if loss == "last" else asst
-    f_jobs = [(i, k) for i, ks in plan.items() for k in ks]
-    p_jobs = [] if loss == "all" else f_jobs
-    f_out = _render_texts(tokenizer, [prepared[i][:k + 1] for i, k in f_jobs], False, kw)
-    p_out = _render_texts(tokenizer, [prepared[i][:k] for i, k in p_jobs], True, kw)
-    for (i, k), t in [*zip(f_jobs, f_out), *zip(p_jobs, p_out)]:
-        if isinstance(t, Exception) and results[i].error is None:
-            results[i].error = f"the chat template failed on message {k + 1}: {type(t).__name__}: {t}"
-            plan.pop(i, None)
-    ftext = dict(zip(f_jobs, f_out))
-    ptext = dict(zip(p_jobs, p_out))
+                todo[i] = TurnTexts(asst[-1:] if loss == "last" else asst)
+    jobs = [(i, k) for i, t in todo.items() for k in t.turns]
+    f_out = _render_texts(tokenizer, [prepared[i][:k + 1] for i, k in jobs], False, kw)
+    p_out = [] if loss == "all" else _render_texts(tokenizer, [prepared[i][:k] for i, k in jobs], True, kw)
+    for (i, k), full, prompt in zip(jobs, f_out, p_out or [""] * len(jobs)):
+        bad = next((t for t in (full, prompt) if isinstance(t, Exception)), None)
+        if bad is not None:
+            if results[i].error is None:
+                results[i].error = f"the chat template failed on message {k + 1}: {type(bad).__name__}: {bad}"
+            continue
+        todo[i].full[k] = full
+        if loss != "all":
+            todo[i].prompt[k] = prompt
+    for i in [i for i in todo if results[i].error]:
+        del todo[i]
 
     if loss == "all":
-        todo = list(plan)
-        toks = _encode(tokenizer, [ftext[(i, plan[i][0])] for i in todo])
-        for i, ids in zip(todo, toks):
+        order = list(todo)
+        toks = encode(tokenizer, [todo[i].full[todo[i].turns[0]] for i in order])
+        for i, ids in zip(order, toks):
             msgs = prepared[i]
             turns = tuple(k for k, m in enumerate(msgs) if m.get("role") == "assistant")
-            results[i].sequences.append(_finish(ids, [], len(msgs), turns, max_length, train_all=True))
+            results[i].sequences.append(finish(ids, [], len(msgs), turns, max_length, train_all=True))
         return results
 
-    exact = list(plan)
-    # The fast path lives in its own module and builds on this one's primitives (imported here, not at
-    # the top, so the two modules do not import each other at load time).
-    from .render_fast import markup, render_fast
-
+    exact = list(todo)
     mk = markup(tokenizer, kw, eot) if fast else None
     if mk is not None:
-        exact = render_fast(plan, ptext, ftext, mk, tokenizer, multi_turn, max_length, results)
+        exact = render_by_text(todo, mk, tokenizer, multi_turn, max_length, results)
     if exact:
-        jobs = [(i, k) for i in exact for k in plan[i]]
-        toks = _encode(tokenizer, [ptext[j] for j in jobs] + [ftext[j] for j in jobs])
-        ptoks, ftoks = dict(zip(jobs, toks)), dict(zip(jobs, toks[len(jobs):]))
+        # One tokenizer call for the reference path: every P_k, then every F_k, in the same order.
+        texts = [(i, k) for i in exact for k in todo[i].turns]
+        toks = encode(tokenizer, [todo[i].prompt[k] for i, k in texts] + [todo[i].full[k] for i, k in texts])
+        ptoks: dict[int, dict[int, list[int]]] = {i: {} for i in exact}
+        ftoks: dict[int, dict[int, list[int]]] = {i: {} for i in exact}
+        for (i, k), p, f in zip(texts, toks, toks[len(texts):]):
+            ptoks[i][k], ftoks[i][k] = p, f
         for i in exact:
-            ks = plan[i]
-            results[i] = _assemble_exact(ks, {k: ptoks[(i, k)] for k in ks}, {k: ftoks[(i, k)] for k in ks},
-                                         (eot,), multi_turn, max_length)
+            results[i] = assemble_exact(todo[i].turns, ptoks[i], ftoks[i], (eot,), multi_turn, max_length)
     return results
 
 

@@ -45,7 +45,8 @@ class Example:
 
 def data_config_for(model_path) -> DataConfig:
     """The run dir's data settings (system prompt, cleaning) with dedupe off; defaults for other models."""
-    from ..rundir import is_run_dir, read_run
+    from ..rundir.layout import is_run_dir
+    from ..rundir.read import read_run
 
     cfg = read_run(model_path).config.data if model_path is not None and is_run_dir(model_path) else DataConfig()
     return cfg.model_copy(update={"clean": cfg.clean.model_copy(update={"dedupe": False})})
@@ -124,9 +125,9 @@ def reference_nll(gen, conversations: Sequence[list[dict]], *, batch_size: int =
     import torch
     import torch.nn.functional as F
 
-    from ..data.packing import left_pad
     from ..data.render import IGNORE, render_batch
     from ..errors import TemplateError
+    from .batching import left_pad
 
     # One batched render: what `render_conversation` gives per conversation, without probing the
     # template again for every one.
@@ -309,7 +310,8 @@ def compare(base_path, tuned_path, data_path, *, out_dir=None, metrics: Sequence
     """
     import gc
 
-    from ..rundir import is_run_dir, read_run
+    from ..rundir.layout import is_run_dir
+    from ..rundir.read import read_run
     from .generate import Generator
 
     metrics = _check(metrics)

@@ -97,7 +97,7 @@ class Generator:
         """Load a run dir, merged/plain model folder, the alias 'smollm2-135m-instruct', a .gguf or a Hub id.
 
         Args:
-            path: what to load (see `chattune.model.adapters.load_run_model`).
+            path: what to load (see `chattune.rundir.load.load_run_model`).
             device: torch device (default: cuda if available, else cpu — decided by the loader).
             dtype: torch dtype or its name (default: the loader's choice, fp32 on CPU).
             thinking: "off"/"keep"; default from the run dir (training's data.thinking), else "off".
@@ -105,7 +105,7 @@ class Generator:
         Returns:
             A ready `Generator`.
         """
-        from ..model.adapters import load_run_model
+        from ..rundir.load import load_run_model
 
         model, tok, info = load_run_model(path, device=device, dtype=dtype)  # in eval mode
         # EOS: __init__ takes the template's end-of-turn + model.generation_config's, which the loader
@@ -193,7 +193,7 @@ class Generator:
         """
         import torch
 
-        from ..data.packing import left_pad
+        from .batching import left_pad
 
         if not conversations:
             return []
@@ -245,7 +245,7 @@ class Generator:
         """
         import torch
 
-        from ..data.packing import left_pad
+        from .batching import left_pad
 
         if not conversations:
             return

@@ -1,26 +1,18 @@
-"""Make a loaded model trainable the way the config asks (LoRA/DoRA/QLoRA/full/freeze), and load a
-trained run back for inference.
+"""Make a loaded model trainable the way the config asks (LoRA/DoRA/QLoRA/full/freeze).
+
+Loading a trained run back is `chattune.rundir.load`.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
-from pathlib import Path
 
-from ..config import Config, ModelConfig
+from ..config import Config
 from ..errors import ModelError
-from .load import (  # noqa: F401
-    SMOLLM2_ALIAS,
-    default_device,
-    load_model,
-    load_tokenizer,
-    resolve_source,
-)
 
 
 @contextlib.contextmanager
-def _quiet_peft():
+def quiet_peft():
     """peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` property when it wraps a
     model: a FutureWarning the user can do nothing about."""
     with warnings.catch_warnings():
@@ -112,7 +104,7 @@ def apply_method(model, cfg: Config, *, gradient_checkpointing: bool | None = No
             use_dora=lc.use_dora, use_rslora=lc.use_rslora, task_type="CAUSAL_LM",
             # peft ties the lm_head rows to these automatically when the model ties its embeddings
             trainable_token_indices=trainable_tokens or None)
-        with _quiet_peft():
+        with quiet_peft():
             model = get_peft_model(model, peft_cfg)
         target_modules = sorted({str(t).rsplit(".", 1)[-1] for t in model.peft_config["default"].target_modules})
     elif method == "full":
@@ -152,94 +144,3 @@ def apply_method(model, cfg: Config, *, gradient_checkpointing: bool | None = No
               "target_modules": target_modules, "gradient_checkpointing": gc,
               "trainable_tokens": trainable_tokens}
     return model, report
-
-
-# ----------------------------------------------------------------------------------------- run dirs
-
-def _run_tokenizer(run_dir: Path, model_cfg: ModelConfig):
-    """The tokenizer saved in the run dir, with the run dir's chat template: what training rendered with."""
-    from transformers import AutoTokenizer
-
-    from ..data.render import apply_template_override
-    from ..rundir import TEMPLATE_FILE
-    from .load import ensure_pad_token
-
-    if not (run_dir / "tokenizer_config.json").is_file():
-        return load_tokenizer(model_cfg)  # a run dir written before the tokenizer: fall back to the base's
-    tok = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=model_cfg.trust_remote_code)
-    tpl = run_dir / TEMPLATE_FILE
-    apply_template_override(tok, str(tpl) if tpl.is_file() else None)
-    tok.chattune_pad = ensure_pad_token(tok)  # no-op: training already made it safe and saved it
-    return tok
-
-
-def _apply_generation_config(model, folder: Path) -> None:
-    from transformers import GenerationConfig
-
-    if (folder / "generation_config.json").is_file():
-        pad = model.config.pad_token_id  # chosen by load_model; the file may predate it
-        model.generation_config = GenerationConfig.from_pretrained(folder)
-        if pad is not None:
-            model.generation_config.pad_token_id = pad
-
-
-def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | None = None, tokenizer=None):
-    """Load anything chattune can generate with: a run dir, a model folder, the SmolLM2 alias, a GGUF, a Hub id.
-
-    Args:
-        path: a chattune run dir (adapter or full weights), a merged/plain HF folder, "smollm2-135m-instruct",
-            a .gguf file or a Hub id.
-        device: None = `default_device()`.
-        dtype: overrides the run's model.dtype ("auto", "float32", "bfloat16", "float16" or a torch.dtype).
-        tokenizer: reuse this tokenizer instead of loading it again (it must be the one `path` holds;
-            merge loads the same run several times and a 151k-token tokenizer costs seconds).
-
-    Returns:
-        (model, tokenizer, info) with the model in eval mode; for a run dir the tokenizer and chat template
-        are the run's own, so inference renders exactly as training did. info = {"kind": "adapter"|"full"|
-        "model", "base", "path", "thinking", "method", "device", "dtype"}.
-    """
-    from ..rundir import is_run_dir, read_run
-
-    device = device or default_device()
-    if dtype is not None and not isinstance(dtype, str):  # a torch.dtype
-        dtype = str(dtype).replace("torch.", "")
-    path_s = str(path)
-    if is_run_dir(path_s):
-        run = read_run(path_s)
-        cfg = run.config
-        mcfg = cfg.model.model_copy(update={"dtype": dtype} if dtype else {})
-        run_dir = Path(path_s)
-        tok = tokenizer or _run_tokenizer(run_dir, mcfg)
-        if run.is_adapter:
-            from peft import PeftModel
-
-            # QLoRA adapters apply to the un-quantised base too: inference loads full precision
-            # (no bitsandbytes needed to use a QLoRA run, and no quantisation error at inference).
-            base = load_model(mcfg, tokenizer=tok, method="lora", device=device)
-            _apply_generation_config(base, run_dir)
-            with _quiet_peft():
-                model = PeftModel.from_pretrained(base, run_dir, is_trainable=False)
-            kind, base_name = "adapter", cfg.model.name_or_path
-        else:
-            full_cfg = mcfg.model_copy(update={"name_or_path": str(run_dir), "gguf_file": None, "revision": None})
-            model = load_model(full_cfg, tokenizer=tok, method="full", device=device, source=str(run_dir))
-            _apply_generation_config(model, run_dir)
-            kind, base_name = "full", cfg.model.name_or_path
-        thinking, method = cfg.data.thinking, cfg.method.type
-    else:
-        mcfg = ModelConfig(name_or_path=path_s, **({"dtype": dtype} if dtype else {}))
-        src = resolve_source(mcfg)
-        tok = tokenizer or load_tokenizer(mcfg, source=src)
-        model = load_model(mcfg, tokenizer=tok, method="full", device=device, source=src)
-        kind, base_name, thinking, method = "model", path_s, "off", None
-        from .merge import MERGE_REPORT
-
-        merged_report = Path(src) / MERGE_REPORT
-        if merged_report.is_file():  # a `chattune merge` output: render as the run was trained
-            rep = json.loads(merged_report.read_text(encoding="utf-8"))
-            base_name, thinking, method = rep.get("base", path_s), rep.get("thinking", "off"), rep.get("method")
-    model.eval()
-    info = {"kind": kind, "base": base_name, "path": path_s, "thinking": thinking or "off", "method": method,
-            "device": str(device), "dtype": model.chattune_load["dtype"]}
-    return model, tok, info

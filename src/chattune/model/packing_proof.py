@@ -59,7 +59,7 @@ def prove_packing(model, *, vocab_size: int | None = None, seed: int = 0) -> Pac
     Returns:
         `PackingProof`.
     """
-    from ..data.packing import Collator
+    from ..data.collate import Collator
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     arch = type(base).__name__

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ..rundir import METRICS_FILE
+from ..rundir.layout import METRICS_FILE
 
 TENSORBOARD_DIR = "tensorboard"
 SWANLAB_DIR = "swanlog"

@@ -18,7 +18,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from ..data.packing import IGNORE_INDEX
+from ..data.collate import IGNORE_INDEX
 
 
 class EpochSeededLengthSampler(LengthGroupedSampler):
@@ -43,7 +43,7 @@ class EpochSeededLengthSampler(LengthGroupedSampler):
 
 
 def trained_token_count(inputs: dict) -> int:
-    """Tokens whose loss a causal LM computes for a `chattune.data.packing.Collator` batch: the given
+    """Tokens whose loss a causal LM computes for a `chattune.data.collate.Collator` batch: the given
     ``shift_labels``, else labels shifted by one that are not -100."""
     if "shift_labels" in inputs:
         return int((inputs["shift_labels"] != IGNORE_INDEX).sum())

@@ -2,8 +2,8 @@
 
 The Trainer is transformers' own with two exactness overrides (`chattune.train.hf_trainer`: a
 length-grouped order that resumes exactly, a per-token eval loss); batches come from
-`chattune.data.packing.Collator`, metrics and progress from `chattune.train.callbacks`, and the run-dir
-files from `chattune.train.run_files`.
+`chattune.data.collate.Collator`, metrics and progress from `chattune.train.callbacks`, and the run-dir
+files from `chattune.rundir`.
 
 Gradient accumulation: transformers 5 counts the trained tokens of all micro-batches of an optimizer
 step (``num_items_in_batch``) and the model's loss divides by that count, so the loss is the mean over
@@ -16,8 +16,9 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import ChattuneError, ConfigError
-from ..rundir import write_manifest
-from . import run_files
+from ..rundir import checkpoints
+from ..rundir.layout import existing_run_files
+from ..rundir.write import save_final, truncate_metrics, write_manifest
 
 
 def training_arguments(cfg: Config, *, run_dir: str | Path, has_eval: bool, device: str, dtype, model=None):
@@ -138,22 +139,22 @@ def _prepare_run_dir(run_dir: Path, resume: bool, console, *, clean: bool = True
     With `clean` (the main process), incomplete checkpoints are deleted and metrics.jsonl records
     after the resumed step are dropped (that part of the run is redone)."""
     if not resume:
-        existing = run_files.existing_run_files(run_dir)
+        existing = existing_run_files(run_dir)
         if existing:
             raise ChattuneError(f"output_dir {run_dir} already holds a run ({', '.join(existing[:4])}): pass --resume "
                                 "to continue it, or set output_dir to a new folder")
         return None
-    removed = run_files.remove_incomplete_checkpoints(run_dir) if clean else []
+    removed = checkpoints.remove_incomplete_checkpoints(run_dir) if clean else []
     if removed:
         console.print(f"[yellow]removed incomplete checkpoint(s) {', '.join(removed)} (written when a run died)")
-    ckpt = run_files.resume_checkpoint(run_dir)
+    ckpt = checkpoints.resume_checkpoint(run_dir)
     if ckpt is None:
         console.print(f"[yellow]--resume: no complete checkpoint in {run_dir}; starting from step 0")
-    step = run_files.checkpoint_step(ckpt) if ckpt else 0
+    step = checkpoints.checkpoint_step(ckpt) if ckpt else 0
     if ckpt:
         console.print(f"resuming from {ckpt.name} (step {step})")
     if clean:
-        run_files.truncate_metrics(run_dir, step)
+        truncate_metrics(run_dir, step)
     return ckpt
 
 
@@ -179,7 +180,7 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
     from transformers.trainer_callback import PrinterCallback
 
     from ..data.dataset import build_datasets
-    from ..data.packing import Collator
+    from ..data.collate import Collator
     from ..data.render import end_of_turn_ids
     from ..model.adapters import apply_method
     from ..model.packing_proof import require_exact_packing
@@ -246,7 +247,7 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
         close_trackers(failed)
     if main:
         is_adapter = cfg.method.type in ("lora", "qlora")
-        run_files.save_final(run_dir, trainer.model, tokenizer, end_of_turn_ids(tokenizer), is_adapter=is_adapter)
+        save_final(run_dir, trainer.model, tokenizer, end_of_turn_ids(tokenizer), is_adapter=is_adapter)
     wait_for_everyone()
 
     state = trainer.state

@@ -14,24 +14,16 @@ kernels). With a KV cache that detection is skipped and the row is one causal se
 carries ``use_cache=False`` itself: ``model(**batch)`` is exact whatever the model's config says, and
 passing ``use_cache=True`` on top is a TypeError. Models with their own masking code (OPT, Bloom, old
 Falcon) ignore ``position_ids`` altogether; ``chattune.model.packing_proof`` finds them before a packed
-run. ``tests/data/test_packing.py`` checks per-example losses of a packed row against each example alone.
+run. The packing tests check per-example losses of a packed row against each example alone.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from .render import IGNORE as IGNORE_INDEX  # one -100 for the whole package
-
-
-def left_pad(seqs: Sequence[Sequence[int]], pad: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)`` of a left-padded batch, as generation and tail scoring need it:
-    every row's last token sits in the last column, so new tokens (and kept logits) line up."""
-    width = max(len(x) for x in seqs)
-    ids = torch.tensor([[pad] * (width - len(x)) + list(x) for x in seqs], dtype=torch.long, device=device)
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in seqs], dtype=torch.long, device=device)
-    return ids, mask
 
 
 def _as_list(x: Any) -> list[int]:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from ..errors import ChattuneError, ModelError
 from ..fsutil import atomic_path
+from ..rundir.layout import MERGE_REPORT
 
 log = logging.getLogger(__name__)
 
-MERGE_REPORT = "chattune_merge.json"
 FALLBACK_PROMPTS = ("Hello! Who are you?", "Give me three tips for learning a new language.",
                     "What is 12 + 30?", "用一句话介绍一下你自己。")
 MAX_NEW_TOKENS = 32
@@ -61,7 +61,7 @@ def _greedy(model, prompts: list[list[int]], eos: list[int], pad: int) -> list[l
     """Greedy continuations of a left-padded batch, each cut after its first end-of-turn token."""
     import torch
 
-    from ..data.packing import left_pad
+    from .batching import left_pad
 
     ids, mask = left_pad(prompts, pad, model.device)
     with torch.no_grad():
@@ -79,7 +79,7 @@ def _tail_logits(model, seqs: list[list[int]], pad: int, keep: int):
     full logits of a batch are batch x length x vocab x 4 bytes (GBs for a 151k vocabulary)."""
     import torch
 
-    from ..data.packing import left_pad
+    from .batching import left_pad
 
     ids, mask = left_pad(seqs, pad, model.device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -165,7 +165,7 @@ def _save_merged(run, out: Path, *, model, tokenizer):
     Returns:
         the run's tokenizer (reused by verification).
     """
-    from ..rundir import GENERATION_FILE, TEMPLATE_FILE
+    from ..rundir.layout import GENERATION_FILE, TEMPLATE_FILE
 
     merged = model.merge_and_unload()
     merged.save_pretrained(out, safe_serialization=True)
@@ -198,9 +198,10 @@ def merge(run_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None,
         ModelError: not an adapter run, or out_dir is an unrelated non-empty folder.
         ChattuneError: verification found a greedy mismatch (nothing is written).
     """
-    from ..rundir import read_run, write_json
-    from .adapters import load_run_model
-    from .load import default_device, resolve_dtype
+    from ..model.load import default_device, resolve_dtype
+    from ..rundir.load import load_run_model
+    from ..rundir.read import read_run
+    from ..rundir.write import write_json
 
     t0 = time.time()
     run = read_run(run_dir)

@@ -1,7 +1,7 @@
 """Run-directory checkpoints: which checkpoint a resume picks and what a crash leaves behind gets removed."""
 from __future__ import annotations
 
-from chattune.train.run_files import remove_incomplete_checkpoints, resume_checkpoint
+from chattune.rundir.checkpoints import remove_incomplete_checkpoints, resume_checkpoint
 
 
 def test_resume_picks_the_newest_checkpoint_whose_state_parses(tmp_path):

@@ -1,67 +1,66 @@
-"""What training writes into the run directory besides checkpoints (layout: `chattune.rundir`).
-
-Checkpoints and crashes: transformers 5 writes ``checkpoint-N/`` in place (``Trainer._save_checkpoint``:
-weights, optimizer, scheduler, RNG state, and ``trainer_state.json`` last), not under a temp name. A
-checkpoint is therefore complete exactly when its ``trainer_state.json`` exists *and parses*: a process
-killed mid-save leaves a folder without it (or with a truncated one). `resume_checkpoint` only picks
-such complete folders and `remove_incomplete_checkpoints` deletes the rest before training resumes, so a
-half-written checkpoint is never loaded and never counted by ``save_total_limit``.
+"""Everything training writes into the run directory (layout: `chattune.rundir.layout`).
 
 Final artifacts are written through a temp folder inside the run dir and moved in file by file
-(``os.replace`` is atomic), weights last, because `chattune.rundir.read_run` treats the weights file as
-"training finished".
+(``os.replace`` is atomic), weights last, because `chattune.rundir.read.read_run` treats the weights file
+as "training finished". Checkpoints are the Trainer's own (`chattune.rundir.checkpoints`).
 """
 from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
+import subprocess
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
+from ..config import Config
 from ..fsutil import atomic_write_text
-from ..rundir import ADAPTER_FILE, GENERATION_FILE, METRICS_FILE, TEMPLATE_FILE, complete_checkpoints
+from .layout import (
+    ADAPTER_FILES,
+    CONFIG_FILE,
+    DATA_FILE,
+    FULL_FILES,
+    GENERATION_FILE,
+    METRICS_FILE,
+    TEMPLATE_FILE,
+    VERSIONS_FILE,
+)
 
-ADAPTER_FILES = ("adapter_config.json", ADAPTER_FILE)
-FULL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
+_PACKAGES = ("chattune", "torch", "transformers", "peft", "datasets", "accelerate", "trl", "tokenizers",
+             "safetensors", "bitsandbytes", "flash-attn", "liger-kernel")
 
 
-def _state_ok(ckpt: Path) -> bool:
+def collect_versions() -> dict:
+    """Versions of Python and the packages that change results, plus the git sha of the working dir."""
+    out: dict = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
     try:
-        json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-        return True
-    except (OSError, ValueError):
-        return False
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if sha.returncode == 0:
+            out["git_sha"] = sha.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
 
 
-def resume_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of `run_dir` (``trainer_state.json`` present and valid), or None."""
-    for ckpt in reversed(complete_checkpoints(run_dir)):
-        if _state_ok(ckpt):
-            return ckpt
-    return None
+def write_json(path: str | Path, obj) -> Path:
+    """Write `obj` as indented UTF-8 JSON, atomically (temp file + rename)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def remove_incomplete_checkpoints(run_dir: str | Path) -> list[str]:
-    """Delete ``checkpoint-*`` folders that did not finish writing (and stray temp files of ours).
-
-    Returns:
-        The names removed.
-    """
+def write_manifest(run_dir: str | Path, cfg: Config, data_report: dict) -> None:
+    """Write chattune.yaml, versions.json and data.json (tokenizer/template/weights: `save_final`)."""
     run_dir = Path(run_dir)
-    good = {p.name for p in complete_checkpoints(run_dir) if _state_ok(p)}
-    removed = []
-    for p in sorted(run_dir.glob("checkpoint-*")):
-        if p.is_dir() and p.name not in good:
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p.name)
-    for p in run_dir.glob(".*.tmp"):  # left by fsutil.atomic_path / our staging when a process died
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    return removed
-
-
-def checkpoint_step(ckpt: Path) -> int:
-    return int(json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG_FILE, cfg.to_yaml())
+    write_json(run_dir / VERSIONS_FILE, collect_versions())
+    write_json(run_dir / DATA_FILE, data_report)
 
 
 def truncate_metrics(run_dir: str | Path, step: int) -> None:
@@ -78,17 +77,6 @@ def truncate_metrics(run_dir: str | Path, step: int) -> None:
         if rec.get("step", 0) <= step and rec.get("kind") != "summary":
             keep.append(line)
     atomic_write_text(path, "".join(x + "\n" for x in keep))
-
-
-def existing_run_files(run_dir: str | Path) -> list[str]:
-    """Files that show `run_dir` already holds a run (weights or checkpoints)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    names = [p.name for p in run_dir.glob("checkpoint-*")]
-    names += [n for n in (ADAPTER_FILE, "model.safetensors", "model.safetensors.index.json", METRICS_FILE)
-              if (run_dir / n).exists()]
-    return sorted(names)
 
 
 def generation_config(model, tokenizer, end_of_turn: list[int]):

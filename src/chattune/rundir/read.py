@@ -1,0 +1,49 @@
+"""Read a run directory back: what it holds, without loading any model (that is `chattune.rundir.load`)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config, load_config
+from ..errors import ModelError
+from .layout import ADAPTER_FILE, CONFIG_FILE, FULL_WEIGHTS_GLOB, MERGE_REPORT, TEMPLATE_FILE, is_run_dir
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a run directory holds, as read back by `read_run`."""
+
+    path: Path
+    config: Config
+    is_adapter: bool          # True: base model + adapter; False: full weights in `path`
+    base_model: str           # config.model.name_or_path (what the adapter applies to)
+    chat_template: str | None
+
+
+def read_run(path: str | Path) -> RunInfo:
+    """Read a run directory written by `chattune train`.
+
+    Raises:
+        ModelError: the folder is not a complete run directory (says which file is missing).
+    """
+    path = Path(path)
+    if not is_run_dir(path):
+        raise ModelError(f"{path} is not a chattune run directory (no {CONFIG_FILE}). "
+                         "Pass the output_dir of `chattune train`, or a model folder/hub id.")
+    cfg = load_config(path / CONFIG_FILE)
+    is_adapter = (path / ADAPTER_FILE).is_file()
+    if not is_adapter and not any(path.glob(FULL_WEIGHTS_GLOB)):
+        raise ModelError(f"{path} holds no weights ({ADAPTER_FILE} or model.safetensors): "
+                         "did training finish? Resume with `chattune train CONFIG --resume`.")
+    tpl = path / TEMPLATE_FILE
+    return RunInfo(path=path, config=cfg, is_adapter=is_adapter, base_model=cfg.model.name_or_path,
+                   chat_template=tpl.read_text(encoding="utf-8") if tpl.is_file() else None)
+
+
+def read_merge_report(folder: str | Path) -> dict | None:
+    """The ``chattune_merge.json`` of a merged model folder, or None when `folder` is not a merge output."""
+    p = Path(folder) / MERGE_REPORT
+    if not p.is_file():
+        return None
+    return json.loads(p.read_text(encoding="utf-8"))
