@@ -199,7 +199,7 @@ def test_load_run_model_incomplete_run_dir(tmp_path, tiny_qwen3_dir):
 def test_added_pad_token_trains_only_its_rows_and_survives_the_run_dir(tmp_path):
     """When a pad token had to be added, its embedding rows train as peft trainable tokens and are
     saved with the adapter, so loading the run back gives the same model."""
-    from test_model_load import _tokenizer_without_pad_or_template
+    from tests.model.test_load import _tokenizer_without_pad_or_template
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     base_dir = _tokenizer_without_pad_or_template(tmp_path / "base")
