@@ -22,14 +22,8 @@ import pytest
 from chattune.config import ServeConfig
 from chattune.errors import ConfigError
 from chattune.infer.generate import Generator
-from chattune.infer.serve import (
-    BackgroundServer,
-    bind_socket,
-    check_bind,
-    create_app,
-    is_loopback,
-    run_server,
-)
+from chattune.infer.serve import BackgroundServer, create_app, run_server
+from chattune.infer.serve_bind import bind_socket, check_bind, is_loopback
 
 KEY = "sk-test-key"
 CAP = 1500          # large enough that an uncancelled stream would run for seconds
