@@ -175,6 +175,11 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
     Raises:
         ChattuneError: bad config, data or model (the message says what to fix).
     """
+    from ..preflight import check_before_training
+
+    # data files, method libraries, model source: said before importing transformers (tens of seconds on a
+    # busy machine), converting or loading anything
+    check_before_training(cfg)
     from rich.console import Console
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
