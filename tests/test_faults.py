@@ -159,3 +159,53 @@ def test_kill_during_checkpoint_save_resumes_from_the_last_complete_one(tmp_path
     assert half.is_dir() and not (half / "trainer_state.json").exists()
     out = train(load_config(tmp_path / "cfg.yaml", []), resume=True)
     assert out["resumed_from"] == "checkpoint-2" and out["steps"] == 6
+
+
+def _enospc(path):
+    return OSError(28, "No space left on device", str(path))  # errno.ENOSPC
+
+
+def test_disk_full_during_checkpoint_save_is_a_clear_error_and_keeps_the_previous_checkpoint(
+        tmp_path, tiny_qwen3_dir, monkeypatch):
+    import torch
+
+    from chattune.errors import ChattuneError
+    from chattune.rundir.checkpoints import complete_checkpoints
+    from chattune.train.trainer import train
+
+    from .train.test_trainer import tiny_cfg
+
+    real_save = torch.save
+
+    def full_disk_at_checkpoint_4(obj, f, *a, **kw):
+        if "checkpoint-4" in str(f):
+            raise _enospc(f)
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", full_disk_at_checkpoint_4)
+    with pytest.raises(ChattuneError, match=r"disk full while saving checkpoint-4 .*No space left on device.*"
+                                            r"last complete checkpoint: checkpoint-2.*--resume"):
+        train(tiny_cfg(tmp_path, tiny_qwen3_dir, "run", max_steps=4, save_steps=2))
+    run = tmp_path / "run"
+    assert [c.name for c in complete_checkpoints(run)] == ["checkpoint-2"]
+    assert not (run / "checkpoint-4").exists()  # the partial one is removed: it only took space
+
+
+def test_disk_full_while_saving_a_merged_model_writes_nothing(tmp_path, tiny_qwen3_dir, monkeypatch):
+    import chattune.infer.merge as M
+    from chattune.errors import ChattuneError
+
+    from .model.test_adapters import make_adapter_run
+
+    run = tmp_path / "run"
+    make_adapter_run(run, tiny_qwen3_dir)
+    real = M._save_merged
+
+    def full_disk(run_info, out, **kw):
+        real(run_info, out, **kw)  # most of the folder is written, then the disk fills up
+        raise _enospc(out / "model.safetensors")
+
+    monkeypatch.setattr(M, "_save_merged", full_disk)
+    with pytest.raises(ChattuneError, match=r"disk full while saving the merged model to .*merged: nothing was kept.*No space left on device"):
+        M.merge(run, tmp_path / "merged", n_verify=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no merged folder, no temp folder

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -53,3 +54,26 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
             while block := fh.read(chunk):
                 h.update(block)
     return h.hexdigest()
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """True for "no space left" (or over quota): an OSError with that errno, or the RuntimeError that
+    torch's zip writer turns it into."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(e)
+
+
+@contextlib.contextmanager
+def disk_full_is_an_error(what: str, error: type[Exception] | None = None) -> Iterator[None]:
+    """Turn "no space left" raised inside into `error` (default `ChattuneError`) saying `what` failed,
+    with the OS message; other errors pass unchanged. Put it outside `atomic_path`, so the temp file is
+    gone by the time the error is reported."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        if not is_disk_full(e):
+            raise
+        from .errors import ChattuneError
+
+        raise (error or ChattuneError)(f"disk full while {what} ({e})") from e

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..errors import ChattuneError, ModelError
-from ..fsutil import atomic_path
+from ..fsutil import atomic_path, disk_full_is_an_error
 from ..rundir.layout import MERGE_REPORT
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,9 @@ def merge(run_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None,
     if method == "qlora":
         report["note"] = ("QLoRA adapter merged into the un-quantised base: the merged model is not the 4-bit "
                           "model it was trained on; verification compares against the adapter on that same base")
-    with atomic_path(out) as tmp:
+    full = f"saving the merged model to {out}: nothing was kept (the temporary folder is removed); free space " \
+           "for about the base model's size and run merge again"
+    with disk_full_is_an_error(full, ModelError), atomic_path(out) as tmp:
         # One model in memory at a time: the adapter model answers the verification prompts first, is then
         # merged in place and saved; the saved folder is reloaded and compared with those answers.
         adapter, tok, _ = load_run_model(run.path, device=device, dtype=dtype)  # base un-quantised

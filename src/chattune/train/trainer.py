@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import ChattuneError, ConfigError
+from ..fsutil import disk_full_is_an_error, is_disk_full
 from ..rundir import checkpoints
 from ..rundir.layout import existing_run_files
 from ..rundir.write import save_final, truncate_metrics, write_manifest
@@ -158,6 +159,19 @@ def _prepare_run_dir(run_dir: Path, resume: bool, console, *, clean: bool = True
     return ckpt
 
 
+def _disk_full_error(e: BaseException, run_dir: Path, step: int, *, clean: bool) -> ChattuneError:
+    """The error for a full disk during a checkpoint save: what failed, the checkpoint to resume from.
+    The partial checkpoint is removed (resume would skip it; here it only holds space)."""
+    removed = checkpoints.remove_incomplete_checkpoints(run_dir) if clean else []
+    last = checkpoints.resume_checkpoint(run_dir)
+    return ChattuneError(
+        f"disk full while saving checkpoint-{step} in {run_dir} ({e}); "
+        + (f"removed the partial {', '.join(removed)}; " if removed else "")
+        + (f"last complete checkpoint: {last.name}" if last else "no complete checkpoint yet")
+        + ": free some space (train.save_total_limit keeps fewer checkpoints), then run the same "
+        "`chattune train` with --resume")
+
+
 def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, console=None) -> dict:
     """Fine-tune the model described by `cfg` and write a self-describing run directory.
 
@@ -243,7 +257,12 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
                                data_collator=collator,
                                processing_class=tokenizer, callbacks=[*cbs, *(callbacks or [])])
         trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress bar shows them
-        out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        try:
+            out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        except (OSError, RuntimeError) as e:
+            if not is_disk_full(e):
+                raise
+            raise _disk_full_error(e, run_dir, trainer.state.global_step, clean=main) from e
         failed = False
     finally:
         for cb in cbs:
@@ -252,7 +271,9 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
         close_trackers(failed)
     if main:
         is_adapter = cfg.method.type in ("lora", "qlora")
-        save_final(run_dir, trainer.model, tokenizer, end_of_turn_ids(tokenizer), is_adapter=is_adapter)
+        with disk_full_is_an_error(f"writing the trained model into {run_dir}: its checkpoints are intact; free "
+                                   "space and run the same `chattune train` with --resume"):
+            save_final(run_dir, trainer.model, tokenizer, end_of_turn_ids(tokenizer), is_adapter=is_adapter)
     wait_for_everyone()
 
     state = trainer.state
