@@ -217,7 +217,7 @@ def test_added_pad_token_trains_only_its_rows_and_survives_the_run_dir(tmp_path)
     run = tmp_path / "run"
     write_manifest(run, cfg, {})
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.5)
     # Only the trained rows need saving (not the whole resized embedding, peft's "auto" default).
