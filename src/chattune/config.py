@@ -5,6 +5,7 @@ Every error names the dotted key, the value found and what is allowed (see `load
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -209,19 +210,21 @@ class Config(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), allow_unicode=True, sort_keys=False)
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
+def _validation_problems(err: ValidationError) -> list[tuple[str, str]]:
+    """One ``(dotted key, message line)`` per pydantic error, worded for the user."""
+    out = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         value = e.get("input")
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (value {value!r}); check the spelling against `chattune config`")
+            line = f"{key}: unknown key (value {value!r}); check the spelling against `chattune config`"
         elif e["type"] == "literal_error":
             allowed = e.get("ctx", {}).get("expected", "")
-            lines.append(f"  {key}: {value!r} is not allowed; expected {allowed}")
+            line = f"{key}: {value!r} is not allowed; expected {allowed}"
         else:
-            lines.append(f"  {key}: {value!r}: {e['msg']}")
-    return "\n".join(lines)
+            line = f"{key}: {value!r}: {e['msg']}"
+        out.append((key, line))
+    return out
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -305,11 +308,15 @@ def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        problems = _validation_problems(err)
+        message = "\n".join([f"invalid config ({source}):", *(f"  {line}" for _, line in problems)])
+        raise ConfigError(message, problems=tuple(problems)) from None
     errors = cross_field_errors(cfg)
     if errors:
+        # each rule's line starts with the key it names first: that is where a form shows it
         raise ConfigError("\n".join([f"invalid config ({source}):", *(f"  {e}" for e in errors),
-                                      "  (every field: `chattune config`)"]))
+                                      "  (every field: `chattune config`)"]),
+                          problems=tuple((re.split(r"[ :]", e, 1)[0], e) for e in errors))
     return cfg
 
 

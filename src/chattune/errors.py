@@ -9,7 +9,15 @@ class ChattuneError(Exception):
 
 
 class ConfigError(ChattuneError):
-    """A bad config key or value; the message names the key, the value and what is allowed."""
+    """A bad config key or value; the message names the key, the value and what is allowed.
+
+    `problems` holds the same message split per key, ``(dotted key, line)``, for front ends that show
+    each line next to its field (the browser UI); the CLI prints the whole message.
+    """
+
+    def __init__(self, message: str, *, problems: tuple[tuple[str, str], ...] = ()):
+        super().__init__(message)
+        self.problems = problems
 
 
 class DataError(ChattuneError):
