@@ -5,11 +5,21 @@ BIN := $(VENV)/bin
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 is the local CPU wheel.
 TORCH := torch==2.13.0
 PINS := transformers==5.23.0 peft==0.21.2 trl==1.16.0 datasets==5.2.0 accelerate==1.15.0 gguf==0.19.0 swanlab==0.10.3 \
-	bitsandbytes==0.50.2
+	bitsandbytes==0.50.2 playwright==1.65.2
+# The UI's browser test drives Debian's chromium through Playwright (Playwright's own browser download needs the
+# internet) and needs a CJK font for the Chinese example data. apt-get needs root (CI runs as root); a no-op when
+# both are installed.
+BROWSER_PKGS := chromium fonts-wqy-microhei
 
-.PHONY: setup test test-fast demo clean
+.PHONY: setup browser test test-fast demo clean
 
-setup: $(VENV)/.setup-done
+setup: $(VENV)/.setup-done browser
+
+browser:
+	@if command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi wqy; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PKGS); \
+	elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PKGS); \
+	else echo "the UI's browser test needs: apt-get install $(BROWSER_PKGS) (as root)" >&2; exit 1; fi
 
 $(VENV)/.setup-done: pyproject.toml Makefile scripts/fetch_assets.py
 	$(PY) -m venv $(VENV)

@@ -105,7 +105,9 @@ def create_app(settings: UiSettings) -> FastAPI:
     # --- config and training ---------------------------------------------------------------------------
     @app.get("/api/config/schema")
     def schema() -> dict:
-        return {"fields": form_fields()}
+        from ..config_doc import section_docs
+
+        return {"fields": form_fields(), "sections": dict(section_docs())}
 
     @app.post("/api/config/check")
     def config_check(body: dict) -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import tempfile
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,44 +27,44 @@ PATH_LISTS = ("data.train", "data.eval")  # edited as file paths, one per line
 
 
 def form_fields() -> list[dict]:
-    """Every config field as ``{key, section, kind, default, description, options, advanced}``.
+    """Every config field as ``{key, section, kind, default, description, options, advanced}``, in the order
+    and with the descriptions of ``chattune config`` (`chattune.config_doc.field_docs`).
 
     kind: ``bool`` (checkbox), ``choice`` (options), ``text`` (number or string, typed as in YAML),
     ``paths`` (data files) or ``yaml`` (lists, maps, unions: edited as a YAML value, like a CLI override).
     """
-    schema = Config.model_json_schema()
-    defs = schema.get("$defs", {})
-    defaults = Config().model_dump(mode="json")
-    out: list[dict] = []
+    from ..config_doc import field_docs
 
-    def walk(props: dict, prefix: str, dflt: dict) -> None:
-        for name, prop in props.items():
-            key = f"{prefix}{name}"
-            ref = prop.get("$ref")
-            if ref:
-                walk(defs[ref.rsplit("/", 1)[-1]]["properties"], key + ".", dflt.get(name) or {})
-                continue
-            out.append({"key": key, "section": key.split(".")[0], "default": dflt.get(name),
-                        "description": prop.get("description", ""), "advanced": key not in BASIC,
-                        **_kind(key, prop)})
-
-    walk(schema["properties"], "", defaults)
-    return out
+    return [{"key": d.key, "section": d.key.split(".")[0], "default": _jsonable(d.default),
+             "description": d.description, "advanced": d.key not in BASIC, **_kind(d.key, _annotation(d.key))}
+            for d in field_docs() if "[]" not in d.key]
 
 
-def _kind(key: str, prop: dict) -> dict:
+def _jsonable(v):
+    return json.loads(json.dumps(v, default=str))
+
+
+def _annotation(key: str):
+    model = Config
+    *sections, name = key.split(".")
+    for part in sections:
+        model = model.model_fields[part].annotation
+    return model.model_fields[name].annotation
+
+
+def _kind(key: str, ann) -> dict:
     if key in PATH_LISTS:
         return {"kind": "paths", "options": None}
-    alts = prop.get("anyOf") or [prop]
-    types = [a.get("type") for a in alts]
-    nullable = "null" in types
-    real = [a for a in alts if a.get("type") != "null"]
-    if len(real) == 1 and "enum" in real[0]:
-        return {"kind": "choice", "options": ([None] if nullable else []) + list(real[0]["enum"])}
-    if len(real) == 1 and real[0].get("type") == "boolean":
+    alts = typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else (ann,)
+    nullable = type(None) in alts
+    real = [a for a in alts if a is not type(None)]
+    if len(real) == 1 and typing.get_origin(real[0]) is typing.Literal:
+        return {"kind": "choice", "options": ([None] if nullable else []) + list(typing.get_args(real[0]))}
+    if real == [bool]:
         return {"kind": "choice", "options": [None, True, False]} if nullable else {"kind": "bool", "options": None}
-    if len(real) == 1 and real[0].get("type") in ("integer", "number", "string"):
-        return {"kind": "text", "options": None, "type": real[0]["type"], "nullable": nullable}
+    if len(real) == 1 and real[0] in (int, float, str):
+        return {"kind": "text", "options": None, "type": {int: "integer", float: "number", str: "string"}[real[0]],
+                "nullable": nullable}
     return {"kind": "yaml", "options": None}
 
 

@@ -50,12 +50,13 @@ class Roots:
         if not text:
             raise PathError("no path given")
         p = Path(text).expanduser()
-        candidates = [p] if p.is_absolute() else [root / p for root in self.all]
-        inside = [c.resolve() for c in candidates if _within(c.resolve(), self.all)]
-        if not inside:
+        candidates = [c.resolve() for c in ([p] if p.is_absolute() else [root / p for root in self.all])]
+        inside = [c for c in candidates if _within(c, self.all)]
+        found = [c for c in inside if c.exists()]
+        # refuse what exists only outside (a symlink out of a root, ../ past it) as outside, not as missing
+        if not inside or (not found and any(c.exists() for c in candidates)):
             raise PathError(f"{text}: outside the folders this UI may read ({', '.join(map(str, self.all))}); "
                             "start `chattune ui` with --root FOLDER to allow another one")
-        found = [c for c in inside if c.exists()]
         if must_exist and not found:
             raise PathError(f"{text}: no such file under {', '.join(map(str, self.all))}")
         return (found or inside)[0]
@@ -115,7 +116,8 @@ async def save_upload(roots: Roots, name: str, chunks: AsyncIterator[bytes], max
         raise PathError(f"{name}: chattune reads {', '.join(DATA_SUFFIXES)} files; this one has another suffix")
     target = roots.runs / UPLOADS / f"{time.strftime('%Y%m%d-%H%M%S')}-{clean}"
     size = 0
-    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+    # plain blocking writes: local disk, chunks of at most 64 KiB; the cap is checked between them
+    with atomic_path(target) as tmp, open(tmp, "wb") as fh:  # noqa: ASYNC230
         async for chunk in chunks:
             size += len(chunk)
             if size > max_bytes:

@@ -59,10 +59,11 @@ function lineChart(series, {w = 640, h = 240, xlabel = "step", ylabel = "loss"} 
   const X = (x) => L + (x - x0) / (x1 - x0) * (w - L - R), Y = (y) => T + (1 - (y - y0) / (y1 - y0)) * (h - T - B);
   let g = `<svg class="chart" viewBox="0 0 ${w} ${h}" role="img" aria-label="${esc(ylabel)} by ${esc(xlabel)}">`;
   g += `<rect x="${L}" y="${T}" width="${w - L - R}" height="${h - T - B}" fill="#fbfcfd" stroke="#e3e6ea"/>`;
+  const ydec = Math.max(0, Math.min(6, Math.ceil(-Math.log10((y1 - y0) / 4)) + 1));  // distinct tick labels
   for (let k = 0; k <= 4; k++) {
     const yv = y0 + (y1 - y0) * k / 4;
     g += `<line x1="${L}" x2="${w - R}" y1="${Y(yv)}" y2="${Y(yv)}" stroke="#eef0f3"/>`;
-    g += `<text x="${L - 6}" y="${Y(yv) + 4}" font-size="11" text-anchor="end" fill="#6a7480">${yv.toPrecision(3)}</text>`;
+    g += `<text x="${L - 6}" y="${Y(yv) + 4}" font-size="11" text-anchor="end" fill="#6a7480">${yv.toFixed(ydec)}</text>`;
   }
   const xstep = Math.max(1, Math.ceil((x1 - x0) / 6));  // whole steps only
   for (let xv = Math.ceil(x0); xv <= x1; xv += xstep)
@@ -79,7 +80,7 @@ function lineChart(series, {w = 640, h = 240, xlabel = "step", ylabel = "loss"} 
 }
 function barChart(bins, {w = 640, h = 220} = {}) {
   if (!bins || !bins.length) return `<div class="empty">no sequences</div>`;
-  const L = 46, R = 10, T = 12, B = 44, top = Math.max(...bins.map((b) => b.count), 1);
+  const L = 46, R = 10, T = 22, B = 44, top = Math.max(...bins.map((b) => b.count), 1);
   const bw = (w - L - R) / bins.length;
   let g = `<svg class="chart" viewBox="0 0 ${w} ${h}" role="img" aria-label="token length histogram">`;
   g += `<line x1="${L}" x2="${w - R}" y1="${h - B}" y2="${h - B}" stroke="#9ca3af"/>`;
@@ -199,7 +200,7 @@ function fieldInput(f) {
   return `<input type="text" id="${id}" data-key="${f.key}" placeholder="${esc(dflt)}" data-default="${esc(dflt)}">`;
 }
 async function buildForm() {
-  const {fields} = await api("/api/config/schema");
+  const {fields, sections: about} = await api("/api/config/schema");
   state.fields = fields;
   const sections = [...new Set(fields.map((f) => f.section))];
   let html = "";
@@ -209,7 +210,7 @@ async function buildForm() {
       <div class="d">${esc(f.description || "")}${f.default !== null && f.default !== "" && f.kind !== "bool" ? ` <span title="default">(default: ${esc(typeof f.default === "object" ? JSON.stringify(f.default) : f.default)})</span>` : ""}</div>
       <div class="err ferr" data-for="${f.key}"></div></div>`;
     const basic = fs.filter((f) => !f.advanced), adv = fs.filter((f) => f.advanced);
-    html += `<fieldset><legend>${esc(sec)}</legend>${basic.map(row).join("")}` +
+    html += `<fieldset><legend>${esc(sec)}${about[sec] ? ` <span class="dim">— ${esc(about[sec])}</span>` : ""}</legend>${basic.map(row).join("")}` +
             (adv.length ? `<details class="adv"><summary>advanced (${adv.length})</summary>${adv.map(row).join("")}</details>` : "") + `</fieldset>`;
   }
   $("#train-form").innerHTML = html;

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-
 CHROMIUM = os.environ.get("CHATTUNE_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -93,7 +92,7 @@ def test_whole_road_in_browser(ui_url, ui_roots, tiny_qwen3_dir, tmp_path):
         assert not (ui_roots.runs / ".ui" / "jobs").exists() or not list((ui_roots.runs / ".ui" / "jobs").glob("*.json"))
         shot(page, "3-train-invalid")
         for key, value in (("train.lr", "0.01"), ("train.max_steps", "8"), ("train.logging_steps", "1"),
-                           ("train.batch_size", "4"), ("train.report_to", "[none]"), ("output_dir", "browser-run")):
+                           ("train.batch_size", "4"), ("data.max_length", "128"), ("train.report_to", "[none]"), ("output_dir", "browser-run")):
             page.fill(f'[data-key="{key}"]', value)
         page.click("#train-check")
         page.wait_for_selector("#train-estimate")
