@@ -76,7 +76,8 @@ def test_whole_road_in_browser(ui_url, ui_roots, tiny_qwen3_dir, tmp_path):
             shown = page.inner_text("#err-path")
             uploaded = next((ui_roots.runs / "uploads").glob(f"*-{name}"))
             assert shown == "\n".join(check_data([str(uploaded)])["errors"])
-        assert "not valid UTF-8" in check_data([str(next((ui_roots.runs / "uploads").glob("*-gbk.jsonl")))])["errors"][0]
+        gbk = next((ui_roots.runs / "uploads").glob("*-gbk.jsonl"))
+        assert "not valid UTF-8" in check_data([str(gbk)])["errors"][0]
         shot(page, "2-data-bad-file")
         page.select_option("#data-file", "examples/data/qa_dialog.jsonl")
         page.wait_for_selector("#data-preview .seq .t")
@@ -89,10 +90,12 @@ def test_whole_road_in_browser(ui_url, ui_roots, tiny_qwen3_dir, tmp_path):
         err = page.locator('.ferr[data-for="train.lr"]')
         err.wait_for()
         assert err.inner_text() == "train.lr: 'abc': Input should be a valid number, unable to parse string as a number"
-        assert not (ui_roots.runs / ".ui" / "jobs").exists() or not list((ui_roots.runs / ".ui" / "jobs").glob("*.json"))
+        assert not list(ui_roots.runs.glob(".ui/jobs/*.json")) and {p.name for p in ui_roots.runs.iterdir()} <= {
+            "uploads", ".ui"}  # no job, no run dir
         shot(page, "3-train-invalid")
         for key, value in (("train.lr", "0.01"), ("train.max_steps", "8"), ("train.logging_steps", "1"),
-                           ("train.batch_size", "4"), ("data.max_length", "128"), ("train.report_to", "[none]"), ("output_dir", "browser-run")):
+                           ("train.batch_size", "4"), ("data.max_length", "128"),
+                           ("train.report_to", "[none]"), ("output_dir", "browser-run")):
             page.fill(f'[data-key="{key}"]', value)
         page.click("#train-check")
         page.wait_for_selector("#train-estimate")

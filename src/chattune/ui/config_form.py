@@ -124,7 +124,8 @@ class ConfigCheck:
                 "output_dir": self.config.output_dir if self.config else None}
 
 
-def check_config(roots: Roots, yaml_text: str | None, values: dict[str, object], *, estimate: bool = True) -> ConfigCheck:
+def check_config(roots: Roots, yaml_text: str | None, values: dict[str, object], *,
+                 estimate: bool = True) -> ConfigCheck:
     """Validate the Train page's config the way ``chattune train`` / ``chattune doctor`` would.
 
     Args:
@@ -175,7 +176,8 @@ def _load(roots: Roots, yaml_text: str | None, overrides: list[str]) -> Config:
             return load_config(path, overrides)
         except ConfigError as e:  # name the YAML tab, not a temp file the user never saw
             msg = str(e).replace(str(path), "the YAML")
-            raise ConfigError(msg, problems=tuple((k, v.replace(str(path), "the YAML")) for k, v in e.problems)) from None
+            problems = tuple((k, v.replace(str(path), "the YAML")) for k, v in e.problems)
+            raise ConfigError(msg, problems=problems) from None
 
 
 def _field_of(key: str) -> str:

@@ -160,7 +160,8 @@ def run_detail(roots: Roots, jobs: Jobs, run_dir: Path) -> dict:
     """Everything the run page shows: status, config, data hashes, versions, metrics, evals, demo report, log."""
     job = jobs.get(roots.display(run_dir))
     row = run_summary(roots, jobs, run_dir)
-    return {**row, "path": str(run_dir), "config": _text(run_dir / CONFIG_FILE) or (_text(Path(job.config)) if job else None),
+    config = _text(run_dir / CONFIG_FILE) or (_text(Path(job.config)) if job else None)
+    return {**row, "path": str(run_dir), "config": config,
             "data": _json(run_dir / DATA_FILE), "versions": _json(run_dir / VERSIONS_FILE),
             "metrics": read_metrics(run_dir), "evals": _evals(run_dir), "demo": _demo_report(run_dir),
             "plan": _plan(run_dir), "log": jobs.log_tail(job), "job": None if job is None else
