@@ -67,3 +67,11 @@ def checkpoint_step(ckpt: str | Path) -> int:
     if state is None or "global_step" not in state:
         raise ValueError(f"{ckpt} is not a complete checkpoint (no valid {TRAINER_STATE_FILE})")
     return int(state["global_step"])
+
+
+def checkpoint_max_steps(ckpt: str | Path) -> int | None:
+    """The run's total optimizer steps as the Trainer planned them (``max_steps`` in ``trainer_state.json``),
+    or None when the checkpoint does not say."""
+    state = _trainer_state(Path(ckpt))
+    steps = (state or {}).get("max_steps")
+    return int(steps) if isinstance(steps, int) and steps > 0 else None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import Config, load_config
 from ..errors import ModelError
-from .layout import ADAPTER_FILE, CONFIG_FILE, FULL_WEIGHTS_GLOB, MERGE_REPORT, TEMPLATE_FILE, is_run_dir
+from .layout import ADAPTER_FILE, CONFIG_FILE, FULL_WEIGHTS_GLOB, MERGE_REPORT, METRICS_FILE, TEMPLATE_FILE, is_run_dir
 
 
 @dataclass(frozen=True)
@@ -47,3 +47,40 @@ def read_merge_report(folder: str | Path) -> dict | None:
     if not p.is_file():
         return None
     return json.loads(p.read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """``metrics.jsonl`` split by record kind (records are written by `chattune.train.callbacks`)."""
+
+    train: list[tuple[int, float]]   # (step, loss)
+    eval: list[tuple[int, float]]    # (step, eval_loss)
+    last: dict | None                # the newest train record (step, loss, lr, tokens_per_s, ...)
+    summary: dict | None             # the end-of-training record, once written
+
+
+def read_metrics(run_dir: str | Path) -> RunMetrics:
+    """Read a run's ``metrics.jsonl``, also while training appends to it: a line cut mid-write is skipped.
+
+    Returns:
+        `RunMetrics`; empty when the file does not exist yet.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    train: list[tuple[int, float]] = []
+    evals: list[tuple[int, float]] = []
+    last = summary = None
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        kind = rec.get("kind", "train")
+        if kind == "train" and rec.get("loss") is not None and rec.get("step") is not None:
+            train.append((int(rec["step"]), float(rec["loss"])))
+            last = rec
+        elif kind == "eval" and rec.get("eval_loss") is not None:
+            evals.append((int(rec["step"]), float(rec["eval_loss"])))
+        elif kind == "summary":
+            summary = rec
+    return RunMetrics(train=train, eval=evals, last=last, summary=summary)

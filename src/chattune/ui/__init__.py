@@ -41,7 +41,7 @@ def run_ui(runs: str | Path = "runs", *, host: str = "127.0.0.1", port: int = DE
     import uvicorn
 
     from ..config import ServeConfig
-    from ..infer.serve import bind_socket, check_bind
+    from ..infer.serve_bind import bind_socket, check_bind
     from .app import UiSettings, create_app
     from .paths import Roots
 

@@ -40,7 +40,7 @@ class Models:
             ChattuneError: the run dir is not finished or its model cannot be loaded.
         """
         from ..infer.generate import Generator
-        from ..rundir import read_run
+        from ..rundir.read import read_run
 
         key = f"{'base' if base else 'run'}:{run_dir}"
         with self._lock:

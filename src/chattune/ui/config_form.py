@@ -212,7 +212,7 @@ def _check_places(cfg: Config, roots: Roots, res: ConfigCheck) -> None:
         res.add("output_dir", f"output_dir: {cfg.output_dir} is not a folder inside the runs folder {roots.runs}")
         return
     cfg.output_dir = str(out)
-    from ..train.run_files import existing_run_files
+    from ..rundir.layout import existing_run_files
 
     held = existing_run_files(out)
     if held:

@@ -105,7 +105,7 @@ class Jobs:
         """
         import psutil
 
-        from ..rundir import CONFIG_FILE
+        from ..rundir.layout import CONFIG_FILE
 
         name = self.roots.display(run_dir)
         with self._lock:

@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
-from ..report import REPORT_HTML, REPORT_MD, read_loss_curve
-from ..rundir import CONFIG_FILE, DATA_FILE, METRICS_FILE, VERSIONS_FILE, is_run_dir
-from ..train.run_files import resume_checkpoint
+from ..report import REPORT_HTML, REPORT_MD
+from ..rundir.checkpoints import checkpoint_max_steps, resume_checkpoint
+from ..rundir.layout import (
+    ADAPTER_FILE,
+    CONFIG_FILE,
+    DATA_FILE,
+    FULL_WEIGHTS_GLOB,
+    METRICS_FILE,
+    VERSIONS_FILE,
+    is_run_dir,
+)
+from ..rundir.read import read_metrics
 from .jobs import Job, Jobs
 from .paths import UI_STATE, Roots
 
@@ -44,8 +54,6 @@ def find_run_dirs(roots: Roots, jobs: Jobs) -> list[Path]:
 
 def has_weights(run_dir: Path) -> bool:
     """Training saved its final weights (the last thing `chattune train` writes)."""
-    from ..rundir import ADAPTER_FILE, FULL_WEIGHTS_GLOB
-
     return (run_dir / ADAPTER_FILE).is_file() or any(run_dir.glob(FULL_WEIGHTS_GLOB))
 
 
@@ -61,28 +69,6 @@ def run_status(run_dir: Path, job: Job | None, jobs: Jobs) -> str:
     if job is None and metrics.is_file() and time.time() - metrics.stat().st_mtime < RECENT_S:
         return "running"
     return "interrupted"
-
-
-def read_metrics(run_dir: Path) -> dict:
-    """metrics.jsonl split by kind: train points (step, loss), eval points (step, eval_loss), the last train
-    record and the summary (complete lines only: the writer may be mid-line)."""
-    train = read_loss_curve(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).is_file() else []
-    evals, last, summary = [], None, None
-    path = run_dir / METRICS_FILE
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            kind = rec.get("kind", "train")
-            if kind == "eval" and rec.get("eval_loss") is not None:
-                evals.append((rec["step"], rec["eval_loss"]))
-            elif kind == "train":
-                last = rec
-            elif kind == "summary":
-                summary = rec
-    return {"train": train, "eval": evals, "last": last, "summary": summary}
 
 
 def _json(path: Path):
@@ -102,9 +88,8 @@ def _text(path: Path) -> str | None:
 def _max_steps(run_dir: Path, job: Job | None) -> int | None:
     """Total optimizer steps, from the newest checkpoint's trainer_state (max_steps), else the config."""
     ckpt = resume_checkpoint(run_dir)
-    state = _json(ckpt / "trainer_state.json") if ckpt else None
-    if state and state.get("max_steps"):
-        return int(state["max_steps"])
+    if ckpt is not None and checkpoint_max_steps(ckpt):
+        return checkpoint_max_steps(ckpt)
     import yaml
 
     text = _text(run_dir / CONFIG_FILE) or (_text(Path(job.config)) if job else None)
@@ -119,8 +104,7 @@ def run_summary(roots: Roots, jobs: Jobs, run_dir: Path) -> dict:
     """One row of the runs table (cheap: no model, no config validation)."""
     name = roots.display(run_dir)
     job = jobs.get(name)
-    m = read_metrics(run_dir)
-    last = m["last"] or {}
+    last = read_metrics(run_dir).last or {}
     return {"name": name, "status": run_status(run_dir, job, jobs), "step": last.get("step"),
             "max_steps": _max_steps(run_dir, job), "loss": last.get("loss"),
             "resumable": resume_checkpoint(run_dir) is not None and not has_weights(run_dir),
@@ -163,15 +147,7 @@ def run_detail(roots: Roots, jobs: Jobs, run_dir: Path) -> dict:
     config = _text(run_dir / CONFIG_FILE) or (_text(Path(job.config)) if job else None)
     return {**row, "path": str(run_dir), "config": config,
             "data": _json(run_dir / DATA_FILE), "versions": _json(run_dir / VERSIONS_FILE),
-            "metrics": read_metrics(run_dir), "evals": _evals(run_dir), "demo": _demo_report(run_dir),
-            "plan": _plan(run_dir), "log": jobs.log_tail(job), "job": None if job is None else
+            "metrics": asdict(read_metrics(run_dir)), "evals": _evals(run_dir), "demo": _demo_report(run_dir),
+            "log": jobs.log_tail(job), "job": None if job is None else
             {"pid": job.pid, "returncode": job.returncode, "stopped": job.stopped, "cmd": " ".join(job.cmd)}}
 
-
-def _plan(run_dir: Path) -> list[dict] | None:
-    """The run plan's decisions with their reasons, when the run dir records them."""
-    plan = _json(run_dir / "plan.json")
-    if not isinstance(plan, dict):
-        return None
-    reasons = plan.get("reasons") or {}
-    return [{"decision": k, "value": plan.get(k), "reason": reasons.get(k, "")} for k in reasons]

@@ -349,7 +349,6 @@ async function openRun(name) {
   const s = d.metrics.summary;
   html += `<div class="card"><h3>loss</h3>${lossChart(d.metrics)}${s ? `<div class="dim">train loss ${fmt(s.train_loss)} · ${fmt(s.train_runtime_s, 1)} s · ${fmt(s.tokens_per_s, 1)} tok/s</div>` : ""}</div>`;
   html += `<div class="card"><h3>data</h3>${d.data ? dataFiles(d.data) : `<div class="empty">no data.json yet</div>`}</div></div>`;
-  if (d.plan) html += `<div class="card"><h3>plan: decisions and reasons</h3><table class="tbl"><tr><th>decision</th><th>value</th><th>reason</th></tr>${d.plan.map((p) => `<tr><td>${esc(p.decision)}</td><td>${esc(JSON.stringify(p.value))}</td><td>${esc(p.reason)}</td></tr>`).join("")}</table></div>`;
   for (const ev of d.evals || []) {
     if (ev.compare) html += `<div class="card"><h3>eval --compare: ${esc(ev.name)} <span class="dim">${esc(ev.compare.n)} examples · base ${esc(ev.compare.base_model)}</span></h3>${metricTable({base: ev.compare.base, tuned: ev.compare.tuned})}
       <table class="tbl" style="margin-top:8px"><tr><th>#</th><th>input</th><th>reference</th><th>base</th><th></th><th>tuned</th><th></th></tr>${ev.rows.map((r) => `<tr><td>${r.index}</td><td>${esc(r.input)}</td><td>${esc(r.reference)}</td><td>${esc(r.base_output)}</td><td>${esc(r.base_ok)}</td><td>${esc(r.tuned_output)}</td><td>${esc(r.tuned_ok)}</td></tr>`).join("")}</table></div>`;
