@@ -149,6 +149,20 @@ def test_run_statuses_come_from_the_run_dirs_and_job_records(ui_client, ui_roots
     assert runs["demo/run"]["step"] == 2 and runs["demo/run"]["max_steps"] == 4
     detail = ui_client.get("/api/runs/demo/run").json()
     assert detail["metrics"]["train"] == [[2, 1.5]] and "max_steps: 4" in detail["config"]
+    assert detail["demo"] is None and detail["evals"] == []
+    # what `chattune eval --compare` and `chattune demo` write: before/after tables and the demo report
+    cmp = {"base": {"exact": 0.0}, "tuned": {"exact": 0.5}, "n": 2, "primary": "exact", "base_model": "b",
+           "data": "t.jsonl", "rows": [{"index": 0, "input": "q", "reference": "a", "base_output": "x",
+                                        "tuned_output": "a", "base_ok": "✗", "tuned_ok": "✓"}]}
+    (ui_roots.runs / "demo" / "run" / "eval" / "t").mkdir(parents=True)
+    (ui_roots.runs / "demo" / "run" / "eval" / "t" / "compare.json").write_text(json.dumps(cmp), encoding="utf-8")
+    (ui_roots.runs / "demo" / "report.md").write_text("# demo\n", encoding="utf-8")
+    (ui_roots.runs / "demo" / "report.html").write_text("<h1>demo</h1>", encoding="utf-8")
+    detail = ui_client.get("/api/runs/demo/run").json()
+    assert detail["evals"] == [{"name": "t", "compare": {k: cmp[k] for k in ("base", "tuned", "n", "primary",
+                                                                            "base_model", "data")},
+                                "rows": cmp["rows"]}]
+    assert detail["demo"] == {"markdown": "# demo\n", "html": "<h1>demo</h1>"}
 
 
 def test_a_key_guards_the_api_and_open_addresses_need_one(ui_roots):

@@ -76,6 +76,10 @@ def create_app(settings: UiSettings) -> FastAPI:
     def index() -> str:
         return (static / "index.html").read_text(encoding="utf-8")
 
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return Response(status_code=204)
+
     @app.get("/app.js")
     def script() -> Response:
         return Response((static / "app.js").read_text(encoding="utf-8"), media_type="text/javascript")

@@ -91,7 +91,10 @@ def stream_reply(model: ChatModel, messages: list[dict], *, thinking: bool | Non
         for part in gen.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature,
                                top_p=0.9 if temperature > 0 else 1.0, cancel=cancel):
             if isinstance(part, Completion):
+                # reasoning/content: the think block split from the answer where the Generator splits it
                 yield {"done": {"text": part.text, "finish_reason": part.finish_reason,
+                                "reasoning": getattr(part, "reasoning", None),
+                                "content": getattr(part, "content", None) or part.text,
                                 "prompt_tokens": part.prompt_tokens, "completion_tokens": part.completion_tokens}}
             else:
                 yield {"delta": part}

@@ -414,7 +414,8 @@ async function chatSend() {
         if (ev.delta) { reply += ev.delta; bubble.textContent = reply; box.scrollTop = box.scrollHeight; }
         if (ev.error) $("#err-chat").textContent = ev.error;
         if (ev.done) {
-          reply = ev.done.text; bubble.textContent = reply;
+          reply = ev.done.content ?? ev.done.text; bubble.textContent = reply;  // history keeps the answer only
+          if (ev.done.reasoning) bubble.insertAdjacentHTML("afterbegin", `<span class="think">${esc(ev.done.reasoning)}</span>`);
           bubble.insertAdjacentHTML("beforeend", `<span class="meta">${ev.done.completion_tokens} tokens · ${ev.done.finish_reason === "length" ? "cut at max new tokens" : "stopped at end of turn"}</span>`);
         }
       }, ctl.signal);
