@@ -103,6 +103,8 @@ def test_config_errors_are_the_cli_lines_next_to_their_fields(ui_client, tiny_qw
     assert r["errors"][""][0].startswith("train.lrr: unknown key")  # no field to put it next to
     r = ui_client.post("/api/config/check", json={"values": {**base, "output_dir": "../outside"}}).json()
     assert "inside the runs folder" in r["errors"]["output_dir"][0]
+    r = ui_client.post("/api/config/check", json={"values": {**base, "model.name_or_path": "/usr/lib"}}).json()
+    assert "outside the folders this UI may read" in r["errors"]["model.name_or_path"][0]
 
 
 def test_check_estimates_memory_and_start_refuses_a_bad_config(ui_client, ui_roots, tiny_qwen3_dir):

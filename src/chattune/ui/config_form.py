@@ -200,12 +200,16 @@ def _check_places(cfg: Config, roots: Roots, res: ConfigCheck) -> None:
                 src.path = str(roots.resolve(src.path))
             except PathError as e:
                 res.add(key, f"{key}: {e}")
-    name = cfg.model.name_or_path
-    if name.startswith(("/", ".", "~")) or Path(name).exists():
-        try:
-            cfg.model.name_or_path = str(roots.resolve(name))
-        except PathError as e:
-            res.add("model.name_or_path", f"model.name_or_path: {e}")
+    from .data_view import local_or_hub
+
+    for key in ("model.name_or_path", "model.tokenizer"):
+        name = key.split(".")[1]
+        value = getattr(cfg.model, name)
+        if value:
+            try:  # a local folder must lie inside the roots; a Hub id or alias passes as is
+                setattr(cfg.model, name, local_or_hub(value, roots))
+            except PathError as e:
+                res.add(key, f"{key}: {e}")
     out = Path(cfg.output_dir).expanduser()
     out = (out if out.is_absolute() else roots.runs / out).resolve()
     if not out.is_relative_to(roots.runs.resolve()) or out == roots.runs.resolve():
