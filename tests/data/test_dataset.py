@@ -29,7 +29,7 @@ def test_build_masks_match_template_and_cache(tmp_path, qwen3_tokenizer):
     train = _write_jsonl(tmp_path / "a.jsonl", ROWS)
     cfg = _cfg(tmp_path, train, max_length=256)
     ds, ev, rep = build_datasets(cfg, tok)
-    assert ev is None and ds.column_names == ["input_ids", "labels", "length"] and len(ds) == 40
+    assert ev is None and ds.column_names == ["input_ids", "labels", "length", "where"] and len(ds) == 40
     assert rep["train"]["examples"] == 40 and rep["conversations"] == 40 and not rep["cache_hit"]
     assert rep["train"]["tokens"] == sum(ds["length"])
     kw = template_kwargs(tok, "off")

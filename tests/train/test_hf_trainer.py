@@ -1,6 +1,7 @@
 """The Trainer's two exactness overrides: the epoch-seeded length-grouped order, the per-token eval loss."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from chattune.train.hf_trainer import EpochSeededLengthSampler
@@ -46,3 +47,30 @@ def test_eval_loss_is_the_per_token_mean_like_training_and_chattune_eval(tmp_pat
     cli_loss = evaluate(run, tmp_path / "facts.jsonl", metrics=["loss"], max_new_tokens=1, batch_size=4)["metrics"]["loss"]
     assert abs(eval_loss - train_loss) < 1e-5 * train_loss, (train_loss, eval_loss)
     assert abs(cli_loss - train_loss) < 1e-5 * train_loss, (train_loss, cli_loss)
+
+
+def test_a_non_finite_loss_stops_the_run_naming_step_rows_and_last_checkpoint(tmp_path, tiny_qwen3_dir):
+    """SGD at lr 1e30 without clipping really diverges: the run stops at the first step whose loss is
+    NaN/inf, naming the step, the batch's source rows (file:line), the last checkpoint saved before it,
+    and what clipping and loss scaling did."""
+    import re
+
+    from chattune.errors import ChattuneError
+    from chattune.train.trainer import train
+
+    from .test_trainer import tiny_cfg
+
+    cfg = tiny_cfg(tmp_path, tiny_qwen3_dir, "run", optim="sgd", lr=1e30, max_grad_norm=0.0, save_steps=1,
+                   max_steps=6, group_by_length=False)
+    with pytest.raises(ChattuneError) as err:
+        train(cfg)
+    msg = str(err.value)
+    m = re.search(r"loss is (nan|inf|-inf) at step (\d+)", msg)
+    assert m, msg
+    step = int(m.group(2))
+    assert 1 < step <= 6
+    rows = re.findall(r"facts\.jsonl:(\d+)", msg)
+    assert len(rows) == 4 and all(1 <= int(r) <= 12 for r in rows), msg  # batch 4: its four source lines
+    assert f"Last checkpoint before it: checkpoint-{step - 1}" in msg, msg
+    assert "train.max_grad_norm=0.0 (clipping off)" in msg and "loss scaling: off" in msg, msg
+    assert not (tmp_path / "run" / "adapter_model.safetensors").exists()  # nothing final written from NaN weights

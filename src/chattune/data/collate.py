@@ -60,7 +60,9 @@ class Collator:
         dict of int64 tensors: ``input_ids``, ``labels``, and ``attention_mask`` or ``position_ids``,
         each of shape (batch, length), batch = 1 when packing; plus ``logits_to_keep`` and
         ``shift_labels`` with `trained_logits_only`. Packed batches also hold ``use_cache=False`` (a
-        KV cache would turn the per-example masking off).
+        KV cache would turn the per-example masking off). When the features carry ``where`` (the source
+        "file:line" each dataset row keeps), the batch holds their list under ``where``: not a model
+        input, `chattune.train.hf_trainer.ExactTrainer` takes it off before the forward.
     """
 
     def __init__(self, pad_token_id: int, *, packing: bool = False, pad_to_multiple_of: int | None = None,
@@ -87,6 +89,8 @@ class Collator:
             keep[:, :-1] = nxt != IGNORE_INDEX
             batch["logits_to_keep"] = keep
             batch["shift_labels"] = nxt[keep[:, :-1]]
+        if all("where" in f for f in features):  # source rows, for error messages; the Trainer pops it
+            batch["where"] = [f["where"] for f in features]
         return batch
 
     def _pad(self, ids: list[list[int]], labels: list[list[int]]) -> dict[str, torch.Tensor]:

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("input_ids", "labels", "length")
+# "where" = "file:line" of the source row, so a failing batch (e.g. a NaN loss) can name its examples
+COLUMNS = ("input_ids", "labels", "length", "where")
 # Extra columns the render map writes for the report; dropped before the dataset is returned.
 _OK, _DROPPED, _ERROR = 0, 1, 2
 _AUX = ("_status", "_truncated", "_trained", "_skipped", "_error")
@@ -129,7 +130,8 @@ def _render_map(batch: dict, *, tokenizer, data_cfg: DataConfig, eot: list[int])
                            multi_turn=data_cfg.multi_turn, max_length=data_cfg.max_length, eot_ids=eot[:1])
     out: dict[str, list] = {k: [] for k in (*COLUMNS, *_AUX)}
 
-    def row(ids, labels, status, truncated, trained, skipped, error):
+    def row(ids, labels, status, truncated, trained, skipped, error, where):
+        out["where"].append(where)
         out["input_ids"].append(ids)
         out["labels"].append(labels)
         out["length"].append(len(ids))
@@ -141,12 +143,12 @@ def _render_map(batch: dict, *, tokenizer, data_cfg: DataConfig, eot: list[int])
 
     for src, num, res in zip(batch["source"], batch["row"], results):
         if res.error:
-            row([], [], _ERROR, False, 0, len(res.skipped_turns), f"{src}, line/row {num}: {res.error}")
+            row([], [], _ERROR, False, 0, len(res.skipped_turns), f"{src}, line/row {num}: {res.error}", f"{src}:{num}")
             continue
         skipped = len(res.skipped_turns)
         for r in res.sequences:
             trained = len(r.labels) - r.labels.count(-100)
-            row(r.input_ids, r.labels, _OK if trained else _DROPPED, r.truncated, trained, skipped, "")
+            row(r.input_ids, r.labels, _OK if trained else _DROPPED, r.truncated, trained, skipped, "", f"{src}:{num}")
             skipped = 0
     return out
 
@@ -183,7 +185,7 @@ def tokenize_conversations(convs: list[Conversation], tokenizer, data_cfg: DataC
     features = datasets.Features({
         "input_ids": datasets.Sequence(datasets.Value("int32")),
         "labels": datasets.Sequence(datasets.Value("int32")),
-        "length": datasets.Value("int32"), "_status": datasets.Value("int8"),
+        "length": datasets.Value("int32"), "where": datasets.Value("string"), "_status": datasets.Value("int8"),
         "_truncated": datasets.Value("bool"), "_trained": datasets.Value("int32"),
         "_skipped": datasets.Value("int32"), "_error": datasets.Value("string")})
     with _quiet_bars(len(convs) < 5000):

@@ -1,4 +1,4 @@
-"""``transformers.Trainer`` with the two overrides exactness needs, and nothing else.
+"""``transformers.Trainer`` with the overrides exactness needs, and nothing else.
 
 1. The length-grouped sampler is seeded from ``(seed, epoch)``. transformers 5 builds its
    ``LengthGroupedSampler`` without a generator, so each epoch's order comes from the global torch RNG,
@@ -9,8 +9,11 @@
 2. ``eval_loss`` is the mean over the eval set's trained tokens (what the training loss is per step and
    what ``chattune eval --metrics loss`` reports). transformers averages per-batch means weighted by a
    fixed batch size, so batches with more tokens counted less.
+3. A NaN/inf loss stops the run at once, naming the step, the batch's source rows (the batch's
+   ``where``, taken off before the forward), the last checkpoint saved before it and what clipping and
+   loss scaling did (the Trainer would carry on and train every later step on NaN weights).
 
-Both overrides are documented extension points of the Trainer ("subclass and override").
+These are documented extension points of the Trainer ("subclass and override").
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from ..data.collate import IGNORE_INDEX
+from ..errors import ChattuneError
 
 
 class EpochSeededLengthSampler(LengthGroupedSampler):
@@ -62,6 +66,32 @@ class ExactTrainer(Trainer):
         return EpochSeededLengthSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                         lengths=list(lengths), seed=seed)
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        where = inputs.pop("where", None)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise ChattuneError(self._non_finite_message(float(loss), where))
+        return loss
+
+    def _non_finite_message(self, value: float, where: list[str] | None) -> str:
+        from ..rundir.checkpoints import resume_checkpoint
+
+        step = self.state.global_step + 1  # the step being computed
+        ckpt = resume_checkpoint(self.args.output_dir)
+        clip = self.args.max_grad_norm
+        scaler = getattr(self.accelerator, "scaler", None)
+        rows = ", ".join(where[:16]) + (f" and {len(where) - 16} more" if len(where) > 16 else "") if where else "unknown"
+        return (f"loss is {value} at step {step} (epoch {self.state.epoch or 0:.2f}); training stopped. "
+                f"This micro-batch's examples: {rows}. "
+                f"Last checkpoint before it: {ckpt.name if ckpt else 'none'}"
+                + (" (resume with --resume once the cause is fixed). " if ckpt else ". ")
+                + (f"train.max_grad_norm={clip} clips gradients after a finite loss; it cannot repair this one. "
+                   if clip else f"train.max_grad_norm={clip} (clipping off): gradients were applied unclipped. ")
+                + (f"loss scaling: fp16 scale {scaler.get_scale():g} (it skips steps whose gradients overflow, "
+                   "not a non-finite loss). " if scaler is not None else
+                   "loss scaling: off (bf16/fp32 need none). ")
+                + "Usual causes: train.lr too high, an fp16 overflow (try bf16), or a broken example above.")
+
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):
         self._token_loss = [0.0, 0]  # (sum of per-token losses, tokens) over this evaluation
@@ -74,6 +104,7 @@ class ExactTrainer(Trainer):
         return out
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs.pop("where", None)
         loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         n = trained_token_count(inputs) if "labels" in inputs else 0
         # the model divided its summed loss by exactly these n tokens (num_items_in_batch)
