@@ -303,7 +303,7 @@ function lossChart(m) {
   return lineChart([{name: "train loss", color: "#2563eb", cls: "train", points: m.train},
                     {name: "eval loss", color: "#db2777", cls: "eval", points: m.eval}]);
 }
-function liveRun(name, box) {
+function liveRun(name, box, onEnd) {
   if (state.live) state.live.abort();
   const ctl = new AbortController(); state.live = ctl;
   box.innerHTML = `<div class="card live" data-run="${esc(name)}"><div class="row" style="justify-content:space-between"><h3>${esc(name)}</h3>
@@ -312,7 +312,7 @@ function liveRun(name, box) {
   box.querySelector('[data-act="stop"]').onclick = () => api(`/api/runs/${name}/stop`, {}).catch((e) => alert(e.message));
   box.querySelector('[data-act="open"]').onclick = () => { show("runs"); openRun(name); };
   sse(`/api/runs/${name}/events`, undefined, (v) => {
-    if (v.end) { box.querySelector('[data-act="stop"]').disabled = true; loadChatRuns(); return; }
+    if (v.end) { box.querySelector('[data-act="stop"]').disabled = true; loadChatRuns(); if (onEnd) onEnd(v); return; }
     box.querySelector(".live-progress").innerHTML = progressHtml(v);
     box.querySelector(".live-chart").innerHTML = lossChart(v.metrics);
     const log = box.querySelector(".live-log"); log.textContent = v.log || "(no output yet)"; log.scrollTop = log.scrollHeight;
@@ -360,7 +360,7 @@ async function openRun(name) {
   if (d.log) html += `<div class="card"><h3>training log (tail)</h3><pre class="log">${esc(d.log)}</pre></div>`;
   box.innerHTML = html;
   if (d.demo && d.demo.html) $("#demo-report").srcdoc = d.demo.html;
-  if (d.status === "running") liveRun(name, $("#run-live-box"));
+  if (d.status === "running") liveRun(name, $("#run-live-box"), () => loadRuns().then(() => openRun(name)));  // re-read at the end
   const on = (id, fn) => { const el = $(id); if (el) el.onclick = fn; };
   on("#run-stop", () => api(`/api/runs/${name}/stop`, {}).then(() => setTimeout(() => openRun(name), 800)));
   on("#run-resume", () => api(`/api/runs/${name}/resume`, {}).then(() => openRun(name)).catch((e) => alert(e.message)));
