@@ -35,7 +35,10 @@ def ui_url(ui_roots):
 
 @pytest.mark.slow
 def test_whole_road_in_browser(ui_url, ui_roots, tiny_qwen3_dir, tmp_path):
-    pw = pytest.importorskip("playwright.sync_api", reason="run `make setup` (pip install playwright)")
+    try:
+        import playwright.sync_api as pw
+    except ImportError:
+        pytest.fail("playwright is not installed: run `make setup` (pip install playwright)", pytrace=False)
     from chattune.data.check import check_data
 
     shots = tmp_path / "shots"
