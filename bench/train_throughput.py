@@ -198,6 +198,7 @@ def profile(n_steps: int = 2) -> None:
     from chattune.data.collate import Collator
     from chattune.model.adapters import apply_method
     from chattune.model.load import load_model, load_tokenizer
+    from chattune.plan import make_plan
 
     with tempfile.TemporaryDirectory() as d:
         data = Path(d) / "data.jsonl"
@@ -205,7 +206,8 @@ def profile(n_steps: int = 2) -> None:
         cfg = config_from_dict({"data": {"train": str(data), "cache_dir": str(Path(d) / "cache")}})
         tok = load_tokenizer(cfg.model)
         train_ds, _, _ = build_datasets(cfg, tok)
-    model, _ = apply_method(load_model(cfg.model, tokenizer=tok, device="cpu"), cfg)
+    plan = make_plan(cfg, device="cpu")
+    model, _ = apply_method(load_model(cfg.model, plan=plan, tokenizer=tok), cfg, plan)
     model.config.use_cache = False
     torch.set_num_threads(1)  # CPU time of one thread: stable on a shared machine
     model.train()

@@ -81,3 +81,10 @@ def tiny_qwen3_dir(tmp_path_factory, qwen3_tokenizer_dir) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     return smollm2_gguf_path()
+
+
+def cpu_plan(cfg):
+    """The run plan for `cfg` on a plain CPU machine (a faked capability probe: no GPU, no kernels)."""
+    from chattune.plan import Capabilities, make_plan
+
+    return make_plan(cfg, Capabilities(device="cpu", memory_bytes=64 * 1024 ** 3))

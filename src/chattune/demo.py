@@ -295,7 +295,7 @@ def run_demo(*, model: str | None = None, n_train: int | None = None, n_test: in
         "data": {"train": str(train_path), "test": str(test_path)},
         "metrics": metrics,
         "metrics_files": {"base": base["metrics_path"], "tuned": tuned["metrics_path"]},
-        "train": {k: trained.get(k) for k in ("steps", "train_loss", "tokens_per_s", "train_runtime_s", "tokens_seen")},
+        "train": {k: getattr(trained, k) for k in ("steps", "train_loss", "tokens_per_s", "train_runtime_s", "tokens_seen")},
         "eval_timing": {"base": base["timing"], "tuned": tuned["timing"]},
         "examples": _examples(base["rows"], tuned["rows"], {r["prompt"]: r["sentence"] for r in _read_jsonl(test_path)},
                               N_EXAMPLES),

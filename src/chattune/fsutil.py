@@ -77,3 +77,8 @@ def disk_full_is_an_error(what: str, error: type[Exception] | None = None) -> It
         from .errors import ChattuneError
 
         raise (error or ChattuneError)(f"disk full while {what} ({e})") from e
+
+
+def cache_root() -> Path:
+    """chattune's one cache folder: $CHATTUNE_CACHE, else ~/.cache/chattune (converted models, tokenized data)."""
+    return Path(os.environ.get("CHATTUNE_CACHE") or Path.home() / ".cache" / "chattune")

@@ -2,6 +2,7 @@
 chattune.rundir.load.load_run_model on the runs it makes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from chattune.model.adapters import apply_method, count_params
 from chattune.model.load import load_model, load_tokenizer
 from chattune.rundir.load import load_run_model
 from chattune.rundir.write import write_manifest
+from tests.conftest import cpu_plan
 
 
 def _cfg(tiny_dir, **method) -> Config:
@@ -47,13 +49,14 @@ def _check_only_trainable_get_grads(model):
 def test_lora_counts_and_freezes_the_base(tiny_qwen3_dir):
     model, tok = _base(tiny_qwen3_dir)
     shapes, total_before = _linear_shapes(model), count_params(model)[1]
-    model, rep = apply_method(model, _cfg(tiny_qwen3_dir, type="lora", lora={"r": 4, "alpha": 8}))
+    cfg = _cfg(tiny_qwen3_dir, type="lora", lora={"r": 4, "alpha": 8})
+    model, rep = apply_method(model, cfg, cpu_plan(cfg))
     expected = sum(4 * (i + o) for i, o in shapes)
     assert rep["method"] == "lora" and rep["trainable_params"] == expected
     assert rep["total_params"] == total_before + expected
     assert rep["trainable_pct"] == pytest.approx(100 * expected / (total_before + expected), abs=1e-3)
     assert rep["target_modules"] == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    assert rep["gradient_checkpointing"] is False  # None = off on CPU
+    assert rep["gradient_checkpointing"] is False  # the CPU plan: off
     assert all(("lora_" in n) == p.requires_grad for n, p in model.named_parameters())
     _step(model, tok)
     _check_only_trainable_get_grads(model)
@@ -63,9 +66,9 @@ def test_dora_and_rslora(tiny_qwen3_dir):
     model, _ = _base(tiny_qwen3_dir)
     qv = [(m.in_features, m.out_features) for n, m in model.named_modules() if n.endswith(("q_proj", "v_proj"))]
     assert len(qv) == 4
-    model, rep = apply_method(model, _cfg(tiny_qwen3_dir, type="lora",
-                                          lora={"r": 4, "alpha": 8, "use_dora": True, "use_rslora": True,
-                                                "target_modules": ["q_proj", "v_proj"]}))
+    cfg = _cfg(tiny_qwen3_dir, type="lora", lora={"r": 4, "alpha": 8, "use_dora": True, "use_rslora": True,
+                                                  "target_modules": ["q_proj", "v_proj"]})
+    model, rep = apply_method(model, cfg, cpu_plan(cfg))
     assert rep["target_modules"] == ["q_proj", "v_proj"]
     # DoRA adds one magnitude per output feature of every adapted layer
     assert rep["trainable_params"] == sum(4 * (i + o) + o for i, o in qv)
@@ -75,14 +78,16 @@ def test_dora_and_rslora(tiny_qwen3_dir):
 
 def test_full_trains_everything(tiny_qwen3_dir):
     model, _ = _base(tiny_qwen3_dir)
-    model, rep = apply_method(model, _cfg(tiny_qwen3_dir, type="full"))
+    cfg = _cfg(tiny_qwen3_dir, type="full")
+    model, rep = apply_method(model, cfg, cpu_plan(cfg))
     assert rep["trainable_params"] == rep["total_params"] == count_params(model)[1]
     assert rep["trainable_pct"] == 100.0
 
 
 def test_freeze_trains_only_the_last_layers_and_final_norm(tiny_qwen3_dir):
     model, tok = _base(tiny_qwen3_dir)
-    model, rep = apply_method(model, _cfg(tiny_qwen3_dir, type="freeze", freeze_trainable_layers=1))
+    cfg = _cfg(tiny_qwen3_dir, type="freeze", freeze_trainable_layers=1)
+    model, rep = apply_method(model, cfg, cpu_plan(cfg))
     last = model.model.layers[1]
     expected = sum(p.numel() for p in last.parameters()) + sum(p.numel() for p in model.model.norm.parameters())
     assert rep["trainable_params"] == expected
@@ -103,11 +108,13 @@ def test_gradient_checkpointing_when_asked(tiny_qwen3_dir):
     model, tok = _base(tiny_qwen3_dir)
     cfg = _cfg(tiny_qwen3_dir, type="lora")
     cfg.train.gradient_checkpointing = True
-    model, rep = apply_method(model, cfg)
+    plan = cpu_plan(cfg)
+    assert plan.gradient_checkpointing and plan.reasons["gradient_checkpointing"] == "on in config"
+    model, rep = apply_method(model, cfg, plan)
     assert rep["gradient_checkpointing"] is True and model.base_model.model.is_activation_checkpointing
-    # the trainer's own decision wins over the config when it passes one
+    # apply_method follows the plan it is given, whatever the config says
     other, _ = _base(tiny_qwen3_dir)
-    other, rep2 = apply_method(other, cfg, gradient_checkpointing=False)
+    other, rep2 = apply_method(other, cfg, dataclasses.replace(plan, gradient_checkpointing=False))
     assert rep2["gradient_checkpointing"] is False and not other.base_model.model.is_activation_checkpointing
     model.train()
     _step(model, tok)  # checkpointed backward still reaches the LoRA weights
@@ -134,7 +141,7 @@ def make_adapter_run(run_dir, tiny_dir, *, seed: int = 1, thinking: str = "off",
                             "data": {"thinking": thinking, "train": train or []}, "output_dir": str(run_dir)})
     write_manifest(run_dir, cfg, {"conversations": 0})
     model, tok = _base(tiny_dir)
-    model, _ = apply_method(model, cfg)
+    model, _ = apply_method(model, cfg, cpu_plan(cfg))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -210,7 +217,7 @@ def test_added_pad_token_trains_only_its_rows_and_survives_the_run_dir(tmp_path)
     cfg = config_from_dict({"model": {"name_or_path": str(base_dir)}, "method": {"type": "lora", "lora": {"r": 2}}})
     tok = load_tokenizer(cfg.model)
     model = load_model(cfg.model, tokenizer=tok, device="cpu")
-    model, rep = apply_method(model, cfg)
+    model, rep = apply_method(model, cfg, cpu_plan(cfg))
     assert rep["trainable_tokens"] == [9]
     shapes = [(32, 32), (32, 16), (32, 16), (32, 32), (32, 64), (32, 64), (64, 32)]
     assert rep["trainable_params"] == sum(2 * (i + o) for i, o in shapes) + 32  # + one 32-wide embedding row

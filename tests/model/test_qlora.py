@@ -13,14 +13,19 @@ from chattune.errors import ChattuneError
 from chattune.model import quant
 from chattune.model.adapters import apply_method
 from chattune.model.load import load_model, load_tokenizer
+from tests.conftest import cpu_plan
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def _qlora_cfg(tiny_dir):
+    return config_from_dict({"model": {"name_or_path": str(tiny_dir)}, "method": {"type": "qlora"}})
+
+
 def _qlora(tiny_dir, **kw):
-    mcfg = ModelConfig(name_or_path=str(tiny_dir))
-    tok = load_tokenizer(mcfg)
-    return load_model(mcfg, tokenizer=tok, method="qlora", device="cpu", **kw), tok
+    cfg = _qlora_cfg(tiny_dir)
+    tok = load_tokenizer(cfg.model)
+    return load_model(cfg.model, plan=cpu_plan(cfg), tokenizer=tok, **kw), tok
 
 
 def _ids():
@@ -39,10 +44,10 @@ def test_qlora_loads_nf4_with_double_quant_on_cpu_and_trains_lora_on_it(tiny_qwe
     # embeddings/lm_head (tied) and norms stay full precision; k-bit preparation froze and upcast them
     assert model.get_input_embeddings().weight.dtype == torch.float32
     assert not any(p.requires_grad for p in model.parameters())
-    assert model.chattune_load["method"] == "qlora"
+    assert model.chattune_load["load_in_4bit"] is True
 
-    cfg = config_from_dict({"model": {"name_or_path": str(tiny_qwen3_dir)}, "method": {"type": "qlora"}})
-    peft_model, report = apply_method(model, cfg)
+    cfg = _qlora_cfg(tiny_qwen3_dir)
+    peft_model, report = apply_method(model, cfg, cpu_plan(cfg))
     assert report["method"] == "qlora" and set(report["target_modules"]) == set(LINEARS)
     ids = _ids()
     out = peft_model(input_ids=ids, labels=ids)
@@ -82,7 +87,7 @@ def test_dequantised_base_computes_exactly_what_the_4bit_base_computes(tiny_qwen
         assert type(plain.model.layers[0].mlp.up_proj) is torch.nn.Linear
         assert torch.equal(plain(input_ids=ids).logits, four_bit)
         # ...and the original checkpoint is a different model: that is why merge dequantises
-        original = load_model(ModelConfig(name_or_path=str(tiny_qwen3_dir)), method="lora", device="cpu").eval()
+        original = load_model(ModelConfig(name_or_path=str(tiny_qwen3_dir)), device="cpu").eval()
         assert (original(input_ids=ids).logits - four_bit).abs().max() > 0.1
     with pytest.raises(ChattuneError, match="no 4-bit layers"):
         quant.dequantize(original, torch.float32)
@@ -92,7 +97,7 @@ def test_qlora_without_bitsandbytes_says_how_to_install_it(tiny_qwen3_dir, monke
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
     with pytest.raises(ChattuneError, match=r"qlora needs bitsandbytes, which is not installed: pip install 'chattune\[qlora\]'"):
-        load_model(ModelConfig(name_or_path=str(tiny_qwen3_dir)), method="qlora", device="cpu")
+        _qlora(tiny_qwen3_dir)
     monkeypatch.setattr(importlib.util, "find_spec", real)
     monkeypatch.setattr(quant.importlib.metadata, "version", lambda name: "0.45.5")
     with pytest.raises(ChattuneError, match=r"bitsandbytes >= 0.50 \(installed: 0.45.5\)"):

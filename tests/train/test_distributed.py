@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.conftest import cpu_plan
 
 from chattune.config import load_config
 from chattune.errors import ConfigError
@@ -69,7 +70,7 @@ def test_fsdp2_args_wrap_the_decoder_layer_and_build_training_arguments(monkeypa
 
     cfg = load_config(None, ["train.distributed=fsdp", f"model.name_or_path={tiny_qwen3_dir}",
                              "train.gradient_checkpointing=true"])
-    kw = dist.training_args_for(cfg)
+    kw = dist.training_args_for(cfg, plan=cpu_plan(cfg))  # the plan's recompute moves into FSDP
     fc = kw["fsdp_config"]
     assert kw["fsdp"] is True and kw["activation_checkpointing"] is False
     assert fc["version"] == 2 and fc["transformer_layer_cls_to_wrap"] == ["Qwen3DecoderLayer"]
@@ -141,6 +142,26 @@ def test_torchrun_command_and_launch_guard(monkeypatch):
         dist.launch(["train", "c.yaml"], nproc=2)
 
 
+def test_training_arguments_turn_off_the_cache_that_would_merge_packed_examples(tiny_qwen3_dir, tmp_path):
+    """The Trainer copies TrainingArguments.use_cache (False in chattune's arguments) onto the model config."""
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer
+
+    from chattune.train.trainer import training_arguments
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir, attn_implementation="sdpa").train()
+    a, b = torch.tensor([[11, 12, 13, 14]]), torch.tensor([[21, 22, 23, 24, 25]])
+    alone = model(input_ids=b, use_cache=False).logits
+    packed = dict(input_ids=torch.cat([a, b], 1), position_ids=torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4]]))
+    assert model.config.use_cache is True
+    leaked = model(**packed).logits[:, 4:]
+    assert (leaked - alone).abs().max() > 1e-3  # with the cache on, b attends to a
+    cfg = load_config(None, ["train.packing=true", f"output_dir={tmp_path}"])
+    Trainer(model=model, args=training_arguments(cfg, cpu_plan(cfg), run_dir=tmp_path, has_eval=False))
+    assert model.config.use_cache is False
+    assert torch.allclose(model(**packed).logits[:, 4:], alone, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------- 2-process DDP on CPU
 
 
@@ -186,7 +207,7 @@ def test_ddp_and_fsdp_two_processes_match_one_process_and_resume(tmp_path, tiny_
     }))
 
     one = train(load_config(cfg_path, ["train.batch_size=4", f"output_dir={tmp_path / 'one'}"]))
-    assert one["steps"] == 4
+    assert one.steps == 4
 
     def ddp(*extra: str, out: str = "two") -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "chattune", "train", str(cfg_path), "train.batch_size=2",

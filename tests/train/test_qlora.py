@@ -19,7 +19,7 @@ def test_qlora_trains_and_resumes_bit_identically(tmp_path, tiny_qwen3_dir):
 
     case = dict(max_steps=6, save_steps=4, lora_dropout=0.1)
     whole = train(qlora_cfg(tmp_path, tiny_qwen3_dir, "whole", **case))
-    assert whole["steps"] == 6
+    assert whole.steps == 6
     losses = [r["loss"] for r in metrics(tmp_path / "whole")]
     assert losses[-1] < 0.7 * losses[0], losses  # the adapter learns on the 4-bit base
 
@@ -27,7 +27,7 @@ def test_qlora_trains_and_resumes_bit_identically(tmp_path, tiny_qwen3_dir):
     with pytest.raises(KeyboardInterrupt):
         train(cfg, callbacks=[_CrashAfterSave(4)])
     resumed = train(cfg, resume=True)
-    assert resumed["resumed_from"] == "checkpoint-4" and resumed["steps"] == 6
+    assert resumed.resumed_from == "checkpoint-4" and resumed.steps == 6
     assert [(r["step"], r["loss"]) for r in metrics(tmp_path / "crashy")] == \
         [(r["step"], r["loss"]) for r in metrics(tmp_path / "whole")]
     a, b = adapter(tmp_path / "whole"), adapter(tmp_path / "crashy")

@@ -88,7 +88,12 @@ def test_cli_train_memorises_and_writes_exactly_the_run_dir_layout(tmp_path, tin
     names = {p.name for p in run.iterdir()}
     assert names == {"chattune.yaml", "versions.json", "data.json", "tokenizer.json", "tokenizer_config.json",
                      "chat_template.jinja", "generation_config.json", "adapter_config.json",
-                     "adapter_model.safetensors", "metrics.jsonl", "checkpoint-8", "tensorboard"}, names
+                     "adapter_model.safetensors", "metrics.jsonl", "checkpoint-8", "tensorboard", "plan.json"}, names
+    plan = json.loads((run / "plan.json").read_text(encoding="utf-8"))  # the plan, with a reason per decision
+    assert (plan["device"], plan["dtype"], plan["attention"], plan["gradient_checkpointing"]) == \
+        ("cpu", "float32", "sdpa", False)
+    assert set(plan["reasons"]) >= {"dtype", "attention", "gradient_checkpointing", "liger", "torch_compile"}
+    assert plan["memory"]["trainable_params"] > 0 and plan["memory"]["shape_source"] == "config.json"
     assert {p.name for p in (run / "checkpoint-8").iterdir()} >= {"trainer_state.json", "adapter_model.safetensors",
                                                                   "optimizer.pt", "rng_state.pth"}
 
@@ -144,7 +149,7 @@ def test_resume_mid_epoch_2_and_3_is_bit_exact(tmp_path, tiny_qwen3_dir, case):
     from chattune.train.trainer import train
 
     whole = train(tiny_cfg(tmp_path, tiny_qwen3_dir, "whole", max_steps=9, save_steps=4, **case))
-    assert whole["steps"] == 9 and whole["epochs"] == 3
+    assert whole.steps == 9 and whole.epochs == 3
 
     cfg = tiny_cfg(tmp_path, tiny_qwen3_dir, "crashy", max_steps=9, save_steps=4, **case)
     with pytest.raises(KeyboardInterrupt):
@@ -163,7 +168,7 @@ def test_resume_mid_epoch_2_and_3_is_bit_exact(tmp_path, tiny_qwen3_dir, case):
         train(cfg, resume=True, callbacks=[_CrashAfterSave(8)])
     assert not (run / "checkpoint-5").exists() and not (run / "checkpoint-6").exists()
     resumed = train(cfg, resume=True)
-    assert resumed["resumed_from"] == "checkpoint-8" and resumed["steps"] == 9
+    assert resumed.resumed_from == "checkpoint-8" and resumed.steps == 9
 
     # metrics.jsonl of the resumed run: each step once, same losses as the uninterrupted run
     assert [(r["step"], r["loss"]) for r in metrics(run)] == [(r["step"], r["loss"]) for r in metrics(tmp_path / "whole")]
@@ -228,10 +233,10 @@ def test_full_fine_tune_writes_full_weights_not_an_adapter(tmp_path, tiny_qwen3_
     run = tmp_path / "full"
     names = {p.name for p in run.iterdir() if not p.name.startswith("checkpoint-")}
     assert names == {"chattune.yaml", "versions.json", "data.json", "tokenizer.json", "tokenizer_config.json",
-                     "chat_template.jinja", "generation_config.json", "config.json", "model.safetensors",
+                     "chat_template.jinja", "generation_config.json", "config.json", "model.safetensors", "plan.json",
                      "metrics.jsonl"}, names
     info = read_run(run)
-    assert not info.is_adapter and out["trainable_params"] > 9_000_000
+    assert not info.is_adapter and out.trainable_params > 9_000_000
     weights = load_file(run / "model.safetensors")
     assert any("embed_tokens" in k for k in weights)
 

@@ -48,15 +48,20 @@ def merge(
 def doctor(
     args: list[str] | None = typer.Argument(None, metavar="[CONFIG] [KEY=VALUE]...",
                                                help="Optional config YAML, then dotted overrides."),
+    gpu: str | None = typer.Option(None, "--gpu", help="Plan for this card instead of this machine: "
+                                   "rtx4090, 24gb, l4, t4, a10g, l40s, a100-40, a100-80, h100-80, h200-141."),
+    gpu_memory: str | None = typer.Option(None, "--gpu-memory", help="Plan for a CUDA card with this much "
+                                          "memory, e.g. 24GB (offline: known model families need no Hub)."),
 ) -> None:
-    """Show versions, devices and free memory; with a config, estimate whether training fits."""
+    """Show versions, devices and free memory; with a config, the run plan and whether training fits."""
     from ..config import load_config
     from ..model.doctor import doctor as run_doctor
 
     args = list(args or [])
     path = args.pop(0) if args and "=" not in args[0] else None
     cfg = load_config(path, args) if (path or args) else None
-    info = run_doctor(cfg)
+    rep = run_doctor(cfg, gpu=gpu, gpu_memory=gpu_memory)
+    info = rep.machine
 
     t = Table(title="chattune doctor", show_header=False)
     t.add_column("item", style="bold")
@@ -74,23 +79,31 @@ def doctor(
     else:
         t.add_row("GPU", "none (CPU training: fp32, no gradient checkpointing, qlora slow)")
     console.print(t)
+    if rep.problem:
+        console.print(f"[bold red]cannot train on {rep.target}[/]: {rep.problem}")
+        raise typer.Exit(1)
+    if rep.plan is None:
+        return
+    from ..plan import describe
 
-    est = info.get("estimate")
-    if est:
-        console.print(f"[bold]memory estimate[/]: {est['model']} · {est['method']} · {est['dtype']} · "
-                      f"{est['device']} · batch {est['batch_size']} × {est['max_length']} tokens · gradient "
-                      f"checkpointing {'on' if est['gradient_checkpointing'] else 'off'}")
-        e = Table()
-        e.add_column("part")
-        e.add_column("GiB", justify="right")
-        for part, gib in est["gib"].items():
-            if part not in ("total", "free"):
-                e.add_row(part, f"{gib:.3f}")
-        e.add_row("[bold]total[/]", f"[bold]{est['gib']['total']:.3f}[/]")
-        e.add_row("free", f"{est['gib']['free']:.3f}")
-        console.print(e)
-        console.print(f"params {est['params']:,} · trainable {est['trainable_params']:,} · vocab {est['vocab_size']:,}")
-        colour = {"fits": "green", "tight": "yellow"}.get(est["verdict"], "red")
-        console.print(f"verdict: [bold {colour}]{est['verdict']}[/]")
-        for tip in est["advice"]:
-            console.print(f"  · {tip}")
+    plan, est = rep.plan, rep.plan.memory
+    console.print(describe(plan))
+    if est is None:
+        console.print("[yellow]memory estimate: unknown model shape[/]")
+        return
+    console.print(f"[bold]memory estimate[/]: {est.model} · {est.method} · {est.dtype} · {rep.target} · batch "
+                  f"{est.batch_size} × {est.max_length} tokens · gradient checkpointing "
+                  f"{'on' if est.gradient_checkpointing else 'off'} · shape from {est.shape_source}")
+    e = Table()
+    e.add_column("part")
+    e.add_column("GiB", justify="right")
+    for part in est.parts():
+        e.add_row(part, f"{est.gib(part):.3f}")
+    e.add_row("[bold]total[/]", f"[bold]{est.gib():.3f}[/]")
+    e.add_row("budget", f"{(est.budget_bytes or 0) / 1024 ** 3:.3f}")
+    console.print(e)
+    console.print(f"params {est.params:,} · trainable {est.trainable_params:,} · vocab {est.vocab_size:,}")
+    colour = {"fits": "green", "tight": "yellow"}.get(est.verdict, "red")
+    console.print(f"verdict: [bold {colour}]{est.verdict}[/] on {est.budget_label}")
+    for tip in est.advice:
+        console.print(f"  · {tip}")

@@ -34,11 +34,10 @@ def train_cmd(
         raise typer.Exit(code)
     from ..train.trainer import train
 
-    summary = train(cfg, resume=resume, console=console)
+    result = train(cfg, resume=resume, console=console)
     if not is_main_process():
         return
-    eval_loss = summary["eval_loss"]
     console.print(
-        f"[bold green]done[/] {summary['steps']} steps, train loss {summary['train_loss']:.4f}"
-        + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")
-        + f", {summary['tokens_per_s']:.0f} tok/s -> {summary['run_dir']}")
+        f"[bold green]done[/] {result.steps} steps, train loss {result.train_loss:.4f}"
+        + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
+        + f", {result.tokens_per_s:.0f} tok/s -> {result.run_dir}")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config, DataConfig
 from ..errors import DataError
-from ..fsutil import atomic_path, atomic_write_text, sha256_file
+from ..fsutil import atomic_path, atomic_write_text, cache_root, sha256_file
 from .render import end_of_turn_ids, render_batch, template_kwargs
 
 if TYPE_CHECKING:
@@ -42,8 +42,8 @@ _MAX_ERRORS_REPORTED = 5
 
 
 def default_cache_root() -> Path:
-    """``$CHATTUNE_CACHE/datasets`` or ``~/.cache/chattune/datasets``."""
-    return Path(os.environ.get("CHATTUNE_CACHE", Path.home() / ".cache" / "chattune")) / "datasets"
+    """``<chattune cache>/datasets`` (see `chattune.fsutil.cache_root`)."""
+    return cache_root() / "datasets"
 
 
 _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

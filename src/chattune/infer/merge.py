@@ -198,7 +198,7 @@ def merge(run_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None,
         ModelError: not an adapter run, or out_dir is an unrelated non-empty folder.
         ChattuneError: verification found a greedy mismatch (nothing is written).
     """
-    from ..model.load import default_device, resolve_dtype
+    from ..plan import inference_plan
     from ..rundir.load import load_run_model
     from ..rundir.read import read_run
     from ..rundir.write import write_json
@@ -213,9 +213,9 @@ def merge(run_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None,
         raise ModelError("--out must differ from the run dir")
     if out.exists() and any(out.iterdir()) and not (out / MERGE_REPORT).is_file():
         raise ModelError(f"{out} exists and is not a previous merge (no {MERGE_REPORT}); choose another --out")
-    device = device or default_device()
     # One concrete dtype for the merge and both verification loads (auto would reload a bf16 folder as fp32).
-    dtype = str(resolve_dtype(dtype or run.config.model.dtype, device)).replace("torch.", "")
+    plan = inference_plan(run.config.model, device=device, dtype=dtype)
+    device, dtype = plan.device, plan.dtype
     method = run.config.method.type
     report: dict = {"run_dir": str(run.path), "out_dir": str(out), "base": run.base_model, "method": method,
                     "adapter": {"r": run.config.method.lora.r, "alpha": run.config.method.lora.alpha,

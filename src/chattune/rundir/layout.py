@@ -5,6 +5,7 @@ Layout (train writes it; infer/eval/merge/serve read it and need nothing else)::
     RUN_DIR/
       chattune.yaml            resolved config
       versions.json            package versions, git sha
+      plan.json                the run plan: device, dtype, attention, recompute, Liger, compile, memory, reasons
       data.json                input file hashes, counts, truncated/dropped counts
       tokenizer.json, tokenizer_config.json, ...   tokenizer exactly as used
       chat_template.jinja      the chat template exactly as used
@@ -23,6 +24,7 @@ from pathlib import Path
 CONFIG_FILE = "chattune.yaml"
 VERSIONS_FILE = "versions.json"
 DATA_FILE = "data.json"
+PLAN_FILE = "plan.json"
 TEMPLATE_FILE = "chat_template.jinja"
 METRICS_FILE = "metrics.jsonl"
 GENERATION_FILE = "generation_config.json"

@@ -43,7 +43,7 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
     Args:
         path: a chattune run dir (adapter or full weights), a merged/plain HF folder, "smollm2-135m-instruct",
             a .gguf file or a Hub id.
-        device: None = `default_device()`.
+        device: None = CUDA when available (the inference plan decides dtype and attention).
         dtype: overrides the run's model.dtype ("auto", "float32", "bfloat16", "float16" or a torch.dtype).
         tokenizer: reuse this tokenizer instead of loading it again (it must be the one `path` holds;
             merge loads the same run several times and a 151k-token tokenizer costs seconds).
@@ -54,9 +54,9 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
         "model", "base", "path", "thinking", "method", "device", "dtype"}.
     """
     from ..model.adapters import quiet_peft
-    from ..model.load import default_device, load_model, load_tokenizer, resolve_source
+    from ..model.load import load_model, load_tokenizer, resolve_source
+    from ..plan import inference_plan
 
-    device = device or default_device()
     if dtype is not None and not isinstance(dtype, str):  # a torch.dtype
         dtype = str(dtype).replace("torch.", "")
     path_s = str(path)
@@ -64,6 +64,7 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
         run = read_run(path_s)
         cfg = run.config
         mcfg = cfg.model.model_copy(update={"dtype": dtype} if dtype else {})
+        plan = inference_plan(mcfg, device=device)
         run_dir = Path(path_s)
         tok = tokenizer or _run_tokenizer(run_dir, mcfg)
         if run.is_adapter:
@@ -71,27 +72,28 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
 
             # QLoRA adapters apply to the un-quantised base too: inference loads full precision
             # (no bitsandbytes needed to use a QLoRA run, and no quantisation error at inference).
-            base = load_model(mcfg, tokenizer=tok, method="lora", device=device)
+            base = load_model(mcfg, plan=plan, tokenizer=tok)
             _apply_generation_config(base, run_dir)
             with quiet_peft():
                 model = PeftModel.from_pretrained(base, run_dir, is_trainable=False)
             kind, base_name = "adapter", cfg.model.name_or_path
         else:
             full_cfg = mcfg.model_copy(update={"name_or_path": str(run_dir), "gguf_file": None, "revision": None})
-            model = load_model(full_cfg, tokenizer=tok, method="full", device=device, source=str(run_dir))
+            model = load_model(full_cfg, plan=plan, tokenizer=tok, source=str(run_dir))
             _apply_generation_config(model, run_dir)
             kind, base_name = "full", cfg.model.name_or_path
         thinking, method = cfg.data.thinking, cfg.method.type
     else:
         mcfg = ModelConfig(name_or_path=path_s, **({"dtype": dtype} if dtype else {}))
+        plan = inference_plan(mcfg, device=device)
         src = resolve_source(mcfg)
         tok = tokenizer or load_tokenizer(mcfg, source=src)
-        model = load_model(mcfg, tokenizer=tok, method="full", device=device, source=src)
+        model = load_model(mcfg, plan=plan, tokenizer=tok, source=src)
         kind, base_name, thinking, method = "model", path_s, "off", None
         rep = read_merge_report(src)
         if rep is not None:  # a `chattune merge` output: render as the run was trained
             base_name, thinking, method = rep.get("base", path_s), rep.get("thinking", "off"), rep.get("method")
     model.eval()
     info = {"kind": kind, "base": base_name, "path": path_s, "thinking": thinking or "off", "method": method,
-            "device": str(device), "dtype": model.chattune_load["dtype"]}
+            "device": plan.device, "dtype": plan.dtype}
     return model, tok, info

@@ -12,7 +12,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
 from ..config import Config
@@ -24,22 +23,17 @@ from .layout import (
     FULL_FILES,
     GENERATION_FILE,
     METRICS_FILE,
+    PLAN_FILE,
     TEMPLATE_FILE,
     VERSIONS_FILE,
 )
 
-_PACKAGES = ("chattune", "torch", "transformers", "peft", "datasets", "accelerate", "trl", "tokenizers",
-             "safetensors", "bitsandbytes", "flash-attn", "liger-kernel")
-
-
 def collect_versions() -> dict:
-    """Versions of Python and the packages that change results, plus the git sha of the working dir."""
+    """Versions of Python and the installed packages that change results, plus the git sha of the working dir."""
+    from ..plan import package_versions
+
     out: dict = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
+    out.update({k: v for k, v in package_versions().items() if v is not None})
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if sha.returncode == 0:
@@ -54,13 +48,18 @@ def write_json(path: str | Path, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def write_manifest(run_dir: str | Path, cfg: Config, data_report: dict) -> None:
-    """Write chattune.yaml, versions.json and data.json (tokenizer/template/weights: `save_final`)."""
+def write_manifest(run_dir: str | Path, cfg: Config, data_report: dict, plan=None) -> None:
+    """Write chattune.yaml, versions.json, data.json and plan.json (tokenizer/template/weights: `save_final`).
+
+    The config is written as the user gave it, not as planned: a run dir whose plan chose flash attention still
+    loads on a machine without it (inference makes its own plan)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / CONFIG_FILE, cfg.to_yaml())
     write_json(run_dir / VERSIONS_FILE, collect_versions())
     write_json(run_dir / DATA_FILE, data_report)
+    if plan is not None:
+        write_json(run_dir / PLAN_FILE, plan.to_dict())
 
 
 def truncate_metrics(run_dir: str | Path, step: int) -> None:

@@ -192,19 +192,19 @@ def _uses_every_trainable_param(model) -> bool:
     return not any(getattr(config, k, None) for k in ("num_experts", "num_local_experts", "n_routed_experts"))
 
 
-def training_args_for(cfg, *, model=None, gradient_checkpointing: bool | None = None) -> dict:
+def training_args_for(cfg, *, model=None, plan=None) -> dict:
     """The distributed part of `transformers.TrainingArguments` for this config and launch.
 
     Merge it last: ``TrainingArguments(**{**base_kwargs, **training_args_for(cfg, model=model)})``.
 
     Args:
-        cfg: the chattune `Config` (reads ``train.distributed``, ``train.deepspeed``, ``train.gradient_checkpointing``,
-            ``method.type``, ``model.name_or_path``).
+        cfg: the chattune `Config` (reads ``train.distributed``, ``train.deepspeed``, ``method.type``,
+            ``model.name_or_path``).
         model: the loaded (PEFT) model, if already built; used to name the decoder layer class for FSDP and to
             detect MoE. For DeepSpeed ZeRO-3, build TrainingArguments BEFORE loading the model (ZeRO-3 must
             see the arguments to shard weights while they load).
-        gradient_checkpointing: the decision of `fast_path.resolve_fast_path` (None: ``train.gradient_checkpointing``);
-            under FSDP it moves into ``fsdp_config`` and ``activation_checkpointing`` is turned off.
+        plan: the run plan; its recompute decision (``gradient_checkpointing``) moves into ``fsdp_config`` under
+            FSDP and ``activation_checkpointing`` is turned off. None: no recompute.
 
     Returns:
         kwargs: ``ddp_find_unused_parameters`` (False unless MoE: every LoRA/full parameter gets a gradient each
@@ -226,7 +226,7 @@ def training_args_for(cfg, *, model=None, gradient_checkpointing: bool | None = 
     # (config.cross_field_errors), so they never reach here.
     if t.distributed == "fsdp":
         layers = decoder_layer_classes(model, cfg.model.name_or_path)
-        gc = bool(t.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing)
+        gc = bool(plan is not None and plan.gradient_checkpointing)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         if base is not None and getattr(base, "is_activation_checkpointing", False):
             # transformers' own recompute was switched on at model setup; under FSDP it must be FSDP's

@@ -12,25 +12,43 @@ the step's tokens whatever the split (tests/test_train.py checks batch 4 x 1 == 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config
 from ..errors import ChattuneError, ConfigError
 from ..fsutil import disk_full_is_an_error, is_disk_full
+from ..plan import RunPlan
 from ..rundir import checkpoints
 from ..rundir.layout import existing_run_files
 from ..rundir.write import save_final, truncate_metrics, write_manifest
 
 
-def training_arguments(cfg: Config, *, run_dir: str | Path, has_eval: bool, device: str, dtype, model=None):
-    """TrainingArguments from ``cfg.train``.
+@dataclass(frozen=True)
+class TrainResult:
+    """What `train` returns."""
+
+    run_dir: str
+    train_loss: float
+    steps: int
+    epochs: float
+    tokens_per_s: float          # real (non-pad) tokens per second over this session's training
+    train_runtime_s: float
+    tokens_seen: int             # real tokens over the whole run (resumed runs included)
+    eval_loss: float | None      # the last one, or None
+    trainable_params: int
+    resumed_from: str | None     # checkpoint name, or None
+    plan: RunPlan
+
+
+def training_arguments(cfg: Config, plan: RunPlan, *, run_dir: str | Path, has_eval: bool, model=None):
+    """TrainingArguments from ``cfg.train`` and the plan (device, mixed precision, Liger, compile).
 
     Args:
         cfg: the whole config (train section, plus output_dir).
+        plan: the run plan.
         run_dir: where checkpoints go.
         has_eval: an eval set exists (enables eval_strategy).
-        device: "cpu" or "cuda[:i]".
-        dtype: the torch dtype the model was loaded in (bf16/fp16 → mixed precision flag).
         model: the model to train (lets the distributed settings name FSDP's layer class, detect MoE).
 
     Returns:
@@ -39,19 +57,17 @@ def training_arguments(cfg: Config, *, run_dir: str | Path, has_eval: bool, devi
     Raises:
         ConfigError: options that cannot work together (the message names the keys).
     """
-    import torch
     from transformers import TrainingArguments
 
     from .distributed import training_args_for
 
     t = cfg.train
-    on_gpu = str(device).startswith("cuda")
+    on_gpu = plan.device.startswith("cuda")
     # The config-only rules ran at load (config.cross_field_errors); this one needs the data: an eval_ratio
     # split of fewer than 2 conversations holds nothing out.
     if t.load_best_model_at_end and not has_eval:
         raise ConfigError("train.load_best_model_at_end needs an eval set, but data.eval_ratio held out no "
                           "conversation (fewer than 2 in the training data); set data.eval")
-    # (use_liger_kernel without a GPU is refused earlier, by fast_path.resolve_fast_path)
     eval_strategy = ("steps" if t.eval_steps else "epoch") if has_eval else "no"
     kwargs = dict(
         output_dir=str(run_dir),
@@ -71,9 +87,9 @@ def training_arguments(cfg: Config, *, run_dir: str | Path, has_eval: bool, devi
         greater_is_better=False if t.load_best_model_at_end else None,
         report_to="none",  # trackers are added as callbacks that log inside the run dir
         disable_tqdm=True,  # our rich progress bar replaces tqdm
-        use_liger_kernel=t.use_liger_kernel, torch_compile=t.torch_compile,
-        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=not on_gpu,
-        # (gradient checkpointing is switched on by adapters.apply_method, once, for every method)
+        use_liger_kernel=plan.liger, torch_compile=plan.torch_compile,
+        bf16=plan.dtype == "bfloat16", fp16=plan.dtype == "float16", use_cpu=not on_gpu,
+        # (recompute is switched on by adapters.apply_method as the plan says, once, for every method)
         # keep our columns (input_ids, labels, length); the Collator reads only what it needs
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if group_by_length(cfg) else "random",
@@ -85,7 +101,7 @@ def training_arguments(cfg: Config, *, run_dir: str | Path, has_eval: bool, devi
         prediction_loss_only=True,  # eval needs the loss only; gathering logits would cost vocab x tokens of RAM
     )
     # DDP/FSDP2/DeepSpeed settings (no-ops for a single process) come last, from their own module.
-    kwargs.update(training_args_for(cfg, model=model))
+    kwargs.update(training_args_for(cfg, model=model, plan=plan))
     return TrainingArguments(**kwargs)
 
 
@@ -101,7 +117,7 @@ def group_by_length(cfg: Config) -> bool:
     return not cfg.train.packing and world_size() == 1
 
 
-def supports_trained_logits_only(model, cfg: Config) -> bool:
+def supports_trained_logits_only(model, plan: RunPlan) -> bool:
     """True when the model computes logits only at ``logits_to_keep`` positions and takes
     ``shift_labels`` in its standard causal-LM loss (transformers 5 causal LMs), so the Collator may
     skip the vocabulary projection at untrained positions. Liger's fused loss already avoids logits."""
@@ -115,7 +131,7 @@ def supports_trained_logits_only(model, cfg: Config) -> bool:
         standard_loss = getattr(base, "loss_function", None) is ForCausalLMLoss
     except (TypeError, ValueError, AttributeError):
         return False
-    return takes_keep and standard_loss and not cfg.train.use_liger_kernel
+    return takes_keep and standard_loss and not plan.liger
 
 
 def _print_reports(console, data_report: dict, method_report: dict) -> None:
@@ -172,19 +188,19 @@ def _disk_full_error(e: BaseException, run_dir: Path, step: int, *, clean: bool)
         "`chattune train` with --resume")
 
 
-def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, console=None) -> dict:
+def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, console=None,
+          plan: RunPlan | None = None) -> TrainResult:
     """Fine-tune the model described by `cfg` and write a self-describing run directory.
 
     Args:
-        cfg: validated config (model, data, method, train, output_dir).
+        cfg: validated config (model, data, method, train, output_dir); the one config the whole run reads.
         resume: continue from the newest complete ``checkpoint-N`` in ``cfg.output_dir``.
         callbacks: extra ``transformers.TrainerCallback`` objects.
         console: rich Console for reports and the progress bar (default: stdout).
+        plan: a plan already made for `cfg` (default: `chattune.plan.make_plan` on this machine).
 
     Returns:
-        {"run_dir", "train_loss", "steps", "epochs", "tokens_per_s" (real tokens, whole run),
-        "train_runtime_s", "tokens_seen", "eval_loss" (last, or None), "trainable_params",
-        "resumed_from" (checkpoint name or None)}.
+        `TrainResult` (run dir, losses, steps, real tokens/s, the plan).
 
     Raises:
         ChattuneError: bad config, data or model (the message says what to fix).
@@ -202,11 +218,11 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
     from ..data.collate import Collator
     from ..data.render import end_of_turn_ids
     from ..model.adapters import apply_method
+    from ..model.load import load_model, load_tokenizer, read_model_config, resolve_source
     from ..model.packing_proof import require_exact_packing
-    from ..model.load import default_device, load_model, load_tokenizer, resolve_source
+    from ..plan import describe, make_plan
     from .callbacks import MetricsCallback, RichProgressCallback, close_trackers, tracker_callbacks
     from .distributed import describe_batch, is_main_process, main_process_first, wait_for_everyone
-    from .fast_path import apply_plan, describe, resolve_fast_path
     from .hf_trainer import ExactTrainer
 
     main = is_main_process()  # under torchrun only rank 0 writes the run dir, prints and tracks
@@ -216,12 +232,13 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
     run_dir = Path(cfg.output_dir)
     ckpt = _prepare_run_dir(run_dir, resume, console, clean=main)
 
-    device = default_device()
     source = resolve_source(cfg.model)
-    # attention kernel, Liger, compile, recompute: decided once, with reasons; `run_cfg` carries the choices
-    # (the run dir keeps the user's `cfg`, so it still loads on a machine without those kernels)
-    plan = resolve_fast_path(cfg, device, model_config=source)
-    run_cfg = apply_plan(cfg, plan)
+    if plan is None:
+        try:
+            model_config = read_model_config(cfg.model.model_copy(update={"name_or_path": source, "gguf_file": None}))
+        except ChattuneError:  # remote code, odd layout: plan without a memory estimate
+            model_config = None
+        plan = make_plan(cfg, model_config=model_config)
     console.print(describe(plan))
     console.print(describe_batch(cfg))
     tokenizer = load_tokenizer(cfg.model, source=source)
@@ -229,21 +246,19 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
         train_ds, eval_ds, data_report = build_datasets(cfg, tokenizer)
     if len(train_ds) == 0:
         raise ChattuneError("no training examples left after reading and filtering the data (see the data report)")
-    model = load_model(run_cfg.model, tokenizer=tokenizer, method=cfg.method.type, device=device, source=source)
+    model = load_model(cfg.model, plan=plan, tokenizer=tokenizer, source=source)
     if cfg.train.packing:  # proven on this model and attention kernel, not assumed (ConfigError if not exact)
         console.print(require_exact_packing(model).describe())
     # One seed drives adapter init (here), dropout (the Trainer re-seeds) and data order (data_seed).
     set_seed(cfg.train.seed)
-    model, method_report = apply_method(model, run_cfg)
+    model, method_report = apply_method(model, cfg, plan)
     _print_reports(console, data_report, method_report)
 
-    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-    args = training_arguments(run_cfg, run_dir=run_dir, has_eval=eval_ds is not None, device=device, dtype=dtype,
-                              model=model)
+    args = training_arguments(cfg, plan, run_dir=run_dir, has_eval=eval_ds is not None, model=model)
     collator = Collator(tokenizer.pad_token_id, packing=cfg.train.packing,
-                        trained_logits_only=supports_trained_logits_only(model, run_cfg))
+                        trained_logits_only=supports_trained_logits_only(model, plan))
     console.print(f"[bold]batches[/] {'packed (padding-free)' if cfg.train.packing else 'dynamic padding'}"
-                  f"{', grouped by length' if group_by_length(run_cfg) else ''}, "
+                  f"{', grouped by length' if group_by_length(cfg) else ''}, "
                   f"{cfg.train.batch_size} x {cfg.train.grad_accum} accumulation"
                   + (", logits only where a token is trained" if collator.trained_logits_only else ""))
     metrics = MetricsCallback(run_dir)
@@ -251,7 +266,7 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
     failed = True
     try:
         if main:
-            write_manifest(run_dir, cfg, data_report)
+            write_manifest(run_dir, cfg, data_report, plan)
             cbs += tracker_callbacks(cfg.train.report_to, run_dir, run_dir.name, resume=ckpt is not None)
         trainer = ExactTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                data_collator=collator,
@@ -280,12 +295,9 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
     evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
     runtime = out.metrics.get("train_runtime") or 0.0
     session_tokens = state.num_input_tokens_seen - (metrics.start_tokens or 0)
-    summary = {
-        "run_dir": str(run_dir), "train_loss": out.training_loss, "steps": state.global_step,
-        "epochs": state.epoch, "tokens_per_s": session_tokens / runtime if runtime else math.nan,
-        "train_runtime_s": runtime, "tokens_seen": state.num_input_tokens_seen,
-        "eval_loss": evals[-1] if evals else None,
-        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        "resumed_from": ckpt.name if ckpt else None,
-    }
-    return summary
+    return TrainResult(
+        run_dir=str(run_dir), train_loss=out.training_loss, steps=state.global_step, epochs=state.epoch,
+        tokens_per_s=session_tokens / runtime if runtime else math.nan, train_runtime_s=runtime,
+        tokens_seen=state.num_input_tokens_seen, eval_loss=evals[-1] if evals else None,
+        trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        resumed_from=ckpt.name if ckpt else None, plan=plan)
