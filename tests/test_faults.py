@@ -158,7 +158,7 @@ def test_kill_during_checkpoint_save_resumes_from_the_last_complete_one(tmp_path
     half = tmp_path / "run" / "checkpoint-4"
     assert half.is_dir() and not (half / "trainer_state.json").exists()
     out = train(load_config(tmp_path / "cfg.yaml", []), resume=True)
-    assert out["resumed_from"] == "checkpoint-2" and out["steps"] == 6
+    assert out.resumed_from == "checkpoint-2" and out.steps == 6
 
 
 def _enospc(path):

@@ -12,7 +12,8 @@ import yaml
 from chattune.config import config_from_dict, load_config
 from chattune.data.check import check_data
 from chattune.errors import ConfigError
-from chattune.model.doctor import estimate_memory
+from chattune.model.doctor import plan_for
+from chattune.plan import probe_capabilities
 
 from .conftest import REPO
 
@@ -111,9 +112,10 @@ def test_check_estimates_memory_and_start_refuses_a_bad_config(ui_client, ui_roo
     good = {"data.train": [QA], "model.name_or_path": str(tiny_qwen3_dir), "output_dir": "r1"}
     r = ui_client.post("/api/config/check", json={"values": good}).json()
     assert r["ok"] and r["config_yaml"]
-    want = estimate_memory(config_from_dict(yaml.safe_load(r["config_yaml"])))  # what `chattune doctor` says
-    assert {k: r["estimate"][k] for k in ("params", "trainable_params", "total_bytes")} == \
-        {k: want[k] for k in ("params", "trainable_params", "total_bytes")}
+    # what `chattune doctor` says: the run plan's memory estimate for this machine
+    want = plan_for(config_from_dict(yaml.safe_load(r["config_yaml"])), probe_capabilities()).memory.to_dict()
+    assert {k: r["estimate"][k] for k in ("params", "trainable_params", "total")} == \
+        {k: want[k] for k in ("params", "trainable_params", "total")}
     assert r["output_dir"] == str(ui_roots.runs / "r1")
     bad = ui_client.post("/api/train/start", json={"values": {**good, "train.batch_size": "0"}})
     assert bad.status_code == 400 and "train.batch_size" in bad.json()["errors"]

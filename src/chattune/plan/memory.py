@@ -96,7 +96,8 @@ class MemoryEstimate:
     def to_dict(self) -> dict:
         """JSON-ready: every field, plus total, verdict and GiB per part."""
         return {**asdict(self), "advice": list(self.advice), "total": self.total, "verdict": self.verdict,
-                "gib": {k: round(v / GiB, 3) for k, v in {**self.parts(), "total": self.total}.items()}}
+                "gib": {k: round(v / GiB, 3) for k, v in
+                        {**self.parts(), "total": self.total, "budget": self.budget_bytes or 0}.items()}}
 
 
 def estimate_memory(shape: ModelShape, *, model: str, method: str, dtype: str, device: str, batch_size: int,

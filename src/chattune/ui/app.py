@@ -1,5 +1,5 @@
 """The UI's HTTP API and the one static page. Every handler calls the library function the CLI command calls
-(`check_data`, `preview`, `load_config`, `estimate_memory`, ``chattune train``, `Generator.stream`) and
+(`check_data`, `preview`, `load_config`, `plan_for`, ``chattune train``, `Generator.stream`) and
 returns its result as JSON; live views (training progress, chat) are server-sent events.
 """
 from __future__ import annotations

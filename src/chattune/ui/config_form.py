@@ -132,7 +132,8 @@ def check_config(roots: Roots, yaml_text: str | None, values: dict[str, object],
         roots: allowed folders; data files and local models must lie inside them, output_dir inside the runs folder.
         yaml_text: a whole YAML config (the YAML tab), or None for the defaults.
         values: changed form fields, ``{dotted key: value}``, applied on top as overrides.
-        estimate: also run doctor's memory estimate (needs the model's config.json).
+        estimate: also report the run plan's memory estimate, as `chattune doctor` does (needs the model's
+            config.json, or a known family's shape).
 
     Returns:
         A `ConfigCheck`; errors are keyed by the form field they belong to ("" = the config as a whole).
@@ -153,10 +154,12 @@ def check_config(roots: Roots, yaml_text: str | None, values: dict[str, object],
         return res
     res.config = cfg
     if estimate:
-        from ..model.doctor import estimate_memory
+        from ..model.doctor import plan_for
+        from ..plan import probe_capabilities
 
         try:
-            res.estimate = estimate_memory(cfg)
+            memory = plan_for(cfg, probe_capabilities()).memory  # the run plan's own estimate
+            res.estimate = memory.to_dict() if memory is not None else None
         except ChattuneError as e:
             res.add("model.name_or_path", str(e))
             res.config = None

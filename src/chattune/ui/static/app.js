@@ -253,12 +253,12 @@ function showConfigErrors(errors) {
 function renderEstimate(est) {
   if (!est) return "";
   const colour = {fits: "ok", tight: "warn"}[est.verdict] || "err";
-  const parts = Object.entries(est.gib).filter(([k]) => !["total", "free"].includes(k));
+  const parts = Object.entries(est.gib).filter(([k]) => !["total", "budget"].includes(k));
   return `<div class="card" id="train-estimate" style="margin:10px 0 0"><h3>memory estimate (chattune doctor): <span class="${colour}">${esc(est.verdict)}</span></h3>
     <div class="dim">${esc(est.model)} · ${esc(est.method)} · ${esc(est.dtype)} · ${esc(est.device)} · batch ${est.batch_size} × ${est.max_length} tokens ·
       params ${fmt(est.params)} · trainable ${fmt(est.trainable_params)}</div>
     <table class="tbl" style="max-width:520px;margin-top:6px"><tr><th>part</th><th>GiB</th></tr>${parts.map(([k, v]) => `<tr><td>${esc(k)}</td><td>${v.toFixed(3)}</td></tr>`).join("")}
-    <tr><td><b>total</b></td><td><b>${est.gib.total.toFixed(3)}</b></td></tr><tr><td>free</td><td>${est.gib.free.toFixed(3)}</td></tr></table>
+    <tr><td><b>total</b></td><td><b>${est.gib.total.toFixed(3)}</b></td></tr><tr><td>budget</td><td>${est.gib.budget.toFixed(3)}</td></tr></table>
     ${(est.advice || []).map((t) => `<div class="warn">· ${esc(t)}</div>`).join("")}</div>`;
 }
 async function trainCheck() {
