@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from chattune.rundir.checkpoints import checkpoint_max_steps
-from chattune.rundir.read import read_metrics
+from chattune.rundir.read import read_metrics, read_plan
 
 
 def test_read_metrics_splits_kinds_and_skips_a_line_cut_mid_write(tmp_path):
@@ -25,3 +25,11 @@ def test_checkpoint_max_steps(tmp_path):
     assert checkpoint_max_steps(ckpt) == 30
     (ckpt / "trainer_state.json").write_text('{"global_step": 4', encoding="utf-8")  # cut mid-write
     assert checkpoint_max_steps(ckpt) is None
+
+
+def test_read_plan(tmp_path):
+    assert read_plan(tmp_path) is None
+    (tmp_path / "plan.json").write_text('{"device": "cpu", "reasons": {"device": "no GPU"}}', encoding="utf-8")
+    assert read_plan(tmp_path) == {"device": "cpu", "reasons": {"device": "no GPU"}}
+    (tmp_path / "plan.json").write_text('{"device": "cp', encoding="utf-8")  # cut mid-write
+    assert read_plan(tmp_path) is None

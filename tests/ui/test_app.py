@@ -113,7 +113,9 @@ def test_check_estimates_memory_and_start_refuses_a_bad_config(ui_client, ui_roo
     r = ui_client.post("/api/config/check", json={"values": good}).json()
     assert r["ok"] and r["config_yaml"]
     # what `chattune doctor` says: the run plan's memory estimate for this machine
-    want = plan_for(config_from_dict(yaml.safe_load(r["config_yaml"])), probe_capabilities()).memory.to_dict()
+    plan = plan_for(config_from_dict(yaml.safe_load(r["config_yaml"])), probe_capabilities())
+    want = plan.memory.to_dict()
+    assert {row["decision"]: row["reason"] for row in r["plan"]} == plan.reasons
     assert {k: r["estimate"][k] for k in ("params", "trainable_params", "total")} == \
         {k: want[k] for k in ("params", "trainable_params", "total")}
     assert r["output_dir"] == str(ui_roots.runs / "r1")
@@ -131,6 +133,9 @@ def _fake_run(runs, name, *, weights=False, checkpoint=False, age_s=0):
     os.utime(m, (time.time() - age_s, time.time() - age_s))
     if weights:
         (d / "adapter_model.safetensors").write_bytes(b"")
+    if weights:
+        (d / "plan.json").write_text(json.dumps({"device": "cpu", "attention": "sdpa", "reasons": {
+            "device": "cpu (2 cores)", "attention": "cpu: no flash-attention kernels"}}), encoding="utf-8")
     if checkpoint:
         (d / "checkpoint-2").mkdir()
         (d / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2, "max_steps": 4}')
@@ -153,7 +158,10 @@ def test_run_statuses_come_from_the_run_dirs_and_job_records(ui_client, ui_roots
     assert runs["demo/run"]["step"] == 2 and runs["demo/run"]["max_steps"] == 4
     detail = ui_client.get("/api/runs/demo/run").json()
     assert detail["metrics"]["train"] == [[2, 1.5]] and "max_steps: 4" in detail["config"]
-    assert detail["demo"] is None and detail["evals"] == []
+    assert detail["demo"] is None and detail["evals"] == [] and detail["plan"] is None
+    assert ui_client.get("/api/runs/done").json()["plan"] == [
+        {"decision": "device", "value": "cpu", "reason": "cpu (2 cores)"},
+        {"decision": "attention", "value": "sdpa", "reason": "cpu: no flash-attention kernels"}]
     # what `chattune eval --compare` and `chattune demo` write: before/after tables and the demo report
     cmp = {"base": {"exact": 0.0}, "tuned": {"exact": 0.5}, "n": 2, "primary": "exact", "base_model": "b",
            "data": "t.jsonl", "rows": [{"index": 0, "input": "q", "reference": "a", "base_output": "x",

@@ -102,6 +102,7 @@ def test_whole_road_in_browser(ui_url, ui_roots, tiny_qwen3_dir, tmp_path):
             page.fill(f'[data-key="{key}"]', value)
         page.click("#train-check")
         page.wait_for_selector("#train-estimate")
+        assert "gradient_checkpointing" in page.inner_text("#train-plan")  # the run plan's decisions, with reasons
         assert "fits" in page.inner_text("#train-estimate")
         page.click("#train-start")
         page.wait_for_function("document.querySelectorAll('#train-live circle.pt.train').length >= 2")
@@ -116,6 +117,7 @@ def test_whole_road_in_browser(ui_url, ui_roots, tiny_qwen3_dir, tmp_path):
         detail = page.inner_text("#run-detail")
         assert "qa_dialog.jsonl" in detail and "output_dir:" in detail
         assert page.locator("#run-detail circle.pt.train").count() == 8
+        assert "attention" in page.inner_text("#run-plan")  # plan.json written by the run
         shot(page, "5-runs")
 
         # --- Chat: streamed reply from the run (text arrives in several updates)

@@ -7,7 +7,16 @@ from pathlib import Path
 
 from ..config import Config, load_config
 from ..errors import ModelError
-from .layout import ADAPTER_FILE, CONFIG_FILE, FULL_WEIGHTS_GLOB, MERGE_REPORT, METRICS_FILE, TEMPLATE_FILE, is_run_dir
+from .layout import (
+    ADAPTER_FILE,
+    CONFIG_FILE,
+    FULL_WEIGHTS_GLOB,
+    MERGE_REPORT,
+    METRICS_FILE,
+    PLAN_FILE,
+    TEMPLATE_FILE,
+    is_run_dir,
+)
 
 
 @dataclass(frozen=True)
@@ -84,3 +93,14 @@ def read_metrics(run_dir: str | Path) -> RunMetrics:
         elif kind == "summary":
             summary = rec
     return RunMetrics(train=train, eval=evals, last=last, summary=summary)
+
+
+def read_plan(run_dir: str | Path) -> dict | None:
+    """The run plan training made (``plan.json``: every automatic decision and its reason), or None when the run
+    dir has none (written before plans, or training has not got that far)."""
+    p = Path(run_dir) / PLAN_FILE
+    try:
+        plan = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return plan if isinstance(plan, dict) else None

@@ -14,8 +14,9 @@ Why FastAPI + one static page and not Gradio (the convention of LLaMA-Factory, A
   progress read from the run dir, token streaming from `Generator.stream`), plots are inline SVG.
 
 The UI holds no product logic: each endpoint calls what the CLI command calls (`data.check.check_data`,
-`data.preview.preview`, `config.load_config`, `model.doctor.plan_for` (the run plan and its memory estimate), ``chattune train`` as a
-subprocess, the run dir readers, `Generator.stream`), so what it shows is what the CLI would print.
+`data.preview.preview`, `config.load_config`, `model.doctor.plan_for` (the run plan and its memory estimate),
+``chattune train`` as a subprocess, the `rundir` readers, `Generator.stream`), so what it shows is what the CLI
+would print.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config, load_config
-from ..errors import ChattuneError, ConfigError
+from ..errors import ChattuneError, ConfigError, ModelError
 from .paths import UI_STATE, PathError, Roots
 
 # Shown unfolded; every other field sits under "advanced". A presentation choice, not a config rule.
@@ -114,6 +114,7 @@ class ConfigCheck:
     config: Config | None = None
     errors: dict[str, list[str]] = field(default_factory=dict)
     estimate: dict | None = None
+    plan: list[dict] | None = None   # the run plan's decisions with their reasons
 
     def add(self, key: str, line: str) -> None:
         self.errors.setdefault(key, []).append(line)
@@ -121,6 +122,7 @@ class ConfigCheck:
     def as_json(self) -> dict:
         return {"ok": not self.errors and self.config is not None, "errors": self.errors,
                 "config_yaml": self.config.to_yaml() if self.config else None, "estimate": self.estimate,
+                "plan": self.plan,
                 "output_dir": self.config.output_dir if self.config else None}
 
 
@@ -158,11 +160,13 @@ def check_config(roots: Roots, yaml_text: str | None, values: dict[str, object],
         from ..plan import probe_capabilities
 
         try:
-            memory = plan_for(cfg, probe_capabilities()).memory  # the run plan's own estimate
-            res.estimate = memory.to_dict() if memory is not None else None
+            plan = plan_for(cfg, probe_capabilities())  # what `chattune doctor CONFIG` shows
         except ChattuneError as e:
-            res.add("model.name_or_path", str(e))
+            res.add("model.name_or_path" if isinstance(e, ModelError) else "", str(e))
             res.config = None
+            return res
+        res.estimate = plan.memory.to_dict() if plan.memory is not None else None
+        res.plan = plan_rows(plan.to_dict())
     return res
 
 
@@ -225,3 +229,10 @@ def _check_places(cfg: Config, roots: Roots, res: ConfigCheck) -> None:
     if held:
         res.add("output_dir", f"output_dir: {out} already holds a run ({', '.join(held[:3])}); pick a new name, "
                 "or resume that run from the Runs page")
+
+
+def plan_rows(plan: dict) -> list[dict]:
+    """``[{decision, value, reason}]`` for each decision of a run plan (`RunPlan.to_dict()` or a run's plan.json)
+    that carries a reason."""
+    reasons = plan.get("reasons") or {}
+    return [{"decision": k, "value": plan.get(k), "reason": why} for k, why in reasons.items()]

@@ -23,7 +23,8 @@ from ..rundir.layout import (
     VERSIONS_FILE,
     is_run_dir,
 )
-from ..rundir.read import read_metrics
+from ..rundir.read import read_metrics, read_plan
+from .config_form import plan_rows
 from .jobs import Job, Jobs
 from .paths import UI_STATE, Roots
 
@@ -148,6 +149,7 @@ def run_detail(roots: Roots, jobs: Jobs, run_dir: Path) -> dict:
     return {**row, "path": str(run_dir), "config": config,
             "data": _json(run_dir / DATA_FILE), "versions": _json(run_dir / VERSIONS_FILE),
             "metrics": asdict(read_metrics(run_dir)), "evals": _evals(run_dir), "demo": _demo_report(run_dir),
-            "log": jobs.log_tail(job), "job": None if job is None else
-            {"pid": job.pid, "returncode": job.returncode, "stopped": job.stopped, "cmd": " ".join(job.cmd)}}
+            "plan": plan_rows(read_plan(run_dir) or {}) or None, "log": jobs.log_tail(job),
+            "job": None if job is None else {"pid": job.pid, "returncode": job.returncode, "stopped": job.stopped,
+                                             "cmd": " ".join(job.cmd)}}
 

@@ -250,6 +250,9 @@ function showConfigErrors(errors) {
   }
   const first = $(".field.bad"); if (first) first.scrollIntoView({block: "center"});
 }
+function planTable(rows) {
+  return `<table class="tbl"><tr><th>decision</th><th>value</th><th>reason</th></tr>${rows.map((p) => `<tr><td>${esc(p.decision)}</td><td>${esc(typeof p.value === "object" ? JSON.stringify(p.value) : p.value)}</td><td>${esc(p.reason)}</td></tr>`).join("")}</table>`;
+}
 function renderEstimate(est) {
   if (!est) return "";
   const colour = {fits: "ok", tight: "warn"}[est.verdict] || "err";
@@ -265,7 +268,8 @@ async function trainCheck() {
   $("#train-result").innerHTML = `<div class="dim">checking …</div>`;
   const res = await api("/api/config/check", trainBody());
   showConfigErrors(res.errors);
-  $("#train-result").innerHTML = res.ok ? `<div class="ok" id="train-ok">config valid → ${esc(res.output_dir)}</div>` + renderEstimate(res.estimate) : "";
+  $("#train-result").innerHTML = res.ok ? `<div class="ok" id="train-ok">config valid → ${esc(res.output_dir)}</div>` + renderEstimate(res.estimate)
+    + (res.plan ? `<div class="card" id="train-plan" style="margin:10px 0 0"><h3>run plan (what chattune train will decide here)</h3>${planTable(res.plan)}</div>` : "") : "";
   return res.ok;
 }
 async function trainStart() {
@@ -349,6 +353,7 @@ async function openRun(name) {
   const s = d.metrics.summary;
   html += `<div class="card"><h3>loss</h3>${lossChart(d.metrics)}${s ? `<div class="dim">train loss ${fmt(s.train_loss)} · ${fmt(s.train_runtime_s, 1)} s · ${fmt(s.tokens_per_s, 1)} tok/s</div>` : ""}</div>`;
   html += `<div class="card"><h3>data</h3>${d.data ? dataFiles(d.data) : `<div class="empty">no data.json yet</div>`}</div></div>`;
+  if (d.plan) html += `<div class="card" id="run-plan"><h3>run plan: decisions and reasons</h3>${planTable(d.plan)}</div>`;
   for (const ev of d.evals || []) {
     if (ev.compare) html += `<div class="card"><h3>eval --compare: ${esc(ev.name)} <span class="dim">${esc(ev.compare.n)} examples · base ${esc(ev.compare.base_model)}</span></h3>${metricTable({base: ev.compare.base, tuned: ev.compare.tuned})}
       <table class="tbl" style="margin-top:8px"><tr><th>#</th><th>input</th><th>reference</th><th>base</th><th></th><th>tuned</th><th></th></tr>${ev.rows.map((r) => `<tr><td>${r.index}</td><td>${esc(r.input)}</td><td>${esc(r.reference)}</td><td>${esc(r.base_output)}</td><td>${esc(r.base_ok)}</td><td>${esc(r.tuned_output)}</td><td>${esc(r.tuned_ok)}</td></tr>`).join("")}</table></div>`;
