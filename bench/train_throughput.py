@@ -8,6 +8,7 @@ mask (``include_num_input_tokens_seen="non_padding"``), the same way for all thr
 
     .venv/bin/python bench/train_throughput.py                       # the three recipes, 2 interleaved rounds
     .venv/bin/python bench/train_throughput.py --recipes chattune chattune-packed --steps 30
+    .venv/bin/python bench/train_throughput.py --recipes chattune chattune-qlora --threads 1   # LoRA vs QLoRA
     .venv/bin/python bench/train_throughput.py --profile             # where chattune's step time goes
 
 Numbers go in reports and docs, never in tests. The CPU is shared: compare ratios from one run.
@@ -33,12 +34,14 @@ RECIPES = {
     "chattune-random": "chattune defaults + train.group_by_length=false",
     "chattune-packed": "chattune defaults + train.packing=true",
     "chattune-drop05": "chattune defaults + method.lora.dropout=0.05 (the LoRA config TRL and tutorial run here)",
+    "chattune-qlora": "chattune defaults + method.type=qlora (NF4 + double quant base, fp32 compute)",
     "trl": "TRL SFTTrainer: fp32, no recompute, dynamic padding, batch 8, completion-only loss",
     "tutorial": "HF Trainer: pad to 512, recompute, bf16, adafactor, batch 2 x accum 8",
 }
 # Overrides that turn chattune's defaults into each chattune variant.
 VARIANTS = {"chattune": {}, "chattune-random": {"train": {"group_by_length": False}},
-            "chattune-packed": {"train": {"packing": True}}, "chattune-drop05": {"method": {"lora": {"dropout": 0.05}}}}
+            "chattune-packed": {"train": {"packing": True}}, "chattune-drop05": {"method": {"lora": {"dropout": 0.05}}},
+            "chattune-qlora": {"method": {"type": "qlora"}}}
 WARMUP_MARKS = 2  # micro-batches (or steps) not timed: first-call allocations and lazy init
 
 
@@ -89,7 +92,7 @@ def model_source() -> str:
 # ------------------------------------------------------------------------------------------- recipes
 
 def run_chattune(steps: int, n: int, tmp: Path, variant: str = "chattune"):
-    from chattune.config import _deep_merge, config_from_dict
+    from chattune.config import config_from_dict, deep_merge
     from chattune.train.trainer import train
 
     data = tmp / "data.jsonl"
@@ -97,7 +100,7 @@ def run_chattune(steps: int, n: int, tmp: Path, variant: str = "chattune"):
     raw = {"data": {"train": str(data), "cache_dir": str(tmp / "cache")},
            "train": {"max_steps": steps, "report_to": ["none"], "logging_steps": 5, "save_steps": 10_000},
            "output_dir": str(tmp / "run")}
-    cfg = config_from_dict(_deep_merge(raw, VARIANTS[variant]))
+    cfg = config_from_dict(deep_merge(raw, VARIANTS[variant]))
     timer = timer_callback()
     train(cfg, callbacks=[timer])
     return timer

@@ -79,6 +79,17 @@ def tiny_qwen3_dir(tmp_path_factory, qwen3_tokenizer_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_qlora_run(tmp_path_factory, tiny_qwen3_dir) -> Path:
+    """A QLoRA run dir (NF4 base, 6 steps, checkpoint-4) on the tiny Qwen3, trained once per session."""
+    from chattune.train.trainer import train
+    from tests.train.test_qlora import QLORA_CASE, qlora_cfg
+
+    tmp = tmp_path_factory.mktemp("tiny_qlora")
+    train(qlora_cfg(tmp, tiny_qwen3_dir, "run", **QLORA_CASE))
+    return tmp / "run"
+
+
+@pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     return smollm2_gguf_path()
 

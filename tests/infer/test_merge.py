@@ -124,10 +124,10 @@ def test_merge_refuses_full_runs_and_unrelated_out_dirs(tmp_path, run_with_data,
         M.merge(full, tmp_path / "x", device="cpu")
 
 
-def test_qlora_run_merges_into_unquantised_base_with_a_note_and_fixed_prompts(tmp_path, tiny_qwen3_dir):
+def test_qlora_run_merges_into_the_dequantised_base_with_a_note_and_fixed_prompts(tmp_path, tiny_qwen3_dir):
     run = tmp_path / "qrun"
     make_adapter_run(run, tiny_qwen3_dir, method="qlora", train=[str(tmp_path / "gone.jsonl")])
     rep = M.merge(run, tmp_path / "m", n_verify=1, dtype="float32", device="cpu")
-    assert "un-quantised base" in rep["note"]
+    assert "NF4 base dequantised to float32" in rep["note"]
     assert rep["verify"]["source"].startswith("fixed prompts") and rep["verify"]["prompts"] == 1
     assert rep["verify"]["mismatches"] == 0

@@ -191,8 +191,7 @@ def merge(run_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None,
 
     Returns:
         The report written to ``out_dir/chattune_merge.json``: base, method, dtype, verification rows and
-        counts, max_abs_logit_diff, seconds, and a note when a QLoRA adapter was merged into the
-        un-quantised base.
+        counts, max_abs_logit_diff, seconds, and for QLoRA a note on the dequantised base.
 
     Raises:
         ModelError: not an adapter run, or out_dir is an unrelated non-empty folder.
@@ -222,17 +221,23 @@ def merge(run_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None,
                                 "use_dora": run.config.method.lora.use_dora}, "dtype": dtype,
                     "thinking": run.config.data.thinking}  # load_run_model reads it back for the folder
     if method == "qlora":
-        report["note"] = ("QLoRA adapter merged into the un-quantised base: the merged model is not the 4-bit "
-                          "model it was trained on; verification compares against the adapter on that same base")
+        # peft#2321: merging into 4-bit layers re-quantises the sum and changes generations; merging into the
+        # original checkpoint drops the quantisation the adapter was trained to correct. The base is quantised
+        # as in training and dequantised to `dtype`, and the merge is verified against the 4-bit QLoRA model.
+        report["note"] = (f"QLoRA adapter merged into the NF4 base dequantised to {dtype} (the weights training "
+                          "computed with); verified against the QLoRA model (4-bit base + adapter)")
     full = f"saving the merged model to {out}: nothing was kept (the temporary folder is removed); free space " \
            "for about the base model's size and run merge again"
     with disk_full_is_an_error(full, ModelError), atomic_path(out) as tmp:
         # One model in memory at a time: the adapter model answers the verification prompts first, is then
         # merged in place and saved; the saved folder is reloaded and compared with those answers.
-        adapter, tok, _ = load_run_model(run.path, device=device, dtype=dtype)  # base un-quantised
+        adapter, tok, loaded = load_run_model(run.path, device=device, dtype=dtype)
         if n_verify > 0:
             prompts, source = verification_prompts(run, tok, n_verify)
             reference = _reference_pass(adapter, tok, prompts, batch_size=8)
+        if loaded["quantised"] == "nf4":  # kept 4-bit for inference (CUDA): never merge into 4-bit layers
+            del adapter
+            adapter, _, _ = load_run_model(run.path, device=device, dtype=dtype, tokenizer=tok, dequantise=True)
         tok = _save_merged(run, tmp, model=adapter, tokenizer=tok)
         del adapter
         if n_verify > 0:

@@ -269,11 +269,12 @@ def load_model(model_cfg: ModelConfig, *, plan=None, tokenizer=None, device: str
             (a pad token was really added) the embeddings are resized.
         device: only when `plan` is None: "cpu"/"cuda"/... (None: CUDA when available).
         source: already-resolved source (skips `resolve_source`).
-        prepare_for_training: 4-bit plans only: run peft's prepare_model_for_kbit_training.
+        prepare_for_training: 4-bit plans that keep the base 4-bit: run peft's prepare_model_for_kbit_training.
 
     Returns:
         The model on the plan's device. ``model.chattune_load`` holds {"source", "dtype", "attn_implementation",
-        "device", "load_in_4bit", "resized_embeddings": rows added}.
+        "device", "load_in_4bit", "resized_embeddings": rows added, "quantised": "nf4" | "nf4-dequantised" |
+        None}. A plan with ``dequantise`` returns plain Linear layers holding the dequantised NF4 weights.
 
     Raises:
         ModelError: the model cannot be loaded.
@@ -303,21 +304,28 @@ def load_model(model_cfg: ModelConfig, *, plan=None, tokenizer=None, device: str
         raise ModelError(f"cannot load a model from {src!r}: {e}") from None
     if "device_map" not in kwargs:
         model.to(plan.device)
+    quantised = None
     if plan.load_in_4bit:
-        from .quant import pin_compute_path
+        from .quant import dequantize, pin_compute_path
 
         pin_compute_path(model)
+        quantised = "nf4"
+        if plan.dequantise:
+            model = dequantize(model, dtype)
+            quantised = "nf4-dequantised"
     added = _resize_embeddings(model, len(tokenizer)) if tokenizer is not None else 0
     if tokenizer is not None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
         if model.generation_config is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if plan.load_in_4bit and prepare_for_training:
+    if quantised == "nf4" and prepare_for_training:
         from peft import prepare_model_for_kbit_training
 
         # recompute is the plan's decision, switched on by adapters.apply_method for every method
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model.chattune_load = {"source": src, "dtype": plan.dtype,
                            "attn_implementation": getattr(model.config, "_attn_implementation", plan.attention),
-                           "device": plan.device, "load_in_4bit": plan.load_in_4bit, "resized_embeddings": added}
+                           "device": plan.device, "load_in_4bit": plan.load_in_4bit, "resized_embeddings": added,
+                           "quantised": quantised}
     return model
+

@@ -139,6 +139,7 @@ class RunPlan:
     memory: MemoryEstimate | None     # the one memory estimate (None: model shape unknown, or inference)
     reasons: dict[str, str] = field(default_factory=dict)
     machine: str = ""                 # what it was planned for, e.g. "NVIDIA H200 (139.8 GiB)"
+    dequantise: bool = False          # 4-bit base, inference/merge: turned back into plain `dtype` weights once
 
     @property
     def torch_dtype(self):
@@ -301,7 +302,8 @@ def make_plan(cfg, caps: Capabilities | None = None, *, model_config: Any = None
 
 
 def inference_plan(model_cfg, *, device: str | None = None, dtype: str | None = None,
-                   caps: Capabilities | None = None) -> RunPlan:
+                   caps: Capabilities | None = None, method: str | None = None,
+                   dequantise: bool | None = None) -> RunPlan:
     """The plan for loading a model to generate with: device, dtype and attention (no training switches).
 
     Args:
@@ -309,20 +311,36 @@ def inference_plan(model_cfg, *, device: str | None = None, dtype: str | None = 
         device: "cpu", "cuda", ...; None = CUDA when available.
         dtype: overrides ``model_cfg.dtype`` ("auto", "float32", "bfloat16", "float16").
         caps: the machine (default: probed).
+        method: the run's method.type when loading the base of an adapter run: "qlora" loads the NF4 base
+            the adapter was trained on (on the original checkpoint it would be another model, peft#2321).
+        dequantise: qlora only: turn the 4-bit base into plain `dtype` weights once (True), keep it 4-bit
+            (False); None = dequantise except on CUDA.
     """
     caps = caps or probe_capabilities(device)
     d, why_d = _dtype(dtype or model_cfg.dtype, caps)
     attn, why_a = _attention(model_cfg.attn_implementation, False, d, caps)
-    return RunPlan(device=_device(device, caps), dtype=d, load_in_4bit=False, attention=attn, gradient_checkpointing=False,
+    reasons = {"device": caps.label, "dtype": why_d, "attention": why_a}
+    qlora = method == "qlora"
+    if qlora:
+        reasons["load_in_4bit"] = "a QLoRA adapter: the NF4 base it was trained on, quantised as in training"
+        if dequantise is None:
+            dequantise = caps.device != "cuda"
+            reasons["dequantise"] = (f"{caps.device}: dequantised once; the same logits as the 4-bit layers, which "
+                                     "dequantise on every matmul" if dequantise else
+                                     "kept 4-bit: the memory QLoRA was chosen for")
+        else:
+            reasons["dequantise"] = ("asked: merging needs plain weights (never merge into 4-bit layers)"
+                                     if dequantise else "asked: kept 4-bit")
+    return RunPlan(device=_device(device, caps), dtype=d, load_in_4bit=qlora, attention=attn, gradient_checkpointing=False,
                    liger=False, torch_compile=False, packing=False, memory=None, machine=caps.label,
-                   reasons={"device": caps.label, "dtype": why_d, "attention": why_a})
+                   reasons=reasons, dequantise=bool(qlora and dequantise))
 
 
 def describe(plan: RunPlan) -> str:
     """Lines for the start-of-run banner: one per decision, with its reason, then the memory estimate."""
     on = {True: "on", False: "off"}
     rows = [f"plan ({plan.machine}):"]
-    for key in ("dtype", "load_in_4bit", "attention", "gradient_checkpointing", "liger", "torch_compile", "packing"):
+    for key in ("dtype", "load_in_4bit", "dequantise", "attention", "gradient_checkpointing", "liger", "torch_compile", "packing"):
         if key in plan.reasons:
             value = getattr(plan, key)
             rows.append(f"  {key:<22} {on.get(value, value) if isinstance(value, bool) else value:<20} "

@@ -37,7 +37,8 @@ def _apply_generation_config(model, folder: Path) -> None:
             model.generation_config.pad_token_id = pad
 
 
-def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | None = None, tokenizer=None):
+def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | None = None, tokenizer=None,
+                   dequantise: bool | None = None):
     """Load anything chattune can generate with: a run dir, a model folder, the SmolLM2 alias, a GGUF, a Hub id.
 
     Args:
@@ -47,11 +48,15 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
         dtype: overrides the run's model.dtype ("auto", "float32", "bfloat16", "float16" or a torch.dtype).
         tokenizer: reuse this tokenizer instead of loading it again (it must be the one `path` holds;
             merge loads the same run several times and a 151k-token tokenizer costs seconds).
+        dequantise: a QLoRA run's 4-bit base: True = dequantised to plain weights (what merging needs),
+            False = kept 4-bit; None = dequantised on CPU (same logits, no dequantising per matmul),
+            kept 4-bit on CUDA (the memory QLoRA was chosen for).
 
     Returns:
         (model, tokenizer, info) with the model in eval mode; for a run dir the tokenizer and chat template
         are the run's own, so inference renders exactly as training did. info = {"kind": "adapter"|"full"|
-        "model", "base", "path", "thinking", "method", "device", "dtype"}.
+        "model", "base", "path", "thinking", "method", "device", "dtype", "quantised": "nf4" |
+        "nf4-dequantised" | None}.
     """
     from ..model.adapters import quiet_peft
     from ..model.load import load_model, load_tokenizer, resolve_source
@@ -64,15 +69,15 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
         run = read_run(path_s)
         cfg = run.config
         mcfg = cfg.model.model_copy(update={"dtype": dtype} if dtype else {})
-        plan = inference_plan(mcfg, device=device)
+        # an adapter's base: for QLoRA the 4-bit base it was trained on, never the original weights
+        plan = inference_plan(mcfg, device=device, method=cfg.method.type if run.is_adapter else None,
+                              dequantise=dequantise)
         run_dir = Path(path_s)
         tok = tokenizer or _run_tokenizer(run_dir, mcfg)
         if run.is_adapter:
             from peft import PeftModel
 
-            # QLoRA adapters apply to the un-quantised base too: inference loads full precision
-            # (no bitsandbytes needed to use a QLoRA run, and no quantisation error at inference).
-            base = load_model(mcfg, plan=plan, tokenizer=tok)
+            base = load_model(mcfg, plan=plan, tokenizer=tok, prepare_for_training=False)
             _apply_generation_config(base, run_dir)
             with quiet_peft():
                 model = PeftModel.from_pretrained(base, run_dir, is_trainable=False)
@@ -95,5 +100,5 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
             base_name, thinking, method = rep.get("base", path_s), rep.get("thinking", "off"), rep.get("method")
     model.eval()
     info = {"kind": kind, "base": base_name, "path": path_s, "thinking": thinking or "off", "method": method,
-            "device": plan.device, "dtype": plan.dtype}
+            "device": plan.device, "dtype": plan.dtype, "quantised": model.chattune_load.get("quantised")}
     return model, tok, info
