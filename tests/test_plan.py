@@ -162,3 +162,15 @@ def test_inference_plan_decides_device_dtype_and_attention_only():
     g = inference_plan(ModelConfig(), device="cuda:1", caps=dataclasses.replace(A100, flash_attn_2=True))
     assert (g.device, g.dtype, g.attention) == ("cuda:1", "bfloat16", "flash_attention_2")
     assert inference_plan(ModelConfig(dtype="bfloat16"), dtype="float16", caps=A100).dtype == "float16"
+
+
+def test_inference_plan_of_a_qlora_adapter_loads_its_4bit_base_and_dequantises_off_cuda():
+    cpu = inference_plan(ModelConfig(), caps=CPU, method="qlora")
+    assert cpu.load_in_4bit and cpu.dequantise and cpu.dtype == "float32"
+    assert "same logits" in cpu.reasons["dequantise"] and "dequantise" in describe(cpu)
+    gpu = inference_plan(ModelConfig(), caps=A100, method="qlora")
+    assert gpu.load_in_4bit and not gpu.dequantise and gpu.dtype == "bfloat16"
+    merge = inference_plan(ModelConfig(), caps=A100, method="qlora", dequantise=True)
+    assert merge.dequantise and "never merge into 4-bit layers" in merge.reasons["dequantise"]
+    lora = inference_plan(ModelConfig(), caps=CPU, method="lora", dequantise=True)
+    assert not lora.load_in_4bit and not lora.dequantise and "dequantise" not in lora.reasons
