@@ -258,3 +258,13 @@ def test_packing_is_refused_on_a_model_that_attends_across_examples(tmp_path, qw
     with pytest.raises(ConfigError, match="train.packing: packing check on OPTForCausalLM: ATTENDS ACROSS"):
         train(tiny_cfg(tmp_path, tmp_path / "opt", "opt_run", packing=True))
     assert not list((tmp_path / "opt_run").glob("checkpoint-*"))
+
+
+def test_chattune_train_is_the_function_even_after_the_package_is_imported(tmp_path, tiny_qwen3_dir):
+    """`chattune.train(cfg)` (the README's API) must not turn into the `chattune.train` package once any
+    `chattune.train.*` module has been imported."""
+    import chattune
+    import chattune.train.trainer  # noqa: F401  (binds chattune.train to the package)
+
+    result = chattune.train(tiny_cfg(tmp_path, tiny_qwen3_dir, "api", max_steps=1, save_steps=100))
+    assert result.steps == 1 and result.run_dir == str(tmp_path / "api") and result.plan.device == "cpu"
