@@ -36,6 +36,11 @@ class Rendered:
     n_messages: int = 0
     trained_turns: tuple[int, ...] = ()
 
+    @property
+    def n_trained(self) -> int:
+        """Tokens that carry a loss (labels != -100): the one trained-token count the data reports use."""
+        return len(self.labels) - self.labels.count(IGNORE)
+
 
 @dataclass
 class RenderResult:

@@ -181,7 +181,7 @@ def _token_report(report: dict, convs: list, tokenizer, d: DataConfig, sample: i
             for r in res.sequences:
                 n_seq += 1
                 lengths.append(len(r.input_ids))
-                trained += len(r.labels) - r.labels.count(IGNORE)
+                trained += r.n_trained
                 first_trained.append(next((j for j, x in enumerate(r.labels) if x != IGNORE), len(r.labels)))
     over = sum(1 for x in lengths if x > d.max_length)
     dropped = sum(1 for f in first_trained if f >= d.max_length)

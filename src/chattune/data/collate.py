@@ -124,8 +124,3 @@ class Collator:
         as_row = lambda v: torch.tensor(v, dtype=torch.long).unsqueeze(0)  # noqa: E731
         return {"input_ids": as_row(flat_ids), "labels": as_row(flat_labels), "position_ids": as_row(positions),
                 "use_cache": False}
-
-
-def count_trained_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Number of tokens that carry a loss in a batch built by `Collator` (labels != -100)."""
-    return int((batch["labels"] != IGNORE_INDEX).sum())

@@ -147,7 +147,7 @@ def _render_map(batch: dict, *, tokenizer, data_cfg: DataConfig, eot: list[int])
             continue
         skipped = len(res.skipped_turns)
         for r in res.sequences:
-            trained = len(r.labels) - r.labels.count(-100)
+            trained = r.n_trained
             row(r.input_ids, r.labels, _OK if trained else _DROPPED, r.truncated, trained, skipped, "", f"{src}:{num}")
             skipped = 0
     return out

@@ -59,7 +59,7 @@ def preview(paths: Sequence[str], tokenizer, *, n: int = 3, fmt: str = "auto", s
             "source": c.source, "row": c.row, "error": res.error,
             "skipped_turns": [{"message": k + 1, "why": why} for k, why in res.skipped_turns],
             "sequences": [{"segments": segments(r.input_ids, r.labels, tokenizer), "tokens": len(r.input_ids),
-                           "trained_tokens": len(r.labels) - r.labels.count(IGNORE), "truncated": r.truncated,
+                           "trained_tokens": r.n_trained, "truncated": r.truncated,
                            "messages": r.n_messages} for r in res.sequences],
         })
     return out
