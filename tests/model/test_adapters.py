@@ -1,5 +1,5 @@
-"""chattune.model.adapters: apply_method (lora/dora/rslora/full/freeze), gradient checkpointing; and
-chattune.rundir.load.load_run_model on the runs it makes."""
+"""chattune.model.adapters: apply_method (lora/dora/rslora/full/freeze), gradient checkpointing, and that the
+runs it makes load back (`chattune.rundir.load.load_run`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +11,7 @@ import torch
 from chattune.config import Config, ModelConfig, config_from_dict
 from chattune.model.adapters import apply_method, count_params
 from chattune.model.load import load_model, load_tokenizer
-from chattune.rundir.load import load_run_model
+from chattune.rundir.load import load_run
 from chattune.rundir.write import write_manifest
 from tests.conftest import cpu_plan
 
@@ -160,49 +160,6 @@ def make_adapter_run(run_dir, tiny_dir, *, seed: int = 1, thinking: str = "off",
     return model.eval(), tok, cfg
 
 
-def test_load_run_model_adapter_run(tmp_path, tiny_qwen3_dir):
-    trained, tok, _ = make_adapter_run(tmp_path / "run", tiny_qwen3_dir, thinking="keep")
-    model, tok2, info = load_run_model(tmp_path / "run", device="cpu")
-    assert info["kind"] == "adapter" and info["base"] == str(tiny_qwen3_dir) and info["thinking"] == "keep"
-    assert info["path"] == str(tmp_path / "run") and info["method"] == "lora"
-    assert not model.training
-    assert tok2.chat_template == CUSTOM_TEMPLATE  # from the run dir, not the base model's folder
-    eos = model.generation_config.eos_token_id
-    assert eos == [tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id + 1]
-    ids = torch.tensor([tok.encode("hello world, how are you")])
-    base, _ = _base(tiny_qwen3_dir)
-    with torch.no_grad():
-        got, want, plain = model(ids).logits, trained(ids).logits, base(ids).logits
-    torch.testing.assert_close(got, want)
-    assert (got - plain).abs().max() > 1e-2  # the adapter is really applied
-
-
-def test_load_run_model_full_run_and_plain_folder(tmp_path, tiny_qwen3_dir):
-    run = tmp_path / "full"
-    cfg = config_from_dict({"model": {"name_or_path": "somewhere/else"}, "method": {"type": "full"}})
-    write_manifest(run, cfg, {})
-    model, tok = _base(tiny_qwen3_dir)
-    with torch.no_grad():
-        model.model.norm.weight.mul_(1.5)  # distinguishable from the base
-    model.save_pretrained(run)
-    tok.save_pretrained(run)
-    loaded, _, info = load_run_model(run, device="cpu")
-    assert info["kind"] == "full" and info["base"] == "somewhere/else" and info["method"] == "full"
-    torch.testing.assert_close(loaded.model.norm.weight, model.model.norm.weight)
-
-    plain, _, pinfo = load_run_model(tiny_qwen3_dir, device="cpu", dtype=torch.bfloat16)
-    assert pinfo["kind"] == "model" and pinfo["thinking"] == "off" and pinfo["dtype"] == "bfloat16"
-    assert next(plain.parameters()).dtype == torch.bfloat16 and not plain.training
-
-
-def test_load_run_model_incomplete_run_dir(tmp_path, tiny_qwen3_dir):
-    from chattune.errors import ModelError
-
-    write_manifest(tmp_path, _cfg(tiny_qwen3_dir, type="lora"), {})
-    with pytest.raises(ModelError, match="holds no weights"):
-        load_run_model(tmp_path, device="cpu")
-
-
 def test_added_pad_token_trains_only_its_rows_and_survives_the_run_dir(tmp_path):
     """When a pad token had to be added, its embedding rows train as peft trainable tokens and are
     saved with the adapter, so loading the run back gives the same model."""
@@ -234,7 +191,8 @@ def test_added_pad_token_trains_only_its_rows_and_survives_the_run_dir(tmp_path)
 
     saved = load_file(run / "adapter_model.safetensors")
     assert not any(v.shape[0] == 10 for v in saved.values()), sorted(saved)
-    loaded, ltok, _ = load_run_model(run, device="cpu")
+    lm = load_run(run, device="cpu")
+    loaded, ltok = lm.model, lm.tokenizer
     assert ltok.pad_token_id == 9
     ids = torch.tensor([[0, 2, 5, 9, 1]])
     with torch.no_grad():

@@ -34,14 +34,20 @@ def merge(
             table.add_row(str(i), r["prompt"][-40:].replace("\n", "⏎"), r["reference"][:60].replace("\n", "⏎"),
                           same, f"{r['max_abs_logit_diff']:.2e}")
         console.print(table)
+        effect = ver.get("adapter_effect")
         console.print(f"identical {ver['identical']}/{ver['prompts']}, ties {ver['ties']}, "
-                      f"max |logit diff| {ver['max_abs_logit_diff']:.3g}")
+                      f"max |logit diff| {ver['max_abs_logit_diff']:.3g} (bound {ver['tolerance']:.3g}, "
+                      f"in {ver['compute_dtype']})" + (f", adapter effect {effect:.3g}" if effect is not None else ""))
     else:
         console.print("[yellow]verification skipped (--n-verify 0)[/]")
     if report.get("note"):
         console.print(f"[yellow]note:[/] {report['note']}")
+    for w in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {w}")
+    checked = (f", verified on {ver['prompts']} of {ver['asked']} prompts asked" if ver and ver["prompts"] < ver["asked"]
+               else "")
     console.print(f"[bold green]merged[/] {report['run_dir']} → {report['out_dir']} "
-                  f"({report['dtype']}, {report['seconds']} s)")
+                  f"({report['dtype']}, {report['seconds']} s{checked})")
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""Inference batches: left padding, so every row's last token sits in the last column.
+"""Inference batches: left padding, so every row's last token sits in the last column, and the one way
+scoring reads logits from such a batch (`tail_logits`).
 
 Training batches (right padding or packing, with labels) are `chattune.data.collate`.
 """
@@ -16,3 +17,25 @@ def left_pad(seqs: Sequence[Sequence[int]], pad: int, device=None) -> tuple[torc
     ids = torch.tensor([[pad] * (width - len(x)) + list(x) for x in seqs], dtype=torch.long, device=device)
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in seqs], dtype=torch.long, device=device)
     return ids, mask
+
+
+def tail_logits(model, seqs: Sequence[Sequence[int]], pad: int, keep: int):
+    """Logits (model dtype, on the model's device) of the last `keep` positions of each sequence, scored
+    as one left-padded batch with explicit position ids (so padding shifts nothing).
+
+    Only the tail is computed (``logits_to_keep``): full logits are batch x length x vocab (GBs for a
+    151k vocabulary). Row r's position -1 predicts the token after seqs[r]; position -1-k predicts
+    seqs[r][-k].
+
+    Returns:
+        A (batch, keep, vocab) tensor.
+    """
+    device = next(model.parameters()).device
+    ids, mask = left_pad(seqs, pad, device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        try:
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits
+        except TypeError:  # an architecture without logits_to_keep
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    return logits[:, -keep:]

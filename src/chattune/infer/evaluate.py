@@ -127,7 +127,7 @@ def reference_nll(gen, conversations: Sequence[list[dict]], *, batch_size: int =
 
     from ..data.render import IGNORE, render_batch
     from ..errors import TemplateError
-    from .batching import left_pad
+    from .batching import tail_logits
 
     # One batched render: what `render_conversation` gives per conversation, without probing the
     # template again for every one.
@@ -144,15 +144,10 @@ def reference_nll(gen, conversations: Sequence[list[dict]], *, batch_size: int =
         width = max(len(ids) for _, ids, _ in chunk)
         first = [next((j for j, t in enumerate(lab) if t != IGNORE), len(lab)) for _, _, lab in chunk]
         keep = max(len(ids) - f + 1 for (_, ids, _), f in zip(chunk, first))
-        ids, mask = left_pad([x for _, x, _ in chunk], pad)
         # target at position q is the label of token q + 1
         shifted = torch.tensor([[IGNORE] * (width - len(lab)) + lab[1:] + [IGNORE] for _, _, lab in chunk])
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        dev = gen.device
-        with torch.inference_mode():
-            logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                           logits_to_keep=keep).logits[:, -keep:]
-        targets = shifted[:, -keep:].to(dev)
+        logits = tail_logits(model, [x for _, x, _ in chunk], pad, keep)
+        targets = shifted[:, -keep:].to(logits.device)
         for row, (i, _, _) in enumerate(chunk):
             nll = F.cross_entropy(logits[row].float(), targets[row], ignore_index=IGNORE, reduction="sum")
             totals[i][0] += float(nll)

@@ -22,9 +22,13 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ChattuneError, ModelError
 from .stopping import CancelRows, QueueStreamer, StopStrings, cut_at_stop, held_back
+
+if TYPE_CHECKING:
+    from ..rundir.load import LoadInfo
 
 
 @dataclass
@@ -45,25 +49,6 @@ class Completion:
     finish_reason: str
 
 
-def _as_list(x) -> list[int]:
-    if x is None:
-        return []
-    if isinstance(x, (list, tuple)):
-        return [int(i) for i in x if i is not None]
-    return [int(x)]
-
-
-def _end_of_turn_ids(tokenizer) -> list[int]:
-    """The chat template's end-of-turn token(s); the tokenizer's EOS when the template writes none."""
-    from ..data.render import end_of_turn_ids
-    from ..errors import TemplateError
-
-    try:
-        return list(end_of_turn_ids(tokenizer))
-    except TemplateError:
-        return _as_list(tokenizer.eos_token_id)
-
-
 class Generator:
     """A loaded model + tokenizer that renders conversations exactly as training did and generates.
 
@@ -73,22 +58,22 @@ class Generator:
         eos_token_ids: end-of-turn token ids generation stops on.
         name: the model name shown to users (run dir / folder name or Hub id).
         thinking: "off" or "keep" (Qwen3-style thinking, as in training).
+        info: how the model was loaded (`chattune.rundir.load.LoadInfo`) when it came from `from_path`.
     """
 
     def __init__(self, model, tokenizer, *, eos_token_ids: list[int] | None = None, name: str = "model",
-                 thinking: str = "off"):
+                 thinking: str = "off", info: LoadInfo | None = None):
+        from ..rundir.load import stop_token_ids
+
         self.model = model
         self.tokenizer = tokenizer
-        eos = list(eos_token_ids or [])
-        if not eos:
-            eos = _end_of_turn_ids(tokenizer) + _as_list(getattr(getattr(model, "generation_config", None),
-                                                                  "eos_token_id", None))
-        self.eos_token_ids = list(dict.fromkeys(eos))
+        self.eos_token_ids = list(dict.fromkeys(eos_token_ids or stop_token_ids(model, tokenizer)))
         if not self.eos_token_ids:
             raise ModelError(f"{name}: no end-of-turn token found (tokenizer has no eos_token and the chat "
                              "template's end-of-turn is unknown); generation would never stop")
         self.name = name
         self.thinking = thinking
+        self.info = info
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad) if pad is not None else self.eos_token_ids[0]
 
@@ -97,7 +82,7 @@ class Generator:
         """Load a run dir, merged/plain model folder, the alias 'smollm2-135m-instruct', a .gguf or a Hub id.
 
         Args:
-            path: what to load (see `chattune.rundir.load.load_run_model`).
+            path: what to load (see `chattune.rundir.load.load_run`).
             device: torch device (default: cuda if available, else cpu — decided by the loader).
             dtype: torch dtype or its name (default: the loader's choice, fp32 on CPU).
             thinking: "off"/"keep"; default from the run dir (training's data.thinking), else "off".
@@ -105,14 +90,12 @@ class Generator:
         Returns:
             A ready `Generator`.
         """
-        from ..rundir.load import load_run_model
+        from ..rundir.load import load_run
 
-        model, tok, info = load_run_model(path, device=device, dtype=dtype)  # in eval mode
-        # EOS: __init__ takes the template's end-of-turn + model.generation_config's, which the loader
-        # read from the run dir's (or folder's) generation_config.json.
+        loaded = load_run(path, device=device, dtype=dtype)  # in eval mode
         name = Path(str(path)).name if Path(str(path)).exists() else str(path)
-        return cls(model, tok, name=name or str(path),
-                   thinking=thinking or info.get("thinking") or "off")
+        return cls(loaded.model, loaded.tokenizer, eos_token_ids=list(loaded.info.eos_token_ids),
+                   name=name or str(path), thinking=thinking or loaded.info.thinking, info=loaded.info)
 
     @property
     def device(self):
@@ -191,23 +174,47 @@ class Generator:
         Returns:
             One `Completion` per conversation, in order.
         """
-        import torch
-
-        from .batching import left_pad
-
         if not conversations:
             return []
         prompts = [self.prompt_ids(c) for c in conversations]
         kw = self._gen_kwargs(max_new_tokens, temperature, top_p, seed)
+        stop = [s for s in (stop or []) if s]
+        rows = self._new_ids(prompts, kw, stop)
+        return [self._finish(r, len(p), max_new_tokens, stop) for r, p in zip(rows, prompts)]
+
+    def generate_ids(self, prompts: list[list[int]], *, max_new_tokens: int = 256) -> list[list[int]]:
+        """Greedy continuations of already-rendered prompts, as token ids, each cut after its first
+        end-of-turn token (what merge verification compares token for token).
+
+        Args:
+            prompts: token-id lists (e.g. from `prompt_ids`).
+            max_new_tokens: generation limit per row.
+
+        Returns:
+            One list of new token ids per prompt, in order.
+        """
+        if not prompts:
+            return []
+        eos = set(self.eos_token_ids)
+        out = []
+        for row in self._new_ids(prompts, self._gen_kwargs(max_new_tokens, 0.0, 1.0, None), []):
+            end = next((i for i, t in enumerate(row) if t in eos), None)
+            out.append(row if end is None else row[:end + 1])
+        return out
+
+    def _new_ids(self, prompts: list[list[int]], kw: dict, stop: list[str]) -> list[list[int]]:
+        """The generated ids of each row of one left-padded batch (padding after a finished row included)."""
+        import torch
+
+        from .batching import left_pad
+
         ids, mask = left_pad(prompts, self.pad_token_id)
         width = ids.shape[1]
-        stop = [s for s in (stop or []) if s]
         criteria = [StopStrings(self.tokenizer, stop, width)] if stop else []
         with torch.inference_mode():
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       stopping_criteria=criteria or None, **kw)
-        rows = out[:, width:].tolist()
-        return [self._finish(r, len(p), max_new_tokens, stop) for r, p in zip(rows, prompts)]
+        return out[:, width:].tolist()
 
     def stream(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
                top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,

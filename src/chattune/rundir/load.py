@@ -1,14 +1,85 @@
 """Load a trained model back for inference: a run dir, a merged folder, or any model chattune can generate with.
 
-For a run dir the tokenizer and chat template are the run's own, so inference renders exactly as training did.
+For a run dir the tokenizer and chat template are the run's own, so inference renders exactly as training
+did, and the adapter is checked tensor by tensor against its file: a run loads with exactly its adapter or
+not at all (peft only warns about adapter tensors it could not place, and then runs the base model).
 """
 from __future__ import annotations
 
+import warnings as warnings_module
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..config import ModelConfig
-from .layout import GENERATION_FILE, TEMPLATE_FILE, TOKENIZER_CONFIG_FILE, is_run_dir
+from ..config import Config, ModelConfig
+from ..errors import ModelError
+from .layout import ADAPTER_FILE, GENERATION_FILE, TEMPLATE_FILE, TOKENIZER_CONFIG_FILE, is_run_dir
 from .read import read_merge_report, read_run
+
+
+@dataclass(frozen=True)
+class LoadInfo:
+    """What was loaded and how (see `load_run`).
+
+    Attributes:
+        kind: "adapter" (base + the run's adapter), "full" (a full/freeze run's weights) or "model" (any
+            other folder, GGUF or Hub id; a `chattune merge` output included).
+        path: what was asked for.
+        base: the base model the run trained (the path itself for a plain model).
+        method: the run's method (lora/qlora/full/freeze), None for a plain model.
+        thinking: the run's data.thinking ("off"/"keep"): inference renders the way training did.
+        device: where the weights are.
+        dtype: the weights' dtype ("float32", "bfloat16", ...).
+        eos_token_ids: ids generation stops on (end-of-turn first), see `stop_token_ids`.
+        pad_token_id: the tokenizer's pad id (never an end-of-turn id).
+        chat_template: the template inference renders with (the run's own for a run dir).
+        config: the run's resolved config (None for a plain model).
+        quantised: a QLoRA run's base: "nf4" (kept 4-bit), "nf4-dequantised", or None.
+        warnings: things the user should know, e.g. an adapter that changes nothing.
+    """
+
+    kind: str
+    path: str
+    base: str
+    method: str | None
+    thinking: str
+    device: str
+    dtype: str
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int | None
+    chat_template: str | None
+    config: Config | None = None
+    quantised: str | None = None
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for inference (eval mode), its tokenizer, and `LoadInfo`."""
+
+    model: Any
+    tokenizer: Any
+    info: LoadInfo
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Ids that end an answer: the chat template's end-of-turn token(s), then the model's generation_config
+    EOS ids (a run's generation_config.json lists its end-of-turn ids); the tokenizer's EOS when the
+    template writes none."""
+    from ..data.render import end_of_turn_ids
+    from ..errors import TemplateError
+
+    def as_list(x) -> list[int]:
+        if x is None:
+            return []
+        return [int(i) for i in x if i is not None] if isinstance(x, (list, tuple)) else [int(x)]
+
+    try:
+        ids = list(end_of_turn_ids(tokenizer))
+    except TemplateError:
+        ids = as_list(tokenizer.eos_token_id)
+    ids += as_list(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    return list(dict.fromkeys(ids))
 
 
 def _run_tokenizer(run_dir: Path, model_cfg: ModelConfig):
@@ -23,7 +94,7 @@ def _run_tokenizer(run_dir: Path, model_cfg: ModelConfig):
     tok = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=model_cfg.trust_remote_code)
     tpl = run_dir / TEMPLATE_FILE
     apply_template_override(tok, str(tpl) if tpl.is_file() else None)
-    tok.chattune_pad = ensure_pad_token(tok)  # no-op: training already made it safe and saved it
+    ensure_pad_token(tok)  # no-op: training already made it safe and saved it
     return tok
 
 
@@ -37,8 +108,51 @@ def _apply_generation_config(model, folder: Path) -> None:
             model.generation_config.pad_token_id = pad
 
 
-def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | None = None, tokenizer=None,
-                   dequantise: bool | None = None):
+def check_adapter_loaded(model, run_dir: Path) -> None:
+    """Every tensor of the run's adapter file is in the model, with the file's values, and nothing is missing.
+
+    The expected names are what `save_pretrained` writes for this model (peft's
+    ``get_peft_model_state_dict``, embedding layers off as `rundir.write.save_final` saves them).
+
+    Raises:
+        ModelError: missing, unexpected or unequal tensors (names the first few).
+    """
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = run_dir / ADAPTER_FILE
+    saved = load_file(path)
+    have = get_peft_model_state_dict(model, save_embedding_layers=False)
+    missing = sorted(set(have) - set(saved))
+    unexpected = sorted(set(saved) - set(have))
+    differ = sorted(k for k in set(saved) & set(have)
+                    if have[k].shape != saved[k].shape or not torch.equal(saved[k].to(have[k].dtype), have[k].cpu()))
+    if missing or unexpected or differ:
+        parts = [f"{len(v)} {what} (e.g. {', '.join(v[:2])})" for what, v in
+                 (("missing", missing), ("unexpected", unexpected), ("not loaded as saved", differ)) if v]
+        raise ModelError(f"{path} does not match the adapter its adapter_config.json describes: "
+                         f"{'; '.join(parts)}. Loading it would silently run the base model; re-save the adapter "
+                         "from its training run (or restore the file).")
+
+
+def _adapter_changes_nothing(model, tokenizer) -> bool:
+    """True when the adapter leaves the base model's logits bit-identical on a short probe prompt."""
+    import torch
+
+    from ..data.render import prompt_ids
+
+    ids = torch.tensor([prompt_ids(tokenizer, [{"role": "user", "content": "Hello! Who are you?"}])],
+                       device=next(model.parameters()).device)
+    with torch.inference_mode():
+        tuned = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+    return bool(torch.equal(tuned, base))
+
+
+def load_run(path: str | Path, *, device: str | None = None, dtype: str | None = None,
+             tokenizer=None, dequantise: bool | None = None) -> LoadedModel:
     """Load anything chattune can generate with: a run dir, a model folder, the SmolLM2 alias, a GGUF, a Hub id.
 
     Args:
@@ -47,16 +161,17 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
         device: None = CUDA when available (the inference plan decides dtype and attention).
         dtype: overrides the run's model.dtype ("auto", "float32", "bfloat16", "float16" or a torch.dtype).
         tokenizer: reuse this tokenizer instead of loading it again (it must be the one `path` holds;
-            merge loads the same run several times and a 151k-token tokenizer costs seconds).
+            merge loads the same run twice and a 151k-token tokenizer costs seconds).
         dequantise: a QLoRA run's 4-bit base: True = dequantised to plain weights (what merging needs),
             False = kept 4-bit; None = dequantised on CPU (same logits, no dequantising per matmul),
             kept 4-bit on CUDA (the memory QLoRA was chosen for).
 
     Returns:
-        (model, tokenizer, info) with the model in eval mode; for a run dir the tokenizer and chat template
-        are the run's own, so inference renders exactly as training did. info = {"kind": "adapter"|"full"|
-        "model", "base", "path", "thinking", "method", "device", "dtype", "quantised": "nf4" |
-        "nf4-dequantised" | None}.
+        A `LoadedModel` with the model in eval mode; for a run dir the tokenizer and chat template are the
+        run's own, so inference renders exactly as training did.
+
+    Raises:
+        ModelError: not loadable, or the adapter file does not match its config (see `check_adapter_loaded`).
     """
     from ..model.adapters import quiet_peft
     from ..model.load import load_model, load_tokenizer, resolve_source
@@ -65,6 +180,8 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
     if dtype is not None and not isinstance(dtype, str):  # a torch.dtype
         dtype = str(dtype).replace("torch.", "")
     path_s = str(path)
+    warnings: list[str] = []
+    cfg: Config | None = None
     if is_run_dir(path_s):
         run = read_run(path_s)
         cfg = run.config
@@ -79,15 +196,21 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
 
             base = load_model(mcfg, plan=plan, tokenizer=tok, prepare_for_training=False)
             _apply_generation_config(base, run_dir)
-            with quiet_peft():
+            with quiet_peft(), warnings_module.catch_warnings():
+                # check_adapter_loaded raises a clear error for what peft would only warn about
+                warnings_module.filterwarnings("ignore", message="Found missing adapter keys")
                 model = PeftModel.from_pretrained(base, run_dir, is_trainable=False)
-            kind, base_name = "adapter", cfg.model.name_or_path
+            check_adapter_loaded(model, run_dir)
+            if _adapter_changes_nothing(model, tok):
+                warnings.append(f"the adapter in {run_dir} changes nothing: outputs are the base model's "
+                                "(every LoRA B matrix is still zero? did training run any step?)")
+            kind = "adapter"
         else:
             full_cfg = mcfg.model_copy(update={"name_or_path": str(run_dir), "gguf_file": None, "revision": None})
             model = load_model(full_cfg, plan=plan, tokenizer=tok, source=str(run_dir))
             _apply_generation_config(model, run_dir)
-            kind, base_name = "full", cfg.model.name_or_path
-        thinking, method = cfg.data.thinking, cfg.method.type
+            kind = "full"
+        base_name, thinking, method = cfg.model.name_or_path, cfg.data.thinking, cfg.method.type
     else:
         mcfg = ModelConfig(name_or_path=path_s, **({"dtype": dtype} if dtype else {}))
         plan = inference_plan(mcfg, device=device)
@@ -99,6 +222,10 @@ def load_run_model(path: str | Path, *, device: str | None = None, dtype: str | 
         if rep is not None:  # a `chattune merge` output: render as the run was trained
             base_name, thinking, method = rep.get("base", path_s), rep.get("thinking", "off"), rep.get("method")
     model.eval()
-    info = {"kind": kind, "base": base_name, "path": path_s, "thinking": thinking or "off", "method": method,
-            "device": plan.device, "dtype": plan.dtype, "quantised": model.chattune_load.get("quantised")}
-    return model, tok, info
+    info = LoadInfo(kind=kind, path=path_s, base=base_name, method=method, thinking=thinking or "off",
+                    device=plan.device, dtype=plan.dtype,
+                    eos_token_ids=tuple(stop_token_ids(model, tok)), pad_token_id=tok.pad_token_id,
+                    chat_template=tok.chat_template if isinstance(tok.chat_template, str) else None,
+                    config=cfg, quantised=model.chattune_load.get("quantised"),
+                    warnings=tuple(warnings))
+    return LoadedModel(model=model, tokenizer=tok, info=info)
