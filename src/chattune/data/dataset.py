@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # "where" = "file:line" of the source row, so a failing batch (e.g. a NaN loss) can name its examples
 COLUMNS = ("input_ids", "labels", "length", "where")
+# The conversations an eval_ratio split held out, as messages JSONL inside the cache entry.
+HELDOUT_FILE = "heldout.jsonl"
 # Extra columns the render map writes for the report; dropped before the dataset is returned.
 _OK, _DROPPED, _ERROR = 0, 1, 2
 _AUX = ("_status", "_truncated", "_trained", "_skipped", "_error")
@@ -245,7 +247,8 @@ def build_datasets(cfg: Config, tokenizer) -> tuple[datasets.Dataset, datasets.D
         ``(train, eval_or_None, report)``. Datasets have columns ``input_ids``, ``labels``, ``length``.
         report = the loader report (``files``, ``duplicates_removed``, ``conversations``) plus
         ``train`` / ``eval`` stats (see `tokenize_conversations`), ``eval_files`` (loader report of the
-        eval files, if any), ``cache_key``, ``cache_path`` and ``cache_hit``.
+        eval files, if any), ``cache_key``, ``cache_path`` and ``cache_hit``; with an eval_ratio split also
+        ``heldout`` = {"file": name inside cache_path, "conversations": n} (messages JSONL).
 
     Raises:
         DataError: no training files, or no trainable example at all (the first errors are quoted).
@@ -289,17 +292,23 @@ def build_datasets(cfg: Config, tokenizer) -> tuple[datasets.Dataset, datasets.D
               "render": {"loss": d.loss, "thinking": d.thinking, "multi_turn": d.multi_turn,
                          "max_length": d.max_length, "template_kwargs": template_kwargs(tokenizer, d.thinking)},
               "cache_key": key}
+    if eval_convs and not d.eval:  # held out by eval_ratio: kept as messages JSONL (rundir copies it)
+        report["heldout"] = {"file": HELDOUT_FILE, "conversations": len(eval_convs)}
     try:
         with atomic_path(path) as tmp, _quiet_bars(True):
             tmp.mkdir(parents=True)
             train.save_to_disk(str(tmp / "train"))
             if ev is not None:
                 ev.save_to_disk(str(tmp / "eval"))
+            if "heldout" in report:
+                atomic_write_text(tmp / HELDOUT_FILE, "".join(json.dumps({"messages": c.messages}, ensure_ascii=False)
+                                                              + "\n" for c in eval_convs))
             atomic_write_text(tmp / "report.json", json.dumps(report, ensure_ascii=False, indent=1))
         # Reload memory-mapped from the cache so a cold and a warm run hand the trainer the same thing.
         train = datasets.load_from_disk(str(path / "train"))
         ev = datasets.load_from_disk(str(path / "eval")) if ev is not None else None
     except OSError as e:  # a read-only or full cache disk must not stop training
         log.warning("could not cache the tokenized dataset at %s: %s", path, e)
+        report.pop("heldout", None)
     report.update(cache_hit=False, cache_path=str(path))
     return train, ev, report

@@ -7,6 +7,7 @@ Layout (train writes it; infer/eval/merge/serve read it and need nothing else)::
       versions.json            package versions, git sha
       plan.json                the run plan: device, dtype, attention, recompute, Liger, compile, memory, reasons
       data.json                input file hashes, counts, truncated/dropped counts
+      heldout.jsonl            the conversations a data.eval_ratio split held out (messages; `eval --data`)
       tokenizer.json, tokenizer_config.json, ...   tokenizer exactly as used
       chat_template.jinja      the chat template exactly as used
       generation_config.json   eos_token_id lists the end-of-turn token(s)
@@ -37,6 +38,7 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 TRAINER_STATE_FILE = "trainer_state.json"
 CHECKPOINT_PREFIX = "checkpoint-"
 MERGE_REPORT = "chattune_merge.json"
+HELDOUT_FILE = "heldout.jsonl"
 
 
 def is_run_dir(path: str | Path) -> bool:

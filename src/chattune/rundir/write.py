@@ -15,13 +15,14 @@ import tempfile
 from pathlib import Path
 
 from ..config import Config
-from ..fsutil import atomic_write_text
+from ..fsutil import atomic_path, atomic_write_text
 from .layout import (
     ADAPTER_FILES,
     CONFIG_FILE,
     DATA_FILE,
     FULL_FILES,
     GENERATION_FILE,
+    HELDOUT_FILE,
     METRICS_FILE,
     PLAN_FILE,
     TEMPLATE_FILE,
@@ -49,14 +50,27 @@ def write_json(path: str | Path, obj) -> Path:
 
 
 def write_manifest(run_dir: str | Path, cfg: Config, data_report: dict, plan=None) -> None:
-    """Write chattune.yaml, versions.json, data.json and plan.json (tokenizer/template/weights: `save_final`).
+    """Write chattune.yaml, versions.json, data.json, plan.json and, when an eval_ratio split held rows out,
+    heldout.jsonl (tokenizer/template/weights: `save_final`).
 
     The config is written as the user gave it, not as planned: a run dir whose plan chose flash attention still
-    loads on a machine without it (inference makes its own plan)."""
+    loads on a machine without it (inference makes its own plan).
+
+    Args:
+        run_dir: the run directory (created if missing).
+        cfg: the resolved config.
+        data_report: `chattune.data.dataset.build_datasets`' report; its ``heldout`` entry names the
+            held-out conversations' file inside ``cache_path``.
+        plan: the run's `RunPlan` (written as plan.json), or None.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / CONFIG_FILE, cfg.to_yaml())
     write_json(run_dir / VERSIONS_FILE, collect_versions())
+    held = data_report.get("heldout")
+    if held:
+        with atomic_path(run_dir / HELDOUT_FILE) as tmp:
+            shutil.copyfile(Path(data_report["cache_path"]) / held["file"], tmp)
     write_json(run_dir / DATA_FILE, data_report)
     if plan is not None:
         write_json(run_dir / PLAN_FILE, plan.to_dict())
