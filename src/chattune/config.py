@@ -5,6 +5,7 @@ Every error names the dotted key, the value found and what is allowed (see `load
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -42,7 +43,8 @@ class DataSource(_Strict):
     """One input file and how to read it."""
 
     path: str = Field(description="File or folder: .jsonl/.json/.csv/.tsv/.xlsx/.parquet, or a datasets.save_to_disk "
-                      "folder. Relative paths are resolved beside the YAML file when they exist there.")
+                      "folder. A relative path is resolved in the working directory, else beside the YAML file, and saved "
+                      "absolute in the run dir.")
     format: Literal["auto", "alpaca", "qa", "prompt_completion", "messages", "sharegpt", "text"] = Field(
         "auto", description="Row shape; auto = detected from the columns of the first rows.")
     columns: dict[str, str] = Field(default_factory=dict, description="Map our field names to the file's "
@@ -328,8 +330,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         overrides: ``key.sub=value`` strings applied on top (values parsed as YAML scalars/lists).
 
     Returns:
-        The validated `Config`. Relative data paths are resolved against the YAML file's folder
-        when they exist there, so examples run from any working directory.
+        The validated `Config`. Relative data paths that exist in the working directory, else beside the
+        YAML file, become absolute paths, so examples run from any working directory and a run dir's
+        saved config names its data wherever it is read.
 
     Raises:
         ConfigError: unreadable YAML, an unknown key or a bad value (the message names the key).
@@ -350,10 +353,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if overrides:
         raw = deep_merge(raw, parse_overrides(overrides))
     cfg = config_from_dict(raw, source)
-    if path is not None:
-        base = Path(path).resolve().parent
-        for src in [*cfg.data.train, *cfg.data.eval]:
-            p = Path(src.path)
-            if not p.is_absolute() and not p.exists() and (base / p).exists():
-                src.path = str(base / p)
+    # Data paths become absolute here, once: the resolved config is saved into the run dir, and commands
+    # that read it later (merge verification, eval defaults) may run from any folder.
+    base = Path(path).resolve().parent if path is not None else None
+    for src in [*cfg.data.train, *cfg.data.eval]:
+        p = Path(src.path).expanduser()
+        if p.is_absolute():
+            continue
+        if not p.exists() and base is not None and (base / p).exists():
+            p = base / p
+        if p.exists():
+            src.path = os.path.abspath(p)  # not resolve(): keep the user's symlinks as written
     return cfg

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 
+from chattune.config import load_config
 from chattune.rundir.checkpoints import checkpoint_max_steps
-from chattune.rundir.read import read_metrics, read_plan
+from chattune.rundir.read import read_metrics, read_plan, read_run
+from chattune.rundir.write import write_manifest
 
 
 def test_read_metrics_splits_kinds_and_skips_a_line_cut_mid_write(tmp_path):
@@ -33,3 +35,30 @@ def test_read_plan(tmp_path):
     assert read_plan(tmp_path) == {"device": "cpu", "reasons": {"device": "no GPU"}}
     (tmp_path / "plan.json").write_text('{"device": "cp', encoding="utf-8")  # cut mid-write
     assert read_plan(tmp_path) is None
+
+
+def test_relative_data_paths_work_from_any_folder(tmp_path, monkeypatch):
+    """Issue 14 item 9: trained with `data.train: train.jsonl` (relative to where `train` ran), then
+    `chattune merge` from another folder found no data and verified on generic prompts. Paths are made
+    absolute at load, so the run dir's chattune.yaml names the real files."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.jsonl").write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n")
+    (project / "held.jsonl").write_text(json.dumps({"instruction": "c", "output": "d"}) + "\n")
+    (project / "cfg.yaml").write_text("data:\n  train: train.jsonl\n  eval: [held.jsonl]\n")
+    monkeypatch.chdir(project)
+    cfg = load_config("cfg.yaml", ["data.train=train.jsonl"])  # an override is relative to the cwd
+    write_manifest(tmp_path / "run", cfg, {})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run_cfg = read_run_config(tmp_path / "run")
+    assert [s.path for s in run_cfg.data.train] == [str(project / "train.jsonl")]
+    assert [s.path for s in run_cfg.data.eval] == [str(project / "held.jsonl")]
+    # beside the YAML when the cwd does not have it
+    assert load_config(project / "cfg.yaml").data.train[0].path == str(project / "train.jsonl")
+
+
+def read_run_config(run):
+    (run / "adapter_model.safetensors").write_bytes(b"")  # read_run wants weights; their content is not read
+    return read_run(run).config
