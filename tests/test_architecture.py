@@ -97,3 +97,26 @@ def test_no_module_over_the_size_limit():
     long = {name: n for name, (path, _) in _modules().items()
             if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert long == {}, f"modules over {MAX_LINES} lines: {long} (split them along what they own)"
+
+
+def test_no_private_name_imported_across_packages():
+    """``from chattune.a.b import _x`` only inside package ``chattune.a`` (a private name is that package's own)."""
+    mods = _modules()
+    crossing = []
+    for name, (path, is_pkg) in mods.items():
+        pkg = name if is_pkg else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = pkg.split(".")[:len(pkg.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if not mod.startswith("chattune"):
+                continue
+            owner = mod if mod in mods and mods[mod][1] else mod.rsplit(".", 1)[0]
+            for a in node.names:
+                if a.name.startswith("_") and not a.name.startswith("__") and owner != pkg:
+                    crossing.append(f"{name}: from {mod} import {a.name}")
+    assert crossing == []

@@ -31,9 +31,9 @@ def check_model_source(model_cfg: ModelConfig) -> None:
     """
     import huggingface_hub.constants as hub
 
-    from .model.load import _gguf_file
+    from .model.load import gguf_file
 
-    if _gguf_file(model_cfg) is not None:  # raises with the missing path (and how to fetch the alias)
+    if gguf_file(model_cfg) is not None:  # raises with the missing path (and how to fetch the alias)
         return
     name = model_cfg.name_or_path
     if Path(name).expanduser().exists():

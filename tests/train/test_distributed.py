@@ -54,14 +54,14 @@ def test_global_batch_is_per_device_times_accum_times_world(monkeypatch):
 def test_ddp_args_on_cpu_use_gloo_and_use_cpu(monkeypatch):
     _clear_launch_env(monkeypatch)
     cfg = load_config(None)
-    assert dist.training_args_for(cfg) == {"ddp_find_unused_parameters": False}
+    assert dist.distributed_kwargs(cfg) == {"ddp_find_unused_parameters": False}
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(dist, "_accelerator_available", lambda: False)
     # use_cpu is what makes accelerate build a gloo process group instead of N lone runs
-    assert dist.training_args_for(cfg) == {"ddp_find_unused_parameters": False, "ddp_backend": "gloo",
+    assert dist.distributed_kwargs(cfg) == {"ddp_find_unused_parameters": False, "ddp_backend": "gloo",
                                            "use_cpu": True}
     monkeypatch.setattr(dist, "_accelerator_available", lambda: True)
-    assert dist.training_args_for(cfg)["ddp_backend"] == "nccl"
+    assert dist.distributed_kwargs(cfg)["ddp_backend"] == "nccl"
 
 
 def test_fsdp2_args_wrap_the_decoder_layer_and_build_training_arguments(monkeypatch, tiny_qwen3_dir, tmp_path):
@@ -70,7 +70,7 @@ def test_fsdp2_args_wrap_the_decoder_layer_and_build_training_arguments(monkeypa
 
     cfg = load_config(None, ["train.distributed=fsdp", f"model.name_or_path={tiny_qwen3_dir}",
                              "train.gradient_checkpointing=true"])
-    kw = dist.training_args_for(cfg, plan=cpu_plan(cfg))  # the plan's recompute moves into FSDP
+    kw = dist.distributed_kwargs(cfg, plan=cpu_plan(cfg))  # the plan's recompute moves into FSDP
     fc = kw["fsdp_config"]
     assert kw["fsdp"] is True and kw["activation_checkpointing"] is False
     assert fc["version"] == 2 and fc["transformer_layer_cls_to_wrap"] == ["Qwen3DecoderLayer"]
@@ -89,7 +89,7 @@ def test_fsdp_moves_transformers_recompute_into_fsdp(monkeypatch, tiny_qwen3_dir
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir),
                            LoraConfig(r=4, target_modules="all-linear"))
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    kw = dist.training_args_for(load_config(None, ["train.distributed=fsdp"]), model=model)
+    kw = dist.distributed_kwargs(load_config(None, ["train.distributed=fsdp"]), model=model)
     assert kw["fsdp_config"]["activation_checkpointing"] is True
     assert kw["fsdp_config"]["transformer_layer_cls_to_wrap"] == ["Qwen3DecoderLayer"]
     assert model.get_base_model().is_activation_checkpointing is False
@@ -100,7 +100,7 @@ def test_deepspeed_without_the_package_says_how_to_install_it(monkeypatch):
     _clear_launch_env(monkeypatch)
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "deepspeed" else object())
     with pytest.raises(ConfigError, match="pip install deepspeed"):
-        dist.training_args_for(load_config(None, ["train.distributed=deepspeed"]))
+        dist.distributed_kwargs(load_config(None, ["train.distributed=deepspeed"]))
 
 
 def test_deepspeed_presets_match_the_shipped_json_files(monkeypatch, tmp_path):

@@ -45,7 +45,7 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def _gguf_file(model_cfg: ModelConfig) -> Path | None:
+def gguf_file(model_cfg: ModelConfig) -> Path | None:
     """The GGUF file `model_cfg` points at, or None when it is a Hub id / HF folder."""
     src = model_cfg.name_or_path
     if src == SMOLLM2_ALIAS:
@@ -140,7 +140,7 @@ def resolve_source(model_cfg: ModelConfig) -> str:
         The SmolLM2 alias and GGUF files become their cached safetensors folder (converted on first
         use); Hub ids and local folders come back unchanged.
     """
-    gguf = _gguf_file(model_cfg)
+    gguf = gguf_file(model_cfg)
     if gguf is not None:
         return str(convert_gguf(gguf))
     p = Path(model_cfg.name_or_path).expanduser()
@@ -245,7 +245,7 @@ def read_model_config(model_cfg: ModelConfig):
 
     m = model_cfg
     try:
-        gguf = _gguf_file(m)
+        gguf = gguf_file(m)
         if gguf is not None:
             cached = gguf_cache_dir(gguf)
             if (cached / "config.json").is_file():

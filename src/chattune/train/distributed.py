@@ -2,7 +2,7 @@
 
 chattune does not distribute anything itself. `launch` re-runs ``python -m chattune train ...`` under
 ``torch.distributed.run`` (torchrun); inside each process transformers.Trainer + accelerate do DDP/FSDP/ZeRO
-from the kwargs `training_args_for` returns. The helpers below make the rest rank-aware:
+from the kwargs `distributed_kwargs` returns. The helpers below make the rest rank-aware:
 only the main process writes run-dir files, logs and prints; data is tokenised once (main process first).
 
 Environment variables read (set by torchrun / accelerate launch / mpirun): RANK, WORLD_SIZE, LOCAL_RANK.
@@ -192,10 +192,10 @@ def _uses_every_trainable_param(model) -> bool:
     return not any(getattr(config, k, None) for k in ("num_experts", "num_local_experts", "n_routed_experts"))
 
 
-def training_args_for(cfg, *, model=None, plan=None) -> dict:
+def distributed_kwargs(cfg, *, model=None, plan=None) -> dict:
     """The distributed part of `transformers.TrainingArguments` for this config and launch.
 
-    Merge it last: ``TrainingArguments(**{**base_kwargs, **training_args_for(cfg, model=model)})``.
+    Merge it last: ``TrainingArguments(**{**base_kwargs, **distributed_kwargs(cfg, model=model)})``.
 
     Args:
         cfg: the chattune `Config` (reads ``train.distributed``, ``train.deepspeed``, ``method.type``,

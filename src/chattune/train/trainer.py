@@ -59,7 +59,7 @@ def training_arguments(cfg: Config, plan: RunPlan, *, run_dir: str | Path, has_e
     """
     from transformers import TrainingArguments
 
-    from .distributed import training_args_for
+    from .distributed import distributed_kwargs
 
     t = cfg.train
     on_gpu = plan.device.startswith("cuda")
@@ -101,7 +101,7 @@ def training_arguments(cfg: Config, plan: RunPlan, *, run_dir: str | Path, has_e
         prediction_loss_only=True,  # eval needs the loss only; gathering logits would cost vocab x tokens of RAM
     )
     # DDP/FSDP2/DeepSpeed settings (no-ops for a single process) come last, from their own module.
-    kwargs.update(training_args_for(cfg, model=model, plan=plan))
+    kwargs.update(distributed_kwargs(cfg, model=model, plan=plan))
     return TrainingArguments(**kwargs)
 
 
