@@ -10,7 +10,7 @@ from tests.train.test_trainer import FACTS
 
 from chattune.errors import ChattuneError
 from chattune.infer import merge as M
-from chattune.rundir.load import load_run_model
+from chattune.rundir.load import load_run
 
 PROMPT = [{"role": "user", "content": FACTS[3]["prompt"]}]
 
@@ -26,11 +26,13 @@ def _logits(model, tok):
 def test_a_tiny_qlora_run_answers_from_its_4bit_base(tiny_qlora_run, tiny_qwen3_dir):
     """On CPU the 4-bit base is dequantised for inference: the same logits, bit for bit, as the 4-bit
     layers; the adapter on the original checkpoint would be another model."""
-    model, tok, info = load_run_model(tiny_qlora_run, device="cpu")
-    assert info["method"] == "qlora" and info["quantised"] == "nf4-dequantised"
+    _lr = load_run(tiny_qlora_run, device="cpu")
+    model, tok, info = _lr.model, _lr.tokenizer, _lr.info
+    assert info.method == "qlora" and info.quantised == "nf4-dequantised"
     dequantised = _logits(model, tok)
-    four_bit, _, info4 = load_run_model(tiny_qlora_run, device="cpu", tokenizer=tok, dequantise=False)
-    assert info4["quantised"] == "nf4"
+    _lr = load_run(tiny_qlora_run, device="cpu", tokenizer=tok, dequantise=False)
+    four_bit, info4 = _lr.model, _lr.info
+    assert info4.quantised == "nf4"
     assert torch.equal(_logits(four_bit, tok), dequantised)
     from peft import PeftModel
 
@@ -52,16 +54,18 @@ def test_qlora_merge_dequantises_the_base_and_matches_the_qlora_model(tmp_path, 
     assert report["method"] == "qlora" and "dequantised to float32" in report["note"]
     assert v["prompts"] == 6 and v["identical"] == 6 and v["mismatches"] == 0
     assert v["max_abs_logit_diff"] < 1e-3  # fp32: the merge adds B·A to the dequantised weights, nothing else
-    merged, tok, info = load_run_model(tmp_path / "merged", device="cpu")
-    assert info["kind"] == "model" and info["method"] == "qlora"
+    _lr = load_run(tmp_path / "merged", device="cpu")
+    merged, tok, info = _lr.model, _lr.tokenizer, _lr.info
+    assert info.kind == "model" and info.method == "qlora"
     assert getattr(merged.config, "quantization_config", None) is None
     assert all(p.dtype == torch.float32 for p in merged.parameters())
-    qlora, _, _ = load_run_model(tiny_qlora_run, device="cpu", tokenizer=tok, dequantise=False)
+    _lr = load_run(tiny_qlora_run, device="cpu", tokenizer=tok, dequantise=False)
+    qlora = _lr.model
     assert (_logits(merged, tok) - _logits(qlora, tok)).abs().max() < 1e-3
 
 
 def test_qlora_merge_that_drops_the_adapter_fails_verification(tmp_path, tiny_qlora_run, monkeypatch):
-    def save_base_only(run, out, *, model, tokenizer):
+    def save_base_only(run, out, *, model, tokenizer, **kw):
         model.unload().save_pretrained(out, safe_serialization=True)  # the dequantised base, adapter dropped
         tokenizer.save_pretrained(out)
         return tokenizer

@@ -86,22 +86,29 @@ def test_smollm2_alias_converts_once_to_a_cached_trainable_folder(smollm2_gguf, 
 
 @pytest.mark.parametrize("name", REAL_TOKENIZERS)
 def test_pad_token_is_never_end_of_turn_or_eos(name):
+    from transformers import AutoTokenizer
+
     tok = L.load_tokenizer(ModelConfig(name_or_path=str(real_tokenizer_dir(name))))
     forbidden = set(end_of_turn_ids(tok)) | {tok.eos_token_id}
     assert tok.pad_token_id is not None and tok.pad_token_id not in forbidden
-    assert not tok.chattune_pad["added"], "every real tokenizer has a spare token; none should need a new one"
+    choice = L.ensure_pad_token(AutoTokenizer.from_pretrained(real_tokenizer_dir(name)))  # the decision itself
+    assert (choice.pad_token, choice.pad_token_id) == (tok.pad_token, tok.pad_token_id)
+    assert not choice.added, "every real tokenizer has a spare token; none should need a new one"
     assert tok.convert_tokens_to_ids(tok.pad_token) == tok.pad_token_id
     if name == "deepseek_v3":  # ships pad == eos: the trap this guards against
-        assert tok.chattune_pad["replaced"] == "<｜end▁of▁sentence｜>"
+        assert choice.replaced == "<｜end▁of▁sentence｜>"
         assert tok.pad_token == "<｜▁pad▁｜>"
     if name == "qwen3":  # an already-safe pad is kept
-        assert tok.pad_token == "<|endoftext|>" and tok.chattune_pad["replaced"] is None
+        assert tok.pad_token == "<|endoftext|>" and choice.replaced is None
 
 
 def test_smollm2_pad_token_is_not_im_end(smollm2_gguf):
+    from transformers import AutoTokenizer
+
     tok = L.load_tokenizer(ModelConfig())  # uses the cached conversion (the slow test creates it)
     assert tok.convert_ids_to_tokens(end_of_turn_ids(tok)[0]) == "<|im_end|>"
-    assert tok.pad_token == "<|endoftext|>" and tok.chattune_pad["replaced"] == "<|im_end|>"
+    raw = AutoTokenizer.from_pretrained(L.resolve_source(ModelConfig()))
+    assert tok.pad_token == "<|endoftext|>" and L.ensure_pad_token(raw).replaced == "<|im_end|>"
 
 
 def test_chat_template_override_and_missing_template(tmp_path, tiny_qwen3_dir):
@@ -141,8 +148,11 @@ def test_pad_is_added_only_when_no_spare_token_and_embeddings_grow_with_mean_row
                       num_key_value_heads=1, head_dim=16, tie_word_embeddings=False, eos_token_id=1)
     Qwen3ForCausalLM(cfg).save_pretrained(tok_dir)
     mcfg = ModelConfig(name_or_path=str(tok_dir))
+    from transformers import AutoTokenizer
+
+    assert L.ensure_pad_token(AutoTokenizer.from_pretrained(tok_dir)).added
     tok = L.load_tokenizer(mcfg)
-    assert tok.chattune_pad["added"] and tok.pad_token == L.ADDED_PAD and tok.pad_token_id == 9
+    assert tok.pad_token == L.ADDED_PAD and tok.pad_token_id == 9
     model = L.load_model(mcfg, tokenizer=tok, device="cpu")
     assert model.chattune_load["resized_embeddings"] == 1
     for emb in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):

@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ModelConfig
@@ -158,7 +159,18 @@ def _forbidden_pad_ids(tok) -> set[int]:
     return ids
 
 
-def ensure_pad_token(tok) -> dict:
+@dataclass(frozen=True)
+class PadChoice:
+    """What `ensure_pad_token` did: the pad token now set, whether it had to be added to the vocabulary
+    (then the embeddings grow), and the unsafe pad it replaced (None when the tokenizer's own was kept)."""
+
+    pad_token: str
+    pad_token_id: int
+    added: bool
+    replaced: str | None
+
+
+def ensure_pad_token(tok) -> PadChoice:
     """Give `tok` a pad token that is neither EOS nor an end-of-turn token.
 
     Prefers the existing pad token, then a dedicated pad-like special token the vocabulary already has
@@ -167,12 +179,12 @@ def ensure_pad_token(tok) -> dict:
     none exists is ``<|pad|>`` added, and then the model's embeddings must grow (see `load_model`).
 
     Returns:
-        {"pad_token", "pad_token_id", "added": bool, "replaced": old pad or None}
+        The `PadChoice`.
     """
     forbidden = _forbidden_pad_ids(tok)
     old = tok.pad_token
     if tok.pad_token_id is not None and tok.pad_token_id not in forbidden:
-        return {"pad_token": tok.pad_token, "pad_token_id": tok.pad_token_id, "added": False, "replaced": None}
+        return PadChoice(tok.pad_token, tok.pad_token_id, added=False, replaced=None)
     vocab = tok.get_vocab()
     added = sorted(tok.added_tokens_decoder.items())
     special = [str(t) for _, t in added] + list(tok.all_special_tokens)
@@ -185,9 +197,9 @@ def ensure_pad_token(tok) -> dict:
     for cand in candidates:
         if cand in vocab and vocab[cand] not in forbidden:
             tok.pad_token = cand
-            return {"pad_token": cand, "pad_token_id": tok.pad_token_id, "added": False, "replaced": old}
+            return PadChoice(cand, tok.pad_token_id, added=False, replaced=old)
     tok.add_special_tokens({"pad_token": ADDED_PAD})
-    return {"pad_token": ADDED_PAD, "pad_token_id": tok.pad_token_id, "added": True, "replaced": old}
+    return PadChoice(ADDED_PAD, tok.pad_token_id, added=True, replaced=old)
 
 
 def load_tokenizer(model_cfg: ModelConfig, source: str | None = None):
@@ -199,7 +211,7 @@ def load_tokenizer(model_cfg: ModelConfig, source: str | None = None):
 
     Returns:
         A transformers tokenizer whose ``pad_token_id`` is not EOS / end-of-turn and that has a chat
-        template (raises TemplateError otherwise). ``tok.chattune_pad`` records what `ensure_pad_token` did.
+        template (raises TemplateError otherwise); what `ensure_pad_token` chose is logged.
     """
     from transformers import AutoTokenizer
 
@@ -212,7 +224,10 @@ def load_tokenizer(model_cfg: ModelConfig, source: str | None = None):
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load a tokenizer from {src!r}: {e}") from None
     apply_template_override(tok, model_cfg.chat_template)
-    tok.chattune_pad = ensure_pad_token(tok)
+    pad = ensure_pad_token(tok)
+    if pad.added or pad.replaced is not None:
+        log.info("pad token: %s (id %s)%s", pad.pad_token, pad.pad_token_id,
+                 " added to the vocabulary" if pad.added else f", replacing {pad.replaced!r}")
     return tok
 
 
