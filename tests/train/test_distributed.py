@@ -116,7 +116,7 @@ def test_deepspeed_presets_match_the_shipped_json_files(monkeypatch, tmp_path):
         dist.deepspeed_config("zero4")
 
 
-def test_accelerate_configs_load_and_agree_with_training_args_for():
+def test_accelerate_configs_load_and_agree_with_distributed_kwargs():
     from accelerate.commands.config.config_args import load_config_from_file
 
     loaded = {p.stem: load_config_from_file(str(p)) for p in (REPO / "examples" / "accelerate").glob("*.yaml")}
