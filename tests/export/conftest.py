@@ -33,6 +33,8 @@ def make_run(run_dir: Path, base_dir: Path | str, *, thinking: str = "off", meth
              system: str | None = None, train: list[dict] = TRAIN, held_out: list[dict] = HELD_OUT) -> Path:
     """A run dir as `chattune train` leaves it (manifest, tokenizer, template, generation config, weights),
     with LoRA B set non-zero so the adapter really changes the answers."""
+    from tests.conftest import cpu_plan
+
     from chattune.config import config_from_dict
     from chattune.data.render import end_of_turn_ids
     from chattune.model.adapters import apply_method
@@ -48,8 +50,8 @@ def make_run(run_dir: Path, base_dir: Path | str, *, thinking: str = "off", meth
                             "output_dir": str(run_dir)})
     write_manifest(run_dir, cfg, {"conversations": len(train)})
     tok = load_tokenizer(cfg.model)
-    model = load_model(cfg.model, tokenizer=tok, method=method, device="cpu")
-    model, _ = apply_method(model, cfg)
+    model = load_model(cfg.model, tokenizer=tok, device="cpu")
+    model, _ = apply_method(model, cfg, cpu_plan(cfg))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in model.named_parameters():
