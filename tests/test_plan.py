@@ -8,8 +8,17 @@ import pytest
 
 from chattune.config import ModelConfig, load_config
 from chattune.errors import ConfigError
-from chattune.plan import FIT_SHARE, Capabilities, GiB, describe, flops_per_token, inference_plan, make_plan
-from chattune.plan import known_config, shape_of
+from chattune.plan import (
+    FIT_SHARE,
+    Capabilities,
+    GiB,
+    describe,
+    flops_per_token,
+    inference_plan,
+    known_config,
+    make_plan,
+    shape_of,
+)
 
 CPU = Capabilities(device="cpu", memory_bytes=16 * GiB)
 MPS = Capabilities(device="mps", memory_bytes=16 * GiB)

@@ -6,13 +6,12 @@ from importlib import metadata
 
 import pytest
 
-from tests.conftest import cpu_plan
-
 from chattune.config import config_from_dict
 from chattune.model.adapters import apply_method, count_params
 from chattune.model.doctor import doctor, plan_for
 from chattune.model.load import load_model
 from chattune.plan import Capabilities, GiB
+from tests.conftest import cpu_plan
 
 
 def estimate_memory(cfg, *, device="cpu", free_bytes=None):
@@ -182,9 +181,11 @@ def test_cli_doctor_answers_for_a_card_offline(tmp_path):
     yml = tmp_path / "q.yaml"
     yml.write_text("model: {name_or_path: Qwen/Qwen3-14B}\nmethod: {type: qlora}\n"
                    "data: {max_length: 1024}\ntrain: {batch_size: 2}\n")
-    res = CliRunner().invoke(app, ["doctor", str(yml), "--gpu-memory", "24GB"], env={"COLUMNS": "200"})
+    res = CliRunner().invoke(app, ["doctor", str(yml), "--gpu-memory", "24GB"],
+                             env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
-    for part in ("weights", "lora", "optimizer", "activations", "logits", "budget", "shape from chattune's shape table"):
+    for part in ("weights", "lora", "optimizer", "activations", "logits", "budget",
+                 "shape from chattune's shape table"):
         assert part in res.output, part
     assert "verdict: fits on GPU with 24 GiB" in res.output
     res = CliRunner().invoke(app, ["doctor", str(yml), "--gpu", "nope"], env={"COLUMNS": "200"})

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..errors import ConfigError, ModelError
-from ..plan import KNOWN_MODELS, Capabilities, GiB, RunPlan, known_name, make_plan, package_versions
-from ..plan import probe_capabilities
+from ..plan import KNOWN_MODELS, Capabilities, GiB, RunPlan, known_name, make_plan, package_versions, probe_capabilities
 from .load import read_model_config
 
 _OPTIONAL = {"flash_attn": "flash-attn", "bitsandbytes": "bitsandbytes", "liger_kernel": "liger-kernel",

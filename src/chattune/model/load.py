@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ModelConfig
-from ..errors import ChattuneError, ModelError
+from ..errors import ModelError
 from ..fsutil import atomic_path, cache_root, sha256_file
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,6 @@ def load_model(model_cfg: ModelConfig, *, plan=None, tokenizer=None, device: str
     Raises:
         ModelError: the model cannot be loaded.
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
     from ..plan import inference_plan

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from .memory import GPUS, FIT_SHARE, GiB, MemoryEstimate, estimate_memory, parse_bytes
+from .memory import FIT_SHARE, GPUS, GiB, MemoryEstimate, estimate_memory, parse_bytes
 from .shapes import ModelShape, known_config, shape_of
 
 # The packages whose versions change results: recorded in every run dir and shown by `chattune doctor`.
@@ -160,7 +160,8 @@ _DTYPES = {"float32", "bfloat16", "float16"}
 def _dtype(cfg_dtype: str, caps: Capabilities) -> tuple[str, str]:
     if cfg_dtype not in (None, "auto"):
         if cfg_dtype not in _DTYPES:
-            raise ConfigError(f"model.dtype {cfg_dtype!r} is not supported; expected auto, float32, bfloat16 or float16")
+            raise ConfigError(f"model.dtype {cfg_dtype!r} is not supported; "
+                              "expected auto, float32, bfloat16 or float16")
         if cfg_dtype == "bfloat16" and caps.device == "cuda" and not caps.bf16:
             raise ConfigError(f"model.dtype: bfloat16 but {caps.label} has no bf16 (needs sm80+); use float16 or auto")
         return cfg_dtype, "set in config"
@@ -331,16 +332,17 @@ def inference_plan(model_cfg, *, device: str | None = None, dtype: str | None = 
         else:
             reasons["dequantise"] = ("asked: merging needs plain weights (never merge into 4-bit layers)"
                                      if dequantise else "asked: kept 4-bit")
-    return RunPlan(device=_device(device, caps), dtype=d, load_in_4bit=qlora, attention=attn, gradient_checkpointing=False,
-                   liger=False, torch_compile=False, packing=False, memory=None, machine=caps.label,
-                   reasons=reasons, dequantise=bool(qlora and dequantise))
+    return RunPlan(device=_device(device, caps), dtype=d, load_in_4bit=qlora, attention=attn,
+                   gradient_checkpointing=False, liger=False, torch_compile=False, packing=False, memory=None,
+                   machine=caps.label, reasons=reasons, dequantise=bool(qlora and dequantise))
 
 
 def describe(plan: RunPlan) -> str:
     """Lines for the start-of-run banner: one per decision, with its reason, then the memory estimate."""
     on = {True: "on", False: "off"}
     rows = [f"plan ({plan.machine}):"]
-    for key in ("dtype", "load_in_4bit", "dequantise", "attention", "gradient_checkpointing", "liger", "torch_compile", "packing"):
+    for key in ("dtype", "load_in_4bit", "dequantise", "attention", "gradient_checkpointing", "liger",
+                "torch_compile", "packing"):
         if key in plan.reasons:
             value = getattr(plan, key)
             rows.append(f"  {key:<22} {on.get(value, value) if isinstance(value, bool) else value:<20} "

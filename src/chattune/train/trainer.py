@@ -214,8 +214,8 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
 
-    from ..data.dataset import build_datasets
     from ..data.collate import Collator
+    from ..data.dataset import build_datasets
     from ..data.render import end_of_turn_ids
     from ..model.adapters import apply_method
     from ..model.load import load_model, load_tokenizer, read_model_config, resolve_source
