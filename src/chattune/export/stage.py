@@ -70,12 +70,12 @@ def read_facts(run_dir: str | Path):
     from ..data.render import end_of_turn_ids, template_kwargs
     from ..model.load import resolve_source
     from ..rundir.layout import GENERATION_FILE
-    from ..rundir.load import _run_tokenizer
+    from ..rundir.load import run_tokenizer
     from ..rundir.read import read_run
 
     run = read_run(run_dir)  # raises with the missing file named
     cfg = run.config
-    tok = _run_tokenizer(run.path, cfg.model)
+    tok = run_tokenizer(run.path, cfg.model)
     if not tok.chat_template:
         raise ModelError(f"{run.path}: the run has no chat template; nothing to export a chat model with")
     gen_file = run.path / GENERATION_FILE

@@ -82,7 +82,7 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def _run_tokenizer(run_dir: Path, model_cfg: ModelConfig):
+def run_tokenizer(run_dir: Path, model_cfg: ModelConfig):
     """The tokenizer saved in the run dir, with the run dir's chat template: what training rendered with."""
     from transformers import AutoTokenizer
 
@@ -190,7 +190,7 @@ def load_run(path: str | Path, *, device: str | None = None, dtype: str | None =
         plan = inference_plan(mcfg, device=device, method=cfg.method.type if run.is_adapter else None,
                               dequantise=dequantise)
         run_dir = Path(path_s)
-        tok = tokenizer or _run_tokenizer(run_dir, mcfg)
+        tok = tokenizer or run_tokenizer(run_dir, mcfg)
         if run.is_adapter:
             from peft import PeftModel
 
