@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from ..errors import ChattuneError
-from .chat import Models, stream_reply
+from .chat import Models, stream_reply, with_run_system
 from .config_form import check_config, form_fields
 from .data_view import check_file
 from .jobs import Jobs
@@ -177,7 +177,9 @@ def create_app(settings: UiSettings) -> FastAPI:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise UserError("send at least one message", "message")
-        model = await asyncio.to_thread(models.get, str(p), base=bool(body.get("base")))
+        run_model = await asyncio.to_thread(models.get, str(p))
+        messages = with_run_system(run_model, messages)
+        model = await asyncio.to_thread(models.get, str(p), base=True) if body.get("base") else run_model
         cid = str(body.get("id") or uuid.uuid4())
         cancel = cancels.setdefault(cid, threading.Event())
         loop = asyncio.get_running_loop()

@@ -6,6 +6,7 @@ At most `MAX_LOADED` models stay in memory (a run and its base); each is used by
 """
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -24,6 +25,15 @@ class ChatModel:
     generator: object          # chattune.infer.generate.Generator
     lock: threading.Lock
     thinking_supported: bool   # the chat template reads enable_thinking (Qwen3-style)
+
+
+def with_run_system(run: ChatModel, messages: list[dict]) -> list[dict]:
+    """`messages` with the run's own system prompt first when they bring none and the run records one, so the
+    base model in compare mode sees exactly the conversation the tuned model sees."""
+    system = getattr(run.generator, "system", None)
+    if system and not (messages and messages[0].get("role") == "system"):
+        return [{"role": "system", "content": system}, *messages]
+    return messages
 
 
 class Models:
@@ -80,13 +90,14 @@ def stream_reply(model: ChatModel, messages: list[dict], *, thinking: bool | Non
         max_new_tokens, temperature: as in ``chattune chat``.
         cancel: set it to stop after the current token (the stop button, or the browser went away).
     """
-    from ..infer.generate import Completion, Generator
+    from ..infer.generate import Completion
 
     gen = model.generator
     if thinking is not None and model.thinking_supported:
-        # A view of the same loaded model with the other policy (Generator keeps no per-call state).
-        gen = Generator(gen.model, gen.tokenizer, eos_token_ids=gen.eos_token_ids, name=gen.name,
-                        thinking="keep" if thinking else "off")
+        # A view of the same loaded model with the other policy (Generator keeps no per-call state): a shallow
+        # copy keeps everything else the loader set (end-of-turn ids, the run's rendering settings).
+        gen = copy.copy(gen)
+        gen.thinking = "keep" if thinking else "off"
     with model.lock:
         for part in gen.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature,
                                top_p=0.9 if temperature > 0 else 1.0, cancel=cancel):
