@@ -175,6 +175,18 @@ def test_run_statuses_come_from_the_run_dirs_and_job_records(ui_client, ui_roots
                                                                             "base_model", "data")},
                                 "rows": cmp["rows"]}]
     assert detail["demo"] == {"markdown": "# demo\n", "html": "<h1>demo</h1>"}
+    # what `chattune export` writes beside the run: its report, listed with the run
+    from chattune.export.report import REPORT_JSON
+
+    parity = [{"name": "tokenization", "matched": 3, "total": 3, "ok": True, "percent": 100.0, "first_mismatch": None}]
+    for folder, run_dir in (("run-gguf-q8_0", ui_roots.runs / "demo" / "run"), ("run2-gguf", ui_roots.runs / "x")):
+        (ui_roots.runs / "demo" / folder).mkdir()
+        (ui_roots.runs / "demo" / folder / REPORT_JSON).write_text(json.dumps({
+            "run_dir": str(run_dir), "target": "gguf", "quant": "q8_0", "files": {"m.gguf": 2**20}, "seconds": 3.0,
+            "verified": True, "parity": parity, "usage": ["llama-server -m m.gguf"]}), encoding="utf-8")
+    exports = ui_client.get("/api/runs/demo/run").json()["exports"]
+    assert [(e["folder"], e["target"], e["size"], e["parity"]) for e in exports] == [
+        ("run-gguf-q8_0", "gguf", 2**20, parity)]  # run2-gguf belongs to another run
 
 
 def test_a_key_guards_the_api_and_open_addresses_need_one(ui_roots):

@@ -83,3 +83,12 @@ def file_sizes(folder: Path) -> dict:
     """{relative path: bytes} of every file under `folder` (reports excluded)."""
     return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
             if p.is_file() and p.name not in (REPORT_JSON, REPORT_MD)}
+
+
+def read_report(folder: str | Path) -> dict | None:
+    """The export_report.json of an export folder as written by `write_report`, or None when there is none."""
+    try:
+        rep = json.loads((Path(folder) / REPORT_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return rep if isinstance(rep, dict) else None

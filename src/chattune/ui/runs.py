@@ -141,6 +141,20 @@ def _demo_report(run_dir: Path) -> dict | None:
     return None
 
 
+def _exports(run_dir: Path) -> list[dict]:
+    """``chattune export`` folders of this run (``RUN-<target>[-<quant>]`` beside it) with their reports."""
+    from ..export.report import read_report
+
+    out = []
+    for d in sorted(run_dir.parent.glob(f"{run_dir.name}-*")):
+        rep = read_report(d) if d.is_dir() else None
+        if rep and Path(rep.get("run_dir", "")).resolve() == run_dir.resolve():
+            keys = ("target", "quant", "lora_only", "verified", "seconds", "parity", "metric", "usage", "notes")
+            out.append({"folder": d.name, "size": sum((rep.get("files") or {}).values()),
+                        **{k: rep.get(k) for k in keys}})
+    return out
+
+
 def run_detail(roots: Roots, jobs: Jobs, run_dir: Path) -> dict:
     """Everything the run page shows: status, config, data hashes, versions, metrics, evals, demo report, log."""
     job = jobs.get(roots.display(run_dir))
@@ -149,7 +163,8 @@ def run_detail(roots: Roots, jobs: Jobs, run_dir: Path) -> dict:
     return {**row, "path": str(run_dir), "config": config,
             "data": _json(run_dir / DATA_FILE), "versions": _json(run_dir / VERSIONS_FILE),
             "metrics": asdict(read_metrics(run_dir)), "evals": _evals(run_dir), "demo": _demo_report(run_dir),
-            "plan": plan_rows(read_plan(run_dir) or {}) or None, "log": jobs.log_tail(job),
+            "plan": plan_rows(read_plan(run_dir) or {}) or None, "exports": _exports(run_dir),
+            "log": jobs.log_tail(job),
             "job": None if job is None else {"pid": job.pid, "returncode": job.returncode, "stopped": job.stopped,
                                              "cmd": " ".join(job.cmd)}}
 

@@ -359,6 +359,12 @@ async function openRun(name) {
       <table class="tbl" style="margin-top:8px"><tr><th>#</th><th>input</th><th>reference</th><th>base</th><th></th><th>tuned</th><th></th></tr>${ev.rows.map((r) => `<tr><td>${r.index}</td><td>${esc(r.input)}</td><td>${esc(r.reference)}</td><td>${esc(r.base_output)}</td><td>${esc(r.base_ok)}</td><td>${esc(r.tuned_output)}</td><td>${esc(r.tuned_ok)}</td></tr>`).join("")}</table></div>`;
     else html += `<div class="card"><h3>eval: ${esc(ev.name)}</h3>${metricTable({[name]: (ev.metrics && ev.metrics.metrics) || ev.metrics || {}})}</div>`;
   }
+  for (const ex of d.exports || []) {
+    html += `<div class="card export"><h3>export: ${esc(ex.target)}${ex.quant ? " (" + esc(ex.quant) + ")" : ""} <span class="dim">${esc(ex.folder)} · ${(ex.size / 2 ** 20).toFixed(1)} MiB · ${fmt(ex.seconds, 1)} s</span></h3>
+      ${ex.verified ? `<table class="tbl"><tr><th>check</th><th>result</th></tr>${(ex.parity || []).map((p) => `<tr><td>${esc(p.name)}</td><td class="${p.ok ? "ok" : "err"}">${p.matched}/${p.total} (${fmt(p.percent, 1)}%)${p.first_mismatch ? " — first mismatch: " + esc(p.first_mismatch) : ""}</td></tr>`).join("")}
+      ${ex.metric ? `<tr><td>${esc(ex.metric.name)} on ${ex.metric.n} held-out prompts</td><td>export ${fmt(ex.metric.engine, 3)} vs HF ${fmt(ex.metric.hf, 3)}</td></tr>` : ""}</table>` : `<div class="warn">not verified (--no-verify)</div>`}
+      ${(ex.usage || []).length ? `<pre class="cfg" style="margin-top:8px">${esc(ex.usage.join("\n"))}</pre>` : ""}${(ex.notes || []).map((n) => `<div class="dim">· ${esc(n)}</div>`).join("")}</div>`;
+  }
   if (d.demo && d.demo.html) html += `<div class="card"><h3>demo report</h3><iframe class="report" sandbox="" id="demo-report"></iframe></div>`;
   html += `<div class="grid2"><div class="card"><h3>config (chattune.yaml)</h3><pre class="cfg">${esc(d.config || "(not written yet)")}</pre></div>
     <div class="card"><h3>versions</h3>${d.versions ? kvTable(d.versions) : `<div class="empty">not written yet</div>`}</div></div>`;
