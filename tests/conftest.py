@@ -15,7 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REAL_TOKENIZERS = ("qwen3", "llama3_1", "gemma3", "deepseek_v3")
+REAL_TOKENIZERS = ("qwen3", "llama3_1", "gemma3", "deepseek_v3", "llama3")
 FETCH_HINT = "run `make setup` (or `python scripts/fetch_assets.py`) to fetch it"
 
 

@@ -90,6 +90,10 @@ class DataConfig(_Strict):
     multi_turn: Literal["split", "consistent"] = Field(
         "split", description="When the template rewrites earlier turns (Qwen3 drops old <think>): split = one "
         "sequence per trained turn; consistent = train only turns whose prefix matches inference.")
+    date: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$", description=(
+        "YYYY-MM-DD the chat template sees as today, for templates that write the date (Llama-3.2/3.3 call "
+        "strftime_now). Unset: training pins the day it starts and records it in the run dir's config; "
+        "inference renders with the same day."))
     clean: CleanConfig = Field(default_factory=CleanConfig, description=CleanConfig.__doc__)
     text: TextSplitConfig = Field(default_factory=TextSplitConfig, description=TextSplitConfig.__doc__)
     cache_dir: str | None = Field(None, description="Tokenized-data cache (default ~/.cache/chattune/datasets).")

@@ -44,7 +44,8 @@ def test_chat_repl_through_a_pipe(tmp_path_factory, qwen3_tokenizer_dir):
 
 
 def test_chat_session_system_prompt_and_reset(tmp_path_factory, qwen3_tokenizer_dir):
-    from chattune.infer.generate import ChatSession, Completion, Generator
+    from chattune.infer.chat import ChatSession
+    from chattune.infer.generate import Completion, Generator
 
     gen = Generator.from_path(scripted_model_dir(tmp_path_factory, qwen3_tokenizer_dir))
     s = ChatSession(gen, system="epsilon", max_new_tokens=20, temperature=0.0)

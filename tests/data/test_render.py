@@ -24,14 +24,14 @@ from chattune.data.render import (
 )
 from chattune.errors import TemplateError
 
-FAMILIES = ("qwen3", "llama3_1", "gemma3", "deepseek_v3", "smollm2")
-EOT = {"qwen3": "<|im_end|>", "llama3_1": "<|eot_id|>", "gemma3": "<end_of_turn>",
+FAMILIES = ("qwen3", "llama3_1", "gemma3", "deepseek_v3", "llama3", "smollm2")
+EOT = {"qwen3": "<|im_end|>", "llama3_1": "<|eot_id|>", "llama3": "<|eot_id|>", "gemma3": "<end_of_turn>",
        "deepseek_v3": "<｜end▁of▁sentence｜>", "smollm2": "<|im_end|>"}
 
 
 @pytest.fixture(scope="session")
 def toks() -> dict:
-    out = {name: AutoTokenizer.from_pretrained(real_tokenizer_dir(name)) for name in FAMILIES[:4]}
+    out = {name: AutoTokenizer.from_pretrained(real_tokenizer_dir(name)) for name in FAMILIES[:5]}
     p = smollm2_gguf_path()
     out["smollm2"] = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
     return out
@@ -104,7 +104,7 @@ def test_guarantee_assistant_loss(toks, family, conv):
     assert trained == [k for k, m in enumerate(conv) if m["role"] == "assistant"]  # every turn, once
 
 
-@pytest.mark.parametrize("family", ["llama3_1", "gemma3", "deepseek_v3", "smollm2"])
+@pytest.mark.parametrize("family", ["llama3_1", "gemma3", "deepseek_v3", "llama3", "smollm2"])
 def test_prefix_consistent_templates_give_one_sequence(toks, family):
     seqs = render_conversation(MULTI, toks[family])
     assert len(seqs) == 1 and seqs[0].trained_turns == (2, 4, 6) and seqs[0].n_messages == len(MULTI)
@@ -222,7 +222,7 @@ def test_template_kwargs_and_prompt_ids(toks):
 
 
 def test_template_override_and_missing_template(tmp_path):
-    tok = AutoTokenizer.from_pretrained(real_tokenizer_dir("llama3_1"))
+    tok = AutoTokenizer.from_pretrained(real_tokenizer_dir("llama3"))
     tpl = tmp_path / "t.jinja"
     tpl.write_text("{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>{{ m.content }}<|eot_id|>"
                    "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>{% endif %}")
@@ -267,9 +267,9 @@ def test_fast_path_proves_spans_and_equals_reference_path(toks, family, monkeypa
     from chattune.data import render
 
     tok, rng = toks[family], random.Random(11)
+    # (a conversation holding a control token takes the sanitized exact path by design: see
+    # test_control_tokens_in_content_are_text_in_training_and_inference)
     convs = [_random_conversation(rng) for _ in range(10)] + [SINGLE, SYSTEM, MULTI]
-    convs.append([{"role": "user", "content": f"say {EOT[family]} please"},  # control text inside content
-                  {"role": "assistant", "content": f"ok {EOT[family]} done"}])
     for multi_turn in ("split", "consistent"):
         reference = render_batch(convs, tok, multi_turn=multi_turn, fast=False)
         with monkeypatch.context() as m:
@@ -277,3 +277,132 @@ def test_fast_path_proves_spans_and_equals_reference_path(toks, family, monkeypa
             fast = render_batch(convs, tok, multi_turn=multi_turn)
         assert [r.sequences for r in fast] == [r.sequences for r in reference]
         assert [r.skipped_turns for r in fast] == [r.skipped_turns for r in reference]
+
+
+# --- issue 14: control tokens in content, missing generation prompt, pinned date, whitespace at the header ---
+
+@pytest.mark.parametrize("family", FAMILIES[:5])
+def test_control_tokens_in_content_are_text_in_training_and_inference(toks, family):
+    """A literal end-of-turn in an answer or a user message is text, never the token, identically in the
+    trained sequence and in the inference prompt (transformers' sanitize_control_tokens on the real template)."""
+    tok, eot = toks[family], EOT[family]
+    eot_id = tok.convert_tokens_to_ids(eot)
+    conv = [{"role": "user", "content": f"Say {eot} then stop.{eot}"},
+            {"role": "assistant", "content": f"Here: {eot} and more."}]
+    seq, = render_conversation(conv, tok)
+    want = list(tok.apply_chat_template(conv, tokenize=True, return_dict=False, sanitize_control_tokens=True,
+                                        **template_kwargs(tok, "off")))
+    assert seq.input_ids == want
+    trained = [t for t, lab in zip(seq.input_ids, seq.labels) if lab != IGNORE]
+    assert trained.count(eot_id) == 1 and trained[-1] == eot_id  # only the template's own end-of-turn
+    assert tok.decode(trained[:-1]).strip() == f"Here: {eot} and more."
+    prompt = prompt_ids(tok, conv[:1])
+    assert seq.input_ids[:len(prompt)] == prompt
+    clean = prompt_ids(tok, [{"role": "user", "content": "Say X then stop.X"}])
+    assert prompt.count(eot_id) == clean.count(eot_id)  # the injected ones stay text
+    # the fast and the exact path agree; a clean conversation is unchanged by the policy
+    assert render_batch([conv], tok, fast=False)[0].sequences[0].input_ids == want
+    assert render_conversation(SINGLE, tok)[0].input_ids == chat(tok, SINGLE)
+
+
+def test_data_check_lists_every_row_with_a_control_token(tmp_path, toks):
+    import json
+
+    from chattune.data.check import check_data
+
+    rows = [{"prompt": "fine", "completion": "ok"},
+            {"prompt": "inject <|im_start|>system", "completion": "ok"},
+            {"prompt": "q", "completion": "a<|im_end|>b"}]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    rep = check_data([str(path)], tokenizer=toks["qwen3"], sample=3)
+    assert rep["control_tokens"] == [f"{path}, line/row 2: message 1 (user) holds '<|im_start|>'",
+                                     f"{path}, line/row 3: message 2 (assistant) holds '<|im_end|>'"]
+    assert rep["exit_code"] == 1 and rep["fidelity"]["failed"] == 0
+
+
+NO_GEN_PROMPT = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}{% endif %}")
+
+
+def test_template_without_generation_prompt_is_refused_with_the_fix(toks, tmp_path):
+    from chattune.data.check import check_data
+
+    tok = AutoTokenizer.from_pretrained(real_tokenizer_dir("qwen3"))
+    tok.chat_template = NO_GEN_PROMPT
+    with pytest.raises(TemplateError, match=r"add_generation_prompt.*<\|im_start\|>assistant.*model\.chat_template"):
+        end_of_turn_ids(tok)
+    with pytest.raises(TemplateError, match="add_generation_prompt"):
+        render_conversation(SINGLE, tok)
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "q", "completion": "a"}\n', encoding="utf-8")
+    with pytest.raises(TemplateError, match="add_generation_prompt"):
+        check_data([str(path)], tokenizer=tok)
+
+
+DATED = ('{%- if not date_string is defined %}{%- if strftime_now is defined %}'
+         '{%- set date_string = strftime_now("%d %b %Y") %}{%- else %}{%- set date_string = "26 Jul 2024" %}'
+         '{%- endif %}{%- endif %}<|start_header_id|>system<|end_header_id|>\n\nToday Date: {{ date_string }}'
+         "<|eot_id|>{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n{{ m.content }}"
+         "<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+         "{% endif %}")
+
+
+def test_a_date_writing_template_renders_the_pinned_day(tmp_path):
+    """Llama-3.2/3.3 style strftime_now: training and inference render the pinned day, not today; the data
+    cache key changes with the day; data check says so."""
+    import json
+
+    from chattune.config import config_from_dict
+    from chattune.data.check import check_data
+    from chattune.data.dataset import cache_key
+
+    tok = AutoTokenizer.from_pretrained(real_tokenizer_dir("llama3"))
+    tok.chat_template = DATED
+    seq, = render_conversation(SINGLE, tok, date="2024-01-02")
+    assert "Today Date: 02 Jan 2024" in tok.decode(seq.input_ids)
+    prompt = prompt_ids(tok, SINGLE[:1], date="2024-01-02")
+    assert seq.input_ids[:len(prompt)] == prompt
+    assert prompt != prompt_ids(tok, SINGLE[:1], date="2024-01-03")
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "q", "completion": "a"}\n', encoding="utf-8")
+    cfgs = [config_from_dict({"model": {"name_or_path": "x"}, "data": {"train": str(path), "date": d}})
+            for d in ("2024-01-02", "2024-01-03")]
+    assert cache_key(cfgs[0], tok) != cache_key(cfgs[1], tok)
+    rep = check_data([str(path)], tokenizer=tok, sample=1)
+    assert any("writes today's date" in w for w in rep["warnings"]) and rep["tokens"]["date"]
+    assert rep["fidelity"]["failed"] == 0
+    json.dumps(rep)  # the report stays JSON (the pinned template is named, not embedded)
+
+
+def test_answer_with_leading_whitespace_says_what_happened(toks):
+    """ChatML (SmolLM2's real template, which keeps the content as is): "assistant\\n" + "\\n\\nanswer" encodes
+    with one merged newline token across the header boundary, so the prompt is not a token prefix."""
+    tok = toks["smollm2"]
+    conv = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\n\nanswer"}]
+    with pytest.raises(TemplateError, match=r"starts with whitespace.*joins with the end of the generation prompt"
+                                            r".*remove the leading whitespace"):
+        render_conversation(conv, tok)
+
+
+def test_llama3_1_is_the_real_3_1_template_with_its_system_header_and_tool_turns(toks):
+    """The llama3_1 asset is Meta's Llama-3.1 template (not Llama-3): a "Cutting Knowledge Date" system block
+    on every conversation, <|eom_id|> and <|finetune_right_pad_id|> in the vocabulary; the guarantee holds with
+    a system prompt and on a tool turn (ipython role)."""
+    tok = toks["llama3_1"]
+    assert tok.convert_tokens_to_ids("<|eom_id|>") == 128008
+    assert tok.convert_tokens_to_ids("<|finetune_right_pad_id|>") == 128004
+    for conv in (SINGLE, SYSTEM):
+        seq, = render_conversation(conv, tok)
+        text = tok.decode(seq.input_ids)
+        assert "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024" in text
+        assert_guarantee(tok, conv, [seq], family="llama3_1")
+    s, _ = trained_runs(render_conversation(SYSTEM, tok)[0])[0]
+    assert "You are terse." in tok.decode(render_conversation(SYSTEM, tok)[0].input_ids[:s])
+    tool = [{"role": "system", "content": "Use tools."}, {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": "Checking."},
+            {"role": "ipython", "content": '{"temp": 21}'}, {"role": "assistant", "content": "21 degrees."}]
+    seqs = render_conversation(tool, tok)
+    assert_guarantee(tok, tool, seqs, family="llama3_1")
+    assert sorted(k for r in seqs for k in r.trained_turns) == [2, 4]
+    assert "<|start_header_id|>ipython<|end_header_id|>" in tok.decode(seqs[-1].input_ids)

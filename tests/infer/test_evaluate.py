@@ -194,3 +194,28 @@ def test_eval_and_predict_cli(tmp_path, scripted_dir, monkeypatch):
 
     res = runner.invoke(app, ["eval", str(scripted_dir), "--data", str(data), "--metrics", "exact,acc"])
     assert isinstance(res.exception, ConfigError) and "acc" in str(res.exception)
+
+
+def test_predict_writes_the_format_its_suffix_names(tmp_path, scripted_dir, scripted_gen):
+    """--out answers.xlsx is a real workbook, .csv a real CSV; an unknown suffix fails before any generation."""
+    import pandas as pd
+
+    from chattune.errors import DataError
+    from chattune.infer.evaluate import predict
+
+    data = write_jsonl(tmp_path / "in.jsonl", ROWS[:2])
+    for suffix, read in ((".xlsx", pd.read_excel), (".csv", pd.read_csv)):
+        out = tmp_path / f"answers{suffix}"
+        predict(scripted_dir, data, out, max_new_tokens=16, generator=scripted_gen)
+        table = read(out)
+        assert list(table["output"]) == [SCRIPTS["alpha"], "one two three four five six seven eight nine ten"]
+        assert list(table["input"]) == ["alpha", "beta"] and list(table["reference"]) == [r["output"] for r in ROWS[:2]]
+        assert json.loads(table["messages"][0]) == [{"role": "user", "content": "alpha"}]
+
+    class NoGen:
+        def __getattr__(self, name):
+            raise AssertionError("generated before checking the output suffix")
+
+    with pytest.raises(DataError, match=r"answers\.txt.*expected one of .jsonl, .json, .xlsx, .csv"):
+        predict(scripted_dir, data, tmp_path / "answers.txt", generator=NoGen())
+    assert not (tmp_path / "answers.txt").exists()

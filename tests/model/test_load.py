@@ -98,6 +98,8 @@ def test_pad_token_is_never_end_of_turn_or_eos(name):
     if name == "deepseek_v3":  # ships pad == eos: the trap this guards against
         assert choice.replaced == "<｜end▁of▁sentence｜>"
         assert tok.pad_token == "<｜▁pad▁｜>"
+    if name == "llama3_1":  # ships no pad: its reserved fine-tuning pad is taken
+        assert tok.pad_token == "<|finetune_right_pad_id|>" and choice.replaced is None
     if name == "qwen3":  # an already-safe pad is kept
         assert tok.pad_token == "<|endoftext|>" and choice.replaced is None
 

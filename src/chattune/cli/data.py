@@ -95,6 +95,10 @@ def _print_check(report: dict) -> None:
             for b in tk["histogram"]:
                 h.add_row(b["range"], str(b["count"]), "█" * round(30 * b["count"] / top))
             console.print(h)
+    if report.get("control_tokens"):
+        console.print(f"[bold]control tokens in content[/] ({len(report['control_tokens'])}; encoded as text):")
+        for row in report["control_tokens"]:
+            console.print(f"  {_esc(row)}", highlight=False)
     for w in report["warnings"]:
         console.print(f"[yellow]warning:[/] {_esc(w)}")
     for e in report["errors"]:

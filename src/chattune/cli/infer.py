@@ -96,7 +96,8 @@ def eval_cmd(
 def predict_cmd(
     model: str = typer.Argument(..., help=_MODEL_HELP),
     data: Path = typer.Option(..., "--data", help="Input data, any supported format (answers optional)."),
-    out: Path = typer.Option(..., "--out", help="Output JSONL: one line per example (output beside reference)."),
+    out: Path = typer.Option(..., "--out", help="Output file, one record per example (output beside reference): "
+                             ".jsonl, .json, .xlsx or .csv by its suffix."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N examples."),
@@ -115,13 +116,49 @@ def predict_cmd(
                   f"{t['tokens_per_second']} tok/s)", highlight=False)
 
 
-_CHAT_HELP = "commands: /reset (forget the conversation), /system TEXT (set or, empty, remove the system prompt), /exit"
+_CHAT_HELP = ('commands: /reset (forget the conversation), /system TEXT (set or, empty, remove the system prompt), '
+              '/exit; multi-line: end a line with \\ to continue it, or paste between two lines of """')
+_PASTE = '"""'
+_DIM, _PLAIN = "\x1b[2m", "\x1b[0m"
+
+
+def read_message(readline, more) -> str | None:
+    """One chat message from `readline` (None at end of input).
+
+    A line ending in a backslash continues on the next line; a line that is exactly ``\"\"\"`` starts a paste
+    block that runs to the next such line (blank lines kept), so multi-line prompts can be typed or pasted.
+    `more` is called before each continuation line (the interactive prompt).
+    """
+    line = readline()
+    if not line:
+        return None
+    text = line.rstrip("\r\n")
+    if text.strip() == _PASTE:
+        parts = []
+        while True:
+            more()
+            line = readline()
+            if not line or line.rstrip("\r\n").strip() == _PASTE:
+                return "\n".join(parts)
+            parts.append(line.rstrip("\r\n"))
+    parts = []
+    while text.endswith("\\"):
+        parts.append(text[:-1])
+        more()
+        line = readline()
+        if not line:
+            break
+        text = line.rstrip("\r\n")
+    else:
+        parts.append(text)
+    return "\n".join(parts)
 
 
 @app.command("chat")
 def chat_cmd(
     model: str = typer.Argument(..., help=_MODEL_HELP),
-    system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt (default: the one the run trained "
+                                         "with; \"\" for none)."),
     temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="0 = greedy."),
     top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1),
@@ -129,27 +166,36 @@ def chat_cmd(
     device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
     dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16 (default: the run's)."),
 ) -> None:
-    """Chat in the terminal, token by token, with history. Reads stdin line by line (works from a pipe)."""
-    from ..infer.generate import ChatSession, Generator
+    """Chat in the terminal, token by token, with history. Reads stdin (works from a pipe); a line ending in \\
+    continues the message, and text between two lines of \"\"\" is one message. Reasoning (thinking: keep) is dimmed."""
+    from ..infer.chat import ChatSession
+    from ..infer.generate import Generator
 
     interactive = sys.stdin.isatty()
     err_console.print(f"loading {model} …", highlight=False)
     gen = Generator.from_path(model, device=device, dtype=dtype)
     session = ChatSession(gen, system=system, max_new_tokens=max_new_tokens, temperature=temperature,
                           top_p=top_p, seed=seed)
-    err_console.print(f"ready ({gen.name}, thinking {gen.thinking}). {_CHAT_HELP}", highlight=False)
+    err_console.print(f"ready ({gen.name}, thinking {gen.thinking}). {_CHAT_HELP}", highlight=False, markup=False)
+    if session.system:
+        origin = "--system" if system is not None else "the run's"
+        err_console.print(f"system prompt ({origin}): {session.system}", highlight=False, markup=False)
     out = sys.stdout
-    while True:
+    dim = out.isatty()
+
+    def prompt(text: str) -> None:
         if interactive:
-            out.write("\n>>> ")
+            out.write(text)
             out.flush()
+
+    while True:
+        prompt("\n>>> ")
         try:
-            line = sys.stdin.readline()
+            text = read_message(sys.stdin.readline, lambda: prompt("... "))
         except KeyboardInterrupt:
             break
-        if not line:  # EOF
+        if text is None:  # EOF
             break
-        text = line.rstrip("\r\n")
         if not text.strip():
             continue
         cmd, _, arg = text.strip().partition(" ")
@@ -169,12 +215,17 @@ def chat_cmd(
             out.write(f"[unknown command {cmd}; {_CHAT_HELP}]\n")
             out.flush()
             continue
+        split, last = gen.reasoning_stream(), None
         try:
             for part in session.send(text):
-                if isinstance(part, str):
-                    out.write(part)
-                    out.flush()
-                elif part.finish_reason == "length":
+                pieces = split.feed(part) if isinstance(part, str) else split.finish(part.text)
+                for kind, piece in pieces:
+                    if kind != last and last is not None:
+                        out.write("\n")  # reasoning, then the answer on its own line
+                    last = kind
+                    out.write(f"{_DIM}{piece}{_PLAIN}" if kind == "reasoning" and dim else piece)
+                out.flush()
+                if not isinstance(part, str) and part.finish_reason == "length":
                     out.write(f" [cut at --max-new-tokens {max_new_tokens}]")
         except KeyboardInterrupt:  # Ctrl-C stops this answer (the stream cancels itself), not the chat
             out.write(" [interrupted]")

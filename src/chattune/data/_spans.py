@@ -15,6 +15,10 @@ REWRITTEN = ("the template rewrites this turn once later turns follow (multi_tur
              "turns that match inference)")
 NOT_PREFIX = ("the template renders this turn differently from what follows its generation prompt, so "
               "inference could never produce it")
+MERGED = ("the answer starts with whitespace ({ws!r}), which the tokenizer joins with the end of the generation "
+          "prompt into one token ({joined!r}), so the answer's tokens cannot follow the inference prompt and the "
+          "turn is not trained; remove the leading whitespace from the answer (data.clean.normalize_whitespace: "
+          "true trims it)")
 
 
 @dataclass
@@ -163,3 +167,20 @@ def assemble_exact(trained: list[int], ptoks: dict[int, list[int]], ftoks: dict[
     for g in groups:
         res.sequences.append(finish(ftoks[g[-1]], [spans[j] for j in g], g[-1] + 1, tuple(g), max_length))
     return res
+
+
+def explain_merged_whitespace(res: RenderResult, msgs: list[dict], texts: TurnTexts, tokenizer) -> None:
+    """Replace the generic `NOT_PREFIX` reason by the real one where an answer's leading whitespace merged with
+    the generation prompt's last token (the prompt is a prefix as text, not as tokens)."""
+    changed = False
+    for n, (k, why) in enumerate(res.skipped_turns):
+        content, p, f = msgs[k].get("content"), texts.prompt.get(k), texts.full.get(k)
+        if why != NOT_PREFIX or not isinstance(content, str) or not content[:1].isspace() or p is None \
+                or f is None or not f.startswith(p):
+            continue
+        first = encode(tokenizer, [f[len(p.rstrip()):]])[0][:1]
+        ws = content[:len(content) - len(content.lstrip())]
+        res.skipped_turns[n] = (k, MERGED.format(ws=ws, joined=tokenizer.decode(first) if first else ws))
+        changed = True
+    if changed and res.error:
+        res.error = "; ".join(f"message {k + 1}: {why}" for k, why in res.skipped_turns)

@@ -16,11 +16,13 @@ from ..errors import ChattuneError
 from .render import (
     IGNORE,
     Rendered,
+    describe_kwargs,
     end_of_turn_ids,
     prepare_messages,
     render_batch,
     template_kwargs,
 )
+from .template_policy import control_tokens, control_tokens_in, reads_date, today
 
 HIST_EDGES = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 OK, WARNINGS, ERRORS = 0, 1, 2
@@ -39,7 +41,7 @@ def _runs(labels: list[int]) -> list[tuple[int, int]]:
 
 
 def verify_sequences(messages: Sequence[dict], seqs: Sequence[Rendered], tokenizer, *, thinking: str = "off",
-                     loss: str = "assistant", eot: int | None = None) -> list[str]:
+                     loss: str = "assistant", eot: int | None = None, date: str | None = None) -> list[str]:
     """Re-check (a), (b), (c) for one conversation's rendered sequences.
 
     (a) tokens before each trained turn == ``apply_chat_template(messages[:k], add_generation_prompt=True)``;
@@ -53,17 +55,18 @@ def verify_sequences(messages: Sequence[dict], seqs: Sequence[Rendered], tokeniz
         thinking: the thinking policy used.
         loss: the loss policy used (``"all"`` checks (b) and that every token is trained).
         eot: the template's end-of-turn id, when the caller already has it (default: detected).
+        date: the pinned day, for templates that write today's date.
 
     Returns:
         Problems found, as sentences; empty when the guarantee holds.
     """
     msgs = prepare_messages(messages, thinking)
-    kw = template_kwargs(tokenizer, thinking)
+    kw = template_kwargs(tokenizer, thinking, date)
     eot = end_of_turn_ids(tokenizer)[0] if eot is None else eot
 
-    def chat(m: list[dict], gen: bool) -> list[int]:
+    def chat(m: list[dict], gen: bool) -> list[int]:  # inference's call (control tokens in content are text)
         return list(tokenizer.apply_chat_template(m, add_generation_prompt=gen, tokenize=True, return_dict=False,
-                                                  **kw))
+                                                  sanitize_control_tokens=True, **kw))
 
     problems: list[str] = []
     for n, r in enumerate(seqs, 1):
@@ -129,7 +132,8 @@ def check_data(paths: Sequence[str], *, tokenizer=None, max_length: int | None =
 
     Returns:
         ``{"files", "conversations", "duplicates_removed", "skipped_rows", "turns", "chars", "tokens"
-        (with a tokenizer), "fidelity" (with a tokenizer), "warnings", "errors", "exit_code"}``;
+        (with a tokenizer), "control_tokens" and "fidelity" (with a tokenizer), "warnings", "errors",
+        "exit_code"}``;
         exit_code is 0 clean, 1 warnings, 2 errors.
     """
     from .formats import load_conversations
@@ -168,9 +172,29 @@ def check_data(paths: Sequence[str], *, tokenizer=None, max_length: int | None =
     return report
 
 
+def _control_token_report(report: dict, convs: list, tokenizer) -> None:
+    """Every row whose messages hold a control token of the tokenizer: training and inference encode it as
+    text (`template_policy`), which is rarely what such data meant."""
+    tokens = control_tokens(tokenizer)
+    rows = []
+    for c in convs:
+        for k, tok in control_tokens_in(c.messages, tokens):
+            rows.append(f"{c.source}, line/row {c.row}: message {k + 1} ({c.messages[k].get('role')}) holds {tok!r}")
+    report["control_tokens"] = rows
+    if rows:
+        report["warnings"].append(
+            f"{len(rows)} message(s) hold a control token of the tokenizer (listed under control tokens); they are "
+            f"trained and prompted as plain text, never as the token, e.g. {rows[0]}")
+
+
 def _token_report(report: dict, convs: list, tokenizer, d: DataConfig, sample: int, seed: int) -> None:
     msgs = [c.messages for c in convs]
-    opts = {"loss": d.loss, "thinking": d.thinking, "multi_turn": d.multi_turn}
+    if reads_date(tokenizer):
+        d = d.model_copy(update={"date": d.date or today()})
+        report["warnings"].append(f"the chat template writes today's date; checked as {d.date}. Training pins the "
+                                  "day it starts (or data.date) and inference renders with that same day")
+    _control_token_report(report, convs, tokenizer)
+    opts = {"loss": d.loss, "thinking": d.thinking, "multi_turn": d.multi_turn, "date": d.date}
     lengths, first_trained, trained, errors, skipped_turns, n_seq = [], [], 0, [], 0, 0
     eot = end_of_turn_ids(tokenizer)
     for i in range(0, len(msgs), 512):
@@ -192,7 +216,8 @@ def _token_report(report: dict, convs: list, tokenizer, d: DataConfig, sample: i
         "lengths": _length_stats(lengths), "histogram": _hist(lengths), "max_length": d.max_length,
         "over_max_length": over, "over_share": round(over / n_seq, 4) if n_seq else 0.0,
         "would_drop": dropped, "render_errors": len(errors), "render_error_examples": errors[:5],
-        "skipped_turns": skipped_turns, "template_kwargs": template_kwargs(tokenizer, d.thinking),
+        "skipped_turns": skipped_turns, "date": d.date,
+        "template_kwargs": describe_kwargs(template_kwargs(tokenizer, d.thinking, d.date)),
     }
     if over:
         report["warnings"].append(f"{over} of {n_seq} sequence(s) exceed max_length={d.max_length} and will be "
@@ -211,7 +236,7 @@ def _token_report(report: dict, convs: list, tokenizer, d: DataConfig, sample: i
     results = render_batch([msgs[i] for i in picked], tokenizer, eot_ids=eot, **opts)
     for i, res in zip(picked, results):
         problems = verify_sequences(msgs[i], res.sequences, tokenizer, thinking=d.thinking, loss=d.loss,
-                                    eot=eot[0])
+                                    eot=eot[0], date=d.date)
         if problems:
             failed.append(f"{convs[i].source}, line/row {convs[i].row}: {problems[0]}")
     report["fidelity"] = {"checked": len(picked), "failed": len(failed), "examples": failed[:5]}

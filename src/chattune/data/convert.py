@@ -13,18 +13,20 @@ from ..fsutil import atomic_path
 from .formats import FORMATS, load_conversations
 from .types import Conversation
 
-OUT_SUFFIXES = (".jsonl", ".json", ".xlsx")
+OUT_SUFFIXES = (".jsonl", ".json", ".xlsx")  # what `convert` writes (a shape round-trips through each)
+RECORD_SUFFIXES = (*OUT_SUFFIXES, ".csv")     # what `write_records` writes (predictions too)
 TARGETS = ("messages", "alpaca", "prompt_completion")
 _DEFAULT_TARGET = {".jsonl": "messages", ".json": "alpaca", ".xlsx": "prompt_completion"}
 
 
 def write_records(rows: list[dict], out_path: str | Path, *, columns: dict[str, str] | None = None) -> int:
-    """Write plain records atomically as .jsonl, .json (an array) or .xlsx.
+    """Write plain records atomically as .jsonl, .json (an array), .xlsx or .csv.
 
     Args:
-        rows: one dict per record.
+        rows: one dict per record; in .xlsx and .csv a list or dict value becomes its JSON text (a cell
+            holds text).
         out_path: the target; its suffix picks the container.
-        columns: xlsx only: rename keys to sheet headers (e.g. ``{"prompt": "Prompt"}``); the sheet
+        columns: tables only: rename keys to headers (e.g. ``{"prompt": "Prompt"}``); the sheet
             is written by pandas with its index, like the tutorials' ``train.xlsx``.
 
     Returns:
@@ -33,11 +35,8 @@ def write_records(rows: list[dict], out_path: str | Path, *, columns: dict[str, 
     Raises:
         DataError: an unsupported suffix.
     """
-    out = Path(out_path)
+    out = check_record_suffix(out_path)
     suffix = out.suffix.lower()
-    if suffix not in OUT_SUFFIXES:
-        raise DataError(f"cannot write {suffix or 'a file without suffix'!r}; expected one of "
-                        f"{', '.join(OUT_SUFFIXES)}", file=str(out))
     with atomic_path(out) as tmp:
         if suffix == ".jsonl":
             with open(tmp, "w", encoding="utf-8") as fh:
@@ -48,12 +47,29 @@ def write_records(rows: list[dict], out_path: str | Path, *, columns: dict[str, 
         else:
             import pandas as pd
 
-            df = pd.DataFrame(rows)
+            df = pd.DataFrame([{k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v
+                                for k, v in r.items()} for r in rows])
             if columns:
                 df = df.rename(columns=columns)
-            # engine named explicitly: the temp file's suffix is not .xlsx.
-            df.to_excel(tmp, index=True, engine="openpyxl")
+            if suffix == ".csv":
+                df.to_csv(tmp, index=False, encoding="utf-8")
+            else:  # engine named explicitly: the temp file's suffix is not .xlsx.
+                df.to_excel(tmp, index=True, engine="openpyxl")
     return len(rows)
+
+
+def check_record_suffix(out_path: str | Path) -> Path:
+    """`out_path` as a Path when `write_records` can write its suffix (call it before long work).
+
+    Raises:
+        DataError: an unsupported suffix (names the file and the suffixes allowed).
+    """
+    out = Path(out_path)
+    suffix = out.suffix.lower()
+    if suffix not in RECORD_SUFFIXES:
+        raise DataError(f"cannot write {suffix or 'a file without suffix'!r}; expected one of "
+                        f"{', '.join(RECORD_SUFFIXES)}", file=str(out))
+    return out
 
 
 def _single_turn(conv: Conversation, target: str) -> tuple[str | None, list[tuple[str, str]]]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import Config, DataConfig
 from ..errors import DataError
 from ..fsutil import atomic_path, atomic_write_text, cache_root, sha256_file
-from .render import end_of_turn_ids, render_batch, template_kwargs
+from .render import describe_kwargs, end_of_turn_ids, render_batch, template_kwargs
 
 if TYPE_CHECKING:
     import datasets
@@ -129,7 +129,8 @@ def _quiet_bars(quiet: bool) -> Iterator[None]:
 def _render_map(batch: dict, *, tokenizer, data_cfg: DataConfig, eot: list[int]) -> dict:
     convs = [json.loads(c) for c in batch["conv"]]
     results = render_batch(convs, tokenizer, loss=data_cfg.loss, thinking=data_cfg.thinking,
-                           multi_turn=data_cfg.multi_turn, max_length=data_cfg.max_length, eot_ids=eot[:1])
+                           multi_turn=data_cfg.multi_turn, max_length=data_cfg.max_length, eot_ids=eot[:1],
+                           date=data_cfg.date)
     out: dict[str, list] = {k: [] for k in (*COLUMNS, *_AUX)}
 
     def row(ids, labels, status, truncated, trained, skipped, error, where):
@@ -225,6 +226,36 @@ def tokenize_conversations(convs: list[Conversation], tokenizer, data_cfg: DataC
     return ds, stats
 
 
+def system_prompts(convs: list[Conversation], files: list[dict], held_out: list[Conversation] = ()) -> dict:
+    """The system prompts training rendered, for the run dir: inference must render the same ones.
+
+    Args:
+        convs: the training conversations (after cleaning and the eval split).
+        files: the loader's file report (``path``, ``sha256``) of the train and eval files.
+        held_out: the eval conversations (their files' prompts are recorded; the default is training's).
+
+    Returns:
+        ``{"default": the most common system prompt of all conversations (None when most have none),
+        "sources": [{"path", "sha256", "system"}]}`` with each file's most common one.
+    """
+    from collections import Counter
+
+    def top(systems: list[str | None]) -> str | None:
+        # most common; ties go to the first seen (Counter keeps insertion order)
+        return Counter(systems).most_common(1)[0][0] if systems else None
+
+    def system_of(c) -> str | None:
+        m = c.messages[0] if c.messages else {}
+        return m.get("content") if m.get("role") == "system" else None
+
+    by_source: dict[str, list[str | None]] = {}
+    for c in [*convs, *held_out]:
+        by_source.setdefault(c.source, []).append(system_of(c))
+    return {"default": top([system_of(c) for c in convs]),
+            "sources": [{"path": f["path"], "sha256": f["sha256"], "system": top(by_source.get(f["path"], []))}
+                        for f in files]}
+
+
 def split_eval(convs: list, ratio: float, seed: int) -> tuple[list, list]:
     """Seeded split of conversations (before rendering, so turns of one conversation never straddle)."""
     if ratio <= 0 or len(convs) < 2:
@@ -288,9 +319,11 @@ def build_datasets(cfg: Config, tokenizer) -> tuple[datasets.Dataset, datasets.D
                         f"dropped by max_length={d.max_length}: {train_stats['dropped']}); first errors: "
                         f"{train_stats['error_examples']}", file=d.train[0].path)
     ev, eval_stats = (tokenize_conversations(eval_convs, tokenizer, d, d.num_proc) if eval_convs else (None, None))
-    report = {**report, "train": train_stats, "eval": eval_stats, "eval_files": eval_report,
+    prompts = system_prompts(convs, report["files"] + (eval_report or {}).get("files", []), eval_convs)
+    report = {**report, "system_prompts": prompts, "train": train_stats, "eval": eval_stats, "eval_files": eval_report,
               "render": {"loss": d.loss, "thinking": d.thinking, "multi_turn": d.multi_turn,
-                         "max_length": d.max_length, "template_kwargs": template_kwargs(tokenizer, d.thinking)},
+                         "max_length": d.max_length, "date": d.date,
+                         "template_kwargs": describe_kwargs(template_kwargs(tokenizer, d.thinking, d.date))},
               "cache_key": key}
     if eval_convs and not d.eval:  # held out by eval_ratio: kept as messages JSONL (rundir copies it)
         report["heldout"] = {"file": HELDOUT_FILE, "conversations": len(eval_convs)}

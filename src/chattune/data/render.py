@@ -29,11 +29,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ChattuneError, TemplateError
-from ._spans import IGNORE, Rendered, RenderResult, TurnTexts, assemble_exact, encode, finish
+from ._spans import IGNORE, Rendered, RenderResult, TurnTexts, assemble_exact, encode, explain_merged_whitespace, finish
 from ._text_spans import markup, render_by_text
+from .template_policy import (
+    control_tokens,
+    control_tokens_in,
+    pinned_template,
+    reads_date,
+    require_generation_prompt,
+    template_text,
+)
 
-__all__ = ["IGNORE", "Rendered", "RenderResult", "apply_template_override", "end_of_turn_ids", "prepare_messages",
-           "prompt_ids", "render_batch", "render_conversation", "template_kwargs"]
+__all__ = ["IGNORE", "Rendered", "RenderResult", "apply_template_override", "describe_kwargs", "end_of_turn_ids",
+           "prepare_messages", "prompt_ids", "render_batch", "render_conversation", "template_kwargs"]
 LOSS_POLICIES = ("assistant", "last", "all")
 THINKING_POLICIES = ("off", "keep")
 MULTI_TURN_POLICIES = ("split", "consistent")
@@ -43,11 +51,7 @@ _REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 _PROBE_ANSWER = "Probe answer 42."
 
 
-def _template_text(tokenizer) -> str:
-    tpl = getattr(tokenizer, "chat_template", None)
-    if isinstance(tpl, dict):  # named templates ("default", "tool_use", ...)
-        return "\n".join(str(v) for v in tpl.values())
-    return tpl or ""
+_template_text = template_text
 
 
 def apply_template_override(tokenizer, chat_template_path: str | None) -> None:
@@ -72,19 +76,29 @@ def apply_template_override(tokenizer, chat_template_path: str | None) -> None:
                             "path/to/template.jinja")
 
 
-def template_kwargs(tokenizer, thinking: str) -> dict:
-    """Extra ``apply_chat_template`` kwargs for the thinking policy.
+def template_kwargs(tokenizer, thinking: str, date: str | None = None) -> dict:
+    """Extra ``apply_chat_template`` kwargs for the thinking policy and the pinned date.
 
     Args:
         tokenizer: the tokenizer whose template is used.
         thinking: ``"off"`` (render as inference with thinking disabled) or ``"keep"``.
+        date: YYYY-MM-DD the template sees as today (``data.date``); None: the real today.
 
     Returns:
-        ``{"enable_thinking": thinking == "keep"}`` when the template reads ``enable_thinking``, else ``{}``.
+        ``{"enable_thinking": thinking == "keep"}`` when the template reads ``enable_thinking``, plus
+        ``{"chat_template": <the template with strftime_now pinned>}`` when it reads the date and `date` is set.
     """
     if thinking not in THINKING_POLICIES:
         raise TemplateError(f"thinking={thinking!r} is not allowed; expected one of {THINKING_POLICIES}")
-    return {"enable_thinking": thinking == "keep"} if "enable_thinking" in _template_text(tokenizer) else {}
+    kw = {"enable_thinking": thinking == "keep"} if "enable_thinking" in _template_text(tokenizer) else {}
+    if date is not None and reads_date(tokenizer):
+        kw["chat_template"] = pinned_template(tokenizer, date)
+    return kw
+
+
+def describe_kwargs(kw: dict) -> dict:
+    """`template_kwargs` for reports (JSON): a pinned template is named, not copied."""
+    return {k: ("<pinned date>" if k == "chat_template" else v) for k, v in kw.items()}
 
 
 def _render_texts(tokenizer, convs: list[list[dict]], gen: bool, kwargs: dict) -> list[str | Exception]:
@@ -114,6 +128,7 @@ def _template_eot(tokenizer) -> int:
     except Exception as e:  # noqa: BLE001 — templates raise anything
         raise TemplateError(f"the chat template cannot render a user/assistant exchange: {type(e).__name__}: "
                             f"{e}") from None
+    require_generation_prompt(tokenizer, kw)
     at = full.rfind(_PROBE_ANSWER)
     if at < 0:
         raise TemplateError("the chat template does not render assistant message content; cannot train on it")
@@ -137,7 +152,7 @@ def end_of_turn_ids(tokenizer) -> list[int]:
         tokenizer: a tokenizer with a chat template.
 
     Returns:
-        The template's end-of-turn token first (Qwen3/SmolLM2 ``<|im_end|>``, Llama-3.1 ``<|eot_id|>``,
+        The template's end-of-turn token first (Qwen3/SmolLM2 ``<|im_end|>``, Llama-3 ``<|eot_id|>``,
         Gemma-3 ``<end_of_turn>``, DeepSeek-V3 ``<｜end▁of▁sentence｜>``), then the tokenizer's EOS if it
         differs — use the list for ``generation_config.eos_token_id`` and for stopping.
 
@@ -181,20 +196,30 @@ def prepare_messages(messages: Sequence[dict], thinking: str) -> list[dict]:
     return out
 
 
-def prompt_ids(tokenizer, messages: list[dict], thinking: str = "off") -> list[int]:
+def prompt_ids(tokenizer, messages: list[dict], thinking: str = "off", date: str | None = None) -> list[int]:
     """The tokens inference feeds the model to get the next assistant turn.
 
     Args:
         tokenizer: a tokenizer with a chat template.
         messages: the conversation so far (usually ending with a user message).
         thinking: ``"off"`` or ``"keep"``, as in training.
+        date: the day training pinned (``data.date``), for templates that write today's date.
 
     Returns:
-        ``apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **template_kwargs)``.
+        ``apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+        sanitize_control_tokens=True, **template_kwargs)``: control tokens inside messages are text, as in
+        training (`template_policy`).
     """
-    kw = template_kwargs(tokenizer, thinking)
+    kw = template_kwargs(tokenizer, thinking, date)
     return list(tokenizer.apply_chat_template(prepare_messages(messages, thinking), add_generation_prompt=True,
-                                              tokenize=True, return_dict=False, **kw))
+                                              tokenize=True, return_dict=False, sanitize_control_tokens=True,
+                                              **kw))
+
+
+def _sanitized(tokenizer, convs: list[list[dict]], gen: bool, kw: dict) -> list[list[int]]:
+    """Token ids of conversations that hold control tokens in their messages, encoded as text."""
+    return [list(tokenizer.apply_chat_template(c, add_generation_prompt=gen, tokenize=True, return_dict=False,
+                                               sanitize_control_tokens=True, **kw)) for c in convs]
 
 
 def _check_options(loss: str, thinking: str, multi_turn: str, max_length: int | None) -> None:
@@ -208,7 +233,8 @@ def _check_options(loss: str, thinking: str, multi_turn: str, max_length: int | 
 
 def render_batch(conversations: Sequence[Sequence[dict]], tokenizer, *, loss: str = "assistant",
                  thinking: str = "off", multi_turn: str = "split", max_length: int | None = None,
-                 eot_ids: Sequence[int] | None = None, fast: bool = True) -> list[RenderResult]:
+                 eot_ids: Sequence[int] | None = None, fast: bool = True,
+                 date: str | None = None) -> list[RenderResult]:
     """Render many conversations at once (batched Jinja renders and batched tokenizer calls).
 
     Args:
@@ -221,14 +247,16 @@ def render_batch(conversations: Sequence[Sequence[dict]], tokenizer, *, loss: st
         eot_ids: the template's end-of-turn id first (default: detected with `end_of_turn_ids`).
         fast: tokenize only each sequence's full text (see `_text_spans.plan_turns`); False tokenizes every prompt
             too and compares token lists (the reference path, same result).
+        date: the day templates that call ``strftime_now`` see (``data.date``; see `template_policy`).
 
     Returns:
         One `RenderResult` per conversation, in order; a conversation that cannot be rendered has
         ``error`` set and no sequences (the others are unaffected).
     """
     _check_options(loss, thinking, multi_turn, max_length)
-    kw = template_kwargs(tokenizer, thinking)
+    kw = template_kwargs(tokenizer, thinking, date)
     eot = int(eot_ids[0]) if eot_ids else _template_eot(tokenizer)
+    ctrl = control_tokens(tokenizer)
     results = [RenderResult() for _ in conversations]
     prepared: list[list[dict]] = []
     for i, conv in enumerate(conversations):
@@ -267,35 +295,46 @@ def render_batch(conversations: Sequence[Sequence[dict]], tokenizer, *, loss: st
             todo[i].prompt[k] = prompt
     for i in [i for i in todo if results[i].error]:
         del todo[i]
+    # Conversations whose messages hold a control token are encoded with sanitize_control_tokens (the
+    # token becomes text, as at inference); the others encode identically in one batched call.
+    marked = [i for i in todo if control_tokens_in(prepared[i], ctrl)]
 
     if loss == "all":
-        order = list(todo)
-        toks = encode(tokenizer, [todo[i].full[todo[i].turns[0]] for i in order])
-        for i, ids in zip(order, toks):
+        order = [i for i in todo if i not in set(marked)]
+        toks = dict(zip(order, encode(tokenizer, [todo[i].full[todo[i].turns[0]] for i in order])))
+        toks |= dict(zip(marked, _sanitized(tokenizer, [prepared[i][:todo[i].turns[0] + 1] for i in marked],
+                                            False, kw)))
+        for i in todo:
+            ids = toks[i]
             msgs = prepared[i]
             turns = tuple(k for k, m in enumerate(msgs) if m.get("role") == "assistant")
             results[i].sequences.append(finish(ids, [], len(msgs), turns, max_length, train_all=True))
         return results
 
-    exact = list(todo)
+    plain = {i: t for i, t in todo.items() if i not in set(marked)}
     mk = markup(tokenizer, kw, eot) if fast else None
-    if mk is not None:
-        exact = render_by_text(todo, mk, tokenizer, multi_turn, max_length, results)
-    if exact:
+    exact = render_by_text(plain, mk, tokenizer, multi_turn, max_length, results) if mk is not None else list(plain)
+    if exact or marked:
         # One tokenizer call for the reference path: every P_k, then every F_k, in the same order.
         texts = [(i, k) for i in exact for k in todo[i].turns]
         toks = encode(tokenizer, [todo[i].prompt[k] for i, k in texts] + [todo[i].full[k] for i, k in texts])
-        ptoks: dict[int, dict[int, list[int]]] = {i: {} for i in exact}
-        ftoks: dict[int, dict[int, list[int]]] = {i: {} for i in exact}
+        ptoks: dict[int, dict[int, list[int]]] = {i: {} for i in [*exact, *marked]}
+        ftoks: dict[int, dict[int, list[int]]] = {i: {} for i in [*exact, *marked]}
         for (i, k), p, f in zip(texts, toks, toks[len(texts):]):
             ptoks[i][k], ftoks[i][k] = p, f
-        for i in exact:
+        sjobs = [(i, k) for i in marked for k in todo[i].turns]
+        for (i, k), p, f in zip(sjobs, _sanitized(tokenizer, [prepared[i][:k] for i, k in sjobs], True, kw),
+                                _sanitized(tokenizer, [prepared[i][:k + 1] for i, k in sjobs], False, kw)):
+            ptoks[i][k], ftoks[i][k] = p, f
+        for i in [*exact, *marked]:
             results[i] = assemble_exact(todo[i].turns, ptoks[i], ftoks[i], (eot,), multi_turn, max_length)
+            explain_merged_whitespace(results[i], prepared[i], todo[i], tokenizer)
     return results
 
 
 def render_conversation(messages: Sequence[dict], tokenizer, *, loss: str = "assistant", thinking: str = "off",
-                        multi_turn: str = "split", max_length: int | None = None) -> list[Rendered]:
+                        multi_turn: str = "split", max_length: int | None = None,
+                        date: str | None = None) -> list[Rendered]:
     """Render one conversation into training sequences (see the module docstring for the guarantee).
 
     Args:
@@ -305,6 +344,7 @@ def render_conversation(messages: Sequence[dict], tokenizer, *, loss: str = "ass
         thinking: ``"off"`` or ``"keep"``.
         multi_turn: ``"split"`` or ``"consistent"``.
         max_length: token limit; longer sequences are cut and flagged ``truncated``.
+        date: the pinned day for templates that write today's date.
 
     Returns:
         The sequences: one when the conversation renders prefix-consistently (or with
@@ -314,7 +354,7 @@ def render_conversation(messages: Sequence[dict], tokenizer, *, loss: str = "ass
         TemplateError: nothing in the conversation can be trained (the message says why).
     """
     res = render_batch([messages], tokenizer, loss=loss, thinking=thinking, multi_turn=multi_turn,
-                       max_length=max_length)[0]
+                       max_length=max_length, date=date)[0]
     if res.error:
         raise TemplateError(res.error)
     return res.sequences

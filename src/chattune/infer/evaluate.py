@@ -8,8 +8,8 @@
   table and an example table.
 * `predict`: batch generation over any data file, the reference (if any) kept beside the output.
 
-The data is read with the run dir's own data settings (default system prompt, cleaning) so eval
-prompts look like training prompts; dedupe is off, so every test row counts.
+The data is read with the run dir's own data settings (cleaning) and the system prompt training rendered
+(`data_config_for`), so eval prompts are training prompts; dedupe is off, so every test row counts.
 """
 from __future__ import annotations
 
@@ -43,13 +43,25 @@ class Example:
 
 # ------------------------------------------------------------------------------------------- data
 
-def data_config_for(model_path) -> DataConfig:
-    """The run dir's data settings (system prompt, cleaning) with dedupe off; defaults for other models."""
-    from ..rundir.layout import is_run_dir
-    from ..rundir.read import read_run
+def data_config_for(model_path, data_path=None) -> DataConfig:
+    """The run dir's data settings (cleaning) with dedupe off; defaults for other models.
 
-    cfg = read_run(model_path).config.data if model_path is not None and is_run_dir(model_path) else DataConfig()
-    return cfg.model_copy(update={"clean": cfg.clean.model_copy(update={"dedupe": False})})
+    The system prompt is the one training rendered for rows without their own: that of the training file
+    with the same content as `data_path` (per-file ``system:``), else the run's most common one
+    (`rundir.SystemPrompts`). A merged folder carries the run's in its merge report.
+    """
+    from ..rundir.layout import is_run_dir
+    from ..rundir.read import read_merge_report, read_run
+
+    if model_path is not None and is_run_dir(model_path):
+        run = read_run(model_path)
+        cfg = run.config.data
+        system = run.system_prompts.for_file(_source(data_path).path) if data_path is not None else \
+            run.system_prompts.default
+    else:
+        merged = read_merge_report(model_path) if model_path is not None and Path(str(model_path)).is_dir() else None
+        cfg, system = DataConfig(), (merged or {}).get("system")
+    return cfg.model_copy(update={"clean": cfg.clean.model_copy(update={"dedupe": False}), "system": system})
 
 
 def _source(data) -> DataSource:
@@ -132,7 +144,7 @@ def reference_nll(gen, conversations: Sequence[list[dict]], *, batch_size: int =
     # One batched render: what `render_conversation` gives per conversation, without probing the
     # template again for every one.
     seqs = []
-    for res in render_batch(conversations, gen.tokenizer, loss="last", thinking=gen.thinking):
+    for res in render_batch(conversations, gen.tokenizer, loss="last", thinking=gen.thinking, date=gen.date):
         if res.error:
             raise TemplateError(res.error)
         seqs.append([(r.input_ids, r.labels) for r in res.sequences])
@@ -203,7 +215,7 @@ def evaluate(model_path, data_path, *, metrics: Sequence[str] = ("exact",), max_
 
     metrics = _check(metrics)
     if data_cfg is None:
-        data_cfg = data_config_for(model_path)
+        data_cfg = data_config_for(model_path, data_path)
     examples = load_examples(data_path, data_cfg, limit=limit)
     gen = generator or Generator.from_path(model_path, thinking=thinking, device=device, dtype=dtype)
     t0 = time.perf_counter()
@@ -213,12 +225,13 @@ def evaluate(model_path, data_path, *, metrics: Sequence[str] = ("exact",), max_
     rows, scores = [], []
     for i, (e, c) in enumerate(zip(examples, comps)):
         try:  # a reference json_fields cannot parse is bad data: name its file and row
-            s = M.score_row(c.text, e.reference, metrics)
+            s = M.score_row(c.content, e.reference, metrics)  # the answer, not the think block
         except ValueError as err:
             raise DataError(str(err), file=e.source, row=e.row) from None
         scores.append(s)
         rows.append({"index": i, "source": e.source, "row": e.row, "input": _last_user(e.messages),
-                     "messages": e.messages, "reference": e.reference, "output": c.text,
+                     "messages": e.messages, "reference": e.reference, "output": c.content,
+                     "reasoning": c.reasoning,
                      "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens, "scores": s})
     result = M.aggregate(scores)
     if "loss" in metrics:
@@ -315,7 +328,7 @@ def compare(base_path, tuned_path, data_path, *, out_dir=None, metrics: Sequence
             raise ConfigError("--compare base needs a run dir to find the base model; pass the base model path")
         base_path = read_run(tuned_path).base_model
     # Both models see identical prompts: the tuned run's data settings and thinking policy.
-    data_cfg = data_config_for(tuned_path)
+    data_cfg = data_config_for(tuned_path, data_path)
     tuned_gen = Generator.from_path(tuned_path, device=device, dtype=dtype)
     thinking = tuned_gen.thinking
     out = Path(out_dir) if out_dir is not None else None
@@ -344,31 +357,34 @@ def compare(base_path, tuned_path, data_path, *, out_dir=None, metrics: Sequence
 def predict(model_path, data_path, out_path, *, batch_size: int = 16, max_new_tokens: int = 256,
             limit: int | None = None, generator=None, progress: Progress | None = None,
             device: str | None = None, dtype: str | None = None) -> dict:
-    """Batch generation over a data file; writes one JSON line per example (atomically).
+    """Batch generation over a data file; writes one record per example (atomically) as .jsonl, .json, .xlsx
+    or .csv, by the suffix of `out_path` (anything else is refused before loading the model).
 
-    Each line: ``{"index", "source", "row", "messages", "input", "output", "finish_reason",
-    "completion_tokens"}`` plus ``"reference"`` when the data holds an answer for that row.
+    Each record: ``{"index", "source", "row", "messages", "input", "output" (the answer), "reasoning" (the think
+    block, or null), "finish_reason", "completion_tokens"}`` plus ``"reference"`` when the data holds an answer.
 
     Returns:
         ``{"n", "out_path", "timing"}``.
     """
+    from ..data.convert import check_record_suffix, write_records
     from .generate import Generator
 
-    examples = load_examples(data_path, data_config_for(model_path), limit=limit, need_reference=False)
+    check_record_suffix(out_path)  # before any loading or generation
+    examples = load_examples(data_path, data_config_for(model_path, data_path), limit=limit, need_reference=False)
     gen = generator or Generator.from_path(model_path, device=device, dtype=dtype)
     t0 = time.perf_counter()
     comps = generate_all(gen, [e.messages for e in examples], batch_size=batch_size,
                          max_new_tokens=max_new_tokens, progress=progress)
     secs = time.perf_counter() - t0
-    with atomic_path(out_path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for i, (e, c) in enumerate(zip(examples, comps)):
-                row = {"index": i, "source": e.source, "row": e.row, "messages": e.messages,
-                       "input": _last_user(e.messages), "output": c.text, "finish_reason": c.finish_reason,
-                       "completion_tokens": c.completion_tokens}
-                if e.reference is not None:
-                    row["reference"] = e.reference
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    rows = []
+    for i, (e, c) in enumerate(zip(examples, comps)):
+        row = {"index": i, "source": e.source, "row": e.row, "messages": e.messages,
+               "input": _last_user(e.messages), "output": c.content, "reasoning": c.reasoning,
+               "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens}
+        if e.reference is not None:
+            row["reference"] = e.reference
+        rows.append(row)
+    write_records(rows, out_path)
     new_tokens = sum(c.completion_tokens for c in comps)
     return {"n": len(examples), "out_path": str(out_path),
             "timing": {"generation_seconds": round(secs, 3), "new_tokens": new_tokens,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ChattuneError, ModelError
+from .reasoning import ReasoningStream, split_reasoning
 from .stopping import CancelRows, QueueStreamer, StopStrings, cut_at_stop, held_back
 
 if TYPE_CHECKING:
@@ -41,12 +42,20 @@ class Completion:
         completion_tokens: number of generated tokens counted up to and including the end-of-turn
             token (or the token that completed a stop string).
         finish_reason: "stop" (end-of-turn, a stop string or cancelled) or "length" (max_new_tokens hit).
+        reasoning: the think block's text (None: the model wrote none), see `reasoning.split_reasoning`.
+        content: the answer without the think block: what metrics score and clients get as ``content``.
     """
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    reasoning: str | None = None
+    content: str | None = None
+
+    def __post_init__(self):
+        if self.content is None:
+            self.content = self.text
 
 
 class Generator:
@@ -59,10 +68,14 @@ class Generator:
         name: the model name shown to users (run dir / folder name or Hub id).
         thinking: "off" or "keep" (Qwen3-style thinking, as in training).
         info: how the model was loaded (`chattune.rundir.load.LoadInfo`) when it came from `from_path`.
+        system: the system prompt the run trained with (its most common one; None: none or not a run), which
+            chat and serve put first when a conversation brings none.
+        date: the day training pinned for templates that write today's date (``data.date``), or None.
     """
 
     def __init__(self, model, tokenizer, *, eos_token_ids: list[int] | None = None, name: str = "model",
-                 thinking: str = "off", info: LoadInfo | None = None):
+                 thinking: str = "off", info: LoadInfo | None = None, system: str | None = None,
+                 date: str | None = None):
         from ..rundir.load import stop_token_ids
 
         self.model = model
@@ -74,6 +87,9 @@ class Generator:
         self.name = name
         self.thinking = thinking
         self.info = info
+        self.system = system
+        self.date = date
+        self._reasoning_opened: bool | None = None
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad) if pad is not None else self.eos_token_ids[0]
 
@@ -95,7 +111,14 @@ class Generator:
         loaded = load_run(path, device=device, dtype=dtype)  # in eval mode
         name = Path(str(path)).name if Path(str(path)).exists() else str(path)
         return cls(loaded.model, loaded.tokenizer, eos_token_ids=list(loaded.info.eos_token_ids),
-                   name=name or str(path), thinking=thinking or loaded.info.thinking, info=loaded.info)
+                   name=name or str(path), thinking=thinking or loaded.info.thinking, info=loaded.info,
+                   system=loaded.info.system, date=loaded.info.date)
+
+    def with_system(self, messages: list[dict]) -> list[dict]:
+        """`messages` with the run's system prompt first when they bring none (what training rendered)."""
+        if self.system and not (messages and messages[0].get("role") == "system"):
+            return [{"role": "system", "content": self.system}, *messages]
+        return list(messages)
 
     @property
     def device(self):
@@ -107,7 +130,7 @@ class Generator:
             raise ChattuneError("cannot generate from an empty conversation")
         from ..data.render import prompt_ids
 
-        return list(prompt_ids(self.tokenizer, messages, thinking=self.thinking))
+        return list(prompt_ids(self.tokenizer, messages, thinking=self.thinking, date=self.date))
 
     # --- generation -------------------------------------------------------------------------------
 
@@ -157,7 +180,25 @@ class Generator:
             # Cut mid-character (length or cancel): drop the incomplete UTF-8 tail, which decodes as
             # U+FFFD and which streaming held back anyway.
             text = text.rstrip("\ufffd")
-        return Completion(text=text, prompt_tokens=prompt_len, completion_tokens=n, finish_reason=reason)
+        split = split_reasoning(text, opened=self.reasoning_opened)
+        return Completion(text=text, prompt_tokens=prompt_len, completion_tokens=n, finish_reason=reason,
+                          reasoning=split.reasoning, content=split.content)
+
+    @property
+    def reasoning_opened(self) -> bool:
+        """Whether the generation prompt itself opens a think block (the model then writes only its close)."""
+        if self._reasoning_opened is None:
+            from ..data.render import prompt_ids
+
+            probe = prompt_ids(self.tokenizer, [{"role": "user", "content": "Hi."}], thinking=self.thinking,
+                               date=self.date)
+            tail = self.tokenizer.decode(probe[-4:], skip_special_tokens=True)
+            self._reasoning_opened = tail.rstrip().endswith("<think>")
+        return self._reasoning_opened
+
+    def reasoning_stream(self) -> ReasoningStream:
+        """A splitter for this generator's streamed text deltas (reasoning vs answer pieces)."""
+        return ReasoningStream(opened=self.reasoning_opened)
 
     def generate(self, conversations: list[list[dict]], *, max_new_tokens: int = 256, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None) -> list[Completion]:
@@ -323,46 +364,3 @@ class Generator:
         for i in range(len(prompts)):
             if not done[i]:
                 yield from finish(i)
-
-
-class ChatSession:
-    """A multi-turn chat over a `Generator`: keeps the history, streams each reply.
-
-    Args:
-        generator: the loaded model.
-        system: system prompt put first in every conversation (None: none).
-        **gen_kwargs: passed to `Generator.stream` (max_new_tokens, temperature, top_p, seed, stop).
-    """
-
-    def __init__(self, generator: Generator, system: str | None = None, **gen_kwargs):
-        self.generator, self.system, self.gen_kwargs = generator, system or None, gen_kwargs
-        self.history: list[dict] = []
-
-    @property
-    def messages(self) -> list[dict]:
-        """The conversation as the model sees it: system prompt (if any) + history."""
-        return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
-
-    def reset(self) -> None:
-        """Forget the history (the system prompt stays)."""
-        self.history = []
-
-    def set_system(self, text: str | None) -> None:
-        """Replace the system prompt (empty/None removes it); the history stays."""
-        self.system = (text or "").strip() or None
-
-    def send(self, text: str, cancel: threading.Event | None = None) -> Iterator[str | Completion]:
-        """Stream the reply to `text`; the turn joins the history once the reply is complete.
-
-        Yields:
-            str deltas, then the final `Completion`. An interrupted reply (the consumer stops
-            iterating) leaves the history unchanged.
-        """
-        msgs = self.messages + [{"role": "user", "content": text}]
-        final = None
-        for part in self.generator.stream(msgs, cancel=cancel, **self.gen_kwargs):
-            if isinstance(part, Completion):
-                final = part
-            yield part
-        if final is not None:
-            self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": final.text}]

@@ -80,7 +80,7 @@ def verification_prompts(run, tokenizer, n: int) -> tuple[list[list[int]], str]:
         source = "fixed prompts (run data not found)"
         messages = [[{"role": "user", "content": p}] for p in FALLBACK_PROMPTS[:max(n, 1)]]
     # Long prompts would only make verification slow; their last 256 tokens show any merge error.
-    return [prompt_ids(tokenizer, m, thinking=thinking)[-256:] for m in messages], source
+    return [prompt_ids(tokenizer, m, thinking=thinking, date=cfg.data.date)[-256:] for m in messages], source
 
 
 @dataclass
@@ -268,7 +268,9 @@ def merge(run_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None,
     report: dict = {"run_dir": str(run.path), "out_dir": str(out), "base": run.base_model, "method": method,
                     "adapter": {"r": run.config.method.lora.r, "alpha": run.config.method.lora.alpha,
                                 "use_dora": run.config.method.lora.use_dora}, "dtype": dtype,
-                    "thinking": run.config.data.thinking,  # rundir.load reads it back for the folder
+                    # rundir.load and eval read these back for the folder: it renders as the run trained
+                    "thinking": run.config.data.thinking, "system": run.system_prompts.default,
+                    "date": run.config.data.date,
                     "warnings": []}
     if method == "qlora":
         # peft#2321: merging into 4-bit layers re-quantises the sum and changes generations; merging into the

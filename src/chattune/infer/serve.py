@@ -48,6 +48,7 @@ from .serve_schema import (
     usage,
     validation_error,
 )
+from .reasoning import ReasoningStream
 from .serve_worker import Job, QueueFull, Sampling, Worker
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from .generate import Completion, Generator
 
 log = logging.getLogger("chattune.serve")
+_DELTA_FIELD = {"reasoning": "reasoning_content", "content": "content"}
 _POLL_S = 0.25  # how often a waiting non-streaming handler checks whether its client left
 
 
@@ -225,7 +227,7 @@ def create_app(generator: Generator, serve_cfg: ServeConfig) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         check_unsupported(body)
-        messages = to_messages(body)
+        messages = generator.with_system(to_messages(body))  # the run's system prompt, as trained
         asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         if asked is not None and asked > cap:
             raise APIError(400, f"max_tokens is too large: {asked}; this server allows at most {cap} "
@@ -250,7 +252,8 @@ def create_app(generator: Generator, serve_cfg: ServeConfig) -> FastAPI:
             if isinstance(item, APIError):
                 raise item
             c: Completion = item
-            return completion_body(cid, model_name, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens)
+            return completion_body(cid, model_name, c.content, c.finish_reason, c.prompt_tokens, c.completion_tokens,
+                                   reasoning=c.reasoning)
         # Streaming: wait until the worker accepted the prompt, so errors still get a proper status.
         first = await _wait(job.out, request, job.cancel)
         if first is None:
@@ -258,14 +261,17 @@ def create_app(generator: Generator, serve_cfg: ServeConfig) -> FastAPI:
         if isinstance(first, APIError):
             raise first
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_events(job, cid, model_name, include_usage), media_type="text/event-stream",
+        return StreamingResponse(_events(job, cid, model_name, include_usage, generator.reasoning_stream()),
+                                 media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
     return app
 
 
-async def _events(job: Job, cid: str, model_name: str, include_usage: bool) -> AsyncIterator[str]:
-    """The SSE body of a streaming answer (OpenAI chunk shapes; see serve_schema.chunk_body)."""
+async def _events(job: Job, cid: str, model_name: str, include_usage: bool,
+                  split: ReasoningStream) -> AsyncIterator[str]:
+    """The SSE body of a streaming answer (OpenAI chunk shapes; see serve_schema.chunk_body); think-block
+    text goes out as ``reasoning_content`` deltas, the answer as ``content``."""
     created = int(time.time())
 
     def chunk(delta, finish=None):
@@ -277,8 +283,8 @@ async def _events(job: Job, cid: str, model_name: str, include_usage: bool) -> A
         while True:
             item = await job.out.get()
             if isinstance(item, str):
-                if item:
-                    yield chunk({"content": item})
+                for kind, piece in split.feed(item):
+                    yield chunk({_DELTA_FIELD[kind]: piece})
             elif isinstance(item, APIError):
                 ended = True
                 # Headers are gone: report in-band, as OpenAI does; the client raises on "error".
@@ -286,6 +292,8 @@ async def _events(job: Job, cid: str, model_name: str, include_usage: bool) -> A
                 return
             else:  # the final Completion
                 ended = True
+                for kind, piece in split.finish(item.text):
+                    yield chunk({_DELTA_FIELD[kind]: piece})
                 yield chunk({}, item.finish_reason)
                 if include_usage:
                     yield sse(chunk_body(cid, created, model_name, None, with_usage_field=True,

@@ -196,10 +196,14 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def completion_body(cid: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
-                    completion_tokens: int) -> dict:
-    """A non-streaming ``chat.completion`` object."""
+                    completion_tokens: int, reasoning: str | None = None) -> dict:
+    """A non-streaming ``chat.completion`` object; `reasoning` (the think block) goes out as
+    ``message.reasoning_content``, as vLLM and DeepSeek's API send it."""
+    message = {"role": "assistant", "content": text, "refusal": None}
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+            "choices": [{"index": 0, "message": message,
                          "logprobs": None, "finish_reason": finish_reason}],
             "usage": usage(prompt_tokens, completion_tokens)}
 

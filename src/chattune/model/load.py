@@ -174,7 +174,7 @@ def ensure_pad_token(tok) -> PadChoice:
     """Give `tok` a pad token that is neither EOS nor an end-of-turn token.
 
     Prefers the existing pad token, then a dedicated pad-like special token the vocabulary already has
-    (Llama-3.1 <|finetune_right_pad_id|>, Gemma <pad>, DeepSeek <｜▁pad▁｜>, Qwen <|endoftext|>), then an unused
+    (Llama-3.x <|finetune_right_pad_id|>, Gemma <pad>, DeepSeek <｜▁pad▁｜>, Qwen <|endoftext|>), then an unused
     reserved special token (Llama-3 <|reserved_special_token_N|>); only if
     none exists is ``<|pad|>`` added, and then the model's embeddings must grow (see `load_model`).
 

@@ -6,7 +6,7 @@ Layout (train writes it; infer/eval/merge/serve read it and need nothing else)::
       chattune.yaml            resolved config
       versions.json            package versions, git sha
       plan.json                the run plan: device, dtype, attention, recompute, Liger, compile, memory, reasons
-      data.json                input file hashes, counts, truncated/dropped counts
+      data.json                input file hashes, counts, truncated/dropped counts, the system prompts trained with
       heldout.jsonl            the conversations a data.eval_ratio split held out (messages; `eval --data`)
       tokenizer.json, tokenizer_config.json, ...   tokenizer exactly as used
       chat_template.jinja      the chat template exactly as used

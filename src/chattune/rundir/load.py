@@ -36,6 +36,8 @@ class LoadInfo:
         config: the run's resolved config (None for a plain model).
         quantised: a QLoRA run's base: "nf4" (kept 4-bit), "nf4-dequantised", or None.
         warnings: things the user should know, e.g. an adapter that changes nothing.
+        system: the system prompt the run trained with (its most common one, `read.SystemPrompts`), or None.
+        date: the day a date-writing template was pinned to in training (``data.date``), or None.
     """
 
     kind: str
@@ -51,6 +53,8 @@ class LoadInfo:
     config: Config | None = None
     quantised: str | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    system: str | None = None
+    date: str | None = None
 
 
 @dataclass(frozen=True)
@@ -211,21 +215,23 @@ def load_run(path: str | Path, *, device: str | None = None, dtype: str | None =
             _apply_generation_config(model, run_dir)
             kind = "full"
         base_name, thinking, method = cfg.model.name_or_path, cfg.data.thinking, cfg.method.type
+        system, date = run.system_prompts.default, cfg.data.date
     else:
         mcfg = ModelConfig(name_or_path=path_s, **({"dtype": dtype} if dtype else {}))
         plan = inference_plan(mcfg, device=device)
         src = resolve_source(mcfg)
         tok = tokenizer or load_tokenizer(mcfg, source=src)
         model = load_model(mcfg, plan=plan, tokenizer=tok, source=src)
-        kind, base_name, thinking, method = "model", path_s, "off", None
+        kind, base_name, thinking, method, system, date = "model", path_s, "off", None, None, None
         rep = read_merge_report(src)
         if rep is not None:  # a `chattune merge` output: render as the run was trained
             base_name, thinking, method = rep.get("base", path_s), rep.get("thinking", "off"), rep.get("method")
+            system, date = rep.get("system"), rep.get("date")
     model.eval()
     info = LoadInfo(kind=kind, path=path_s, base=base_name, method=method, thinking=thinking or "off",
                     device=plan.device, dtype=plan.dtype,
                     eos_token_ids=tuple(stop_token_ids(model, tok)), pad_token_id=tok.pad_token_id,
                     chat_template=tok.chat_template if isinstance(tok.chat_template, str) else None,
                     config=cfg, quantised=model.chattune_load.get("quantised"),
-                    warnings=tuple(warnings))
+                    warnings=tuple(warnings), system=system, date=date)
     return LoadedModel(model=model, tokenizer=tok, info=info)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from ..config import Config, load_config
 from ..errors import ModelError
+from ..fsutil import sha256_file
 from .layout import (
     ADAPTER_FILE,
     CONFIG_FILE,
+    DATA_FILE,
     FULL_WEIGHTS_GLOB,
     MERGE_REPORT,
     METRICS_FILE,
@@ -17,6 +19,44 @@ from .layout import (
     TEMPLATE_FILE,
     is_run_dir,
 )
+
+
+@dataclass(frozen=True)
+class SystemPrompts:
+    """The system prompts a run trained with (recorded in data.json by training), for inference to reuse.
+
+    Attributes:
+        default: the most common system prompt of the training conversations (None: most had none);
+            what chat and serve put first when a conversation brings none.
+        sources: ``(path, sha256, system)`` per train/eval file: its most common system prompt.
+    """
+
+    default: str | None = None
+    sources: tuple[tuple[str, str, str | None], ...] = ()
+
+    def for_file(self, path: str | Path) -> str | None:
+        """The system prompt for rows of `path` that have none: that of the training file with the same
+        content (or, failing that, path), else `default`."""
+        p = Path(path)
+        digest = sha256_file(p) if p.is_file() else None
+        for _, sha, system in self.sources:
+            if sha == digest:
+                return system
+        for src, _, system in self.sources:
+            if Path(src).resolve() == p.resolve():
+                return system
+        return self.default
+
+
+def _system_prompts(path: Path, cfg: Config) -> SystemPrompts:
+    try:
+        rec = json.loads((path / DATA_FILE).read_text(encoding="utf-8")).get("system_prompts")
+    except (OSError, ValueError):
+        rec = None
+    if not isinstance(rec, dict):  # a run from before the record existed: the config's dataset-level prompt
+        return SystemPrompts(default=cfg.data.system)
+    return SystemPrompts(default=rec.get("default"),
+                         sources=tuple((s["path"], s["sha256"], s.get("system")) for s in rec.get("sources", [])))
 
 
 @dataclass(frozen=True)
@@ -28,6 +68,7 @@ class RunInfo:
     is_adapter: bool          # True: base model + adapter; False: full weights in `path`
     base_model: str           # config.model.name_or_path (what the adapter applies to)
     chat_template: str | None
+    system_prompts: SystemPrompts = SystemPrompts()
 
 
 def read_run(path: str | Path) -> RunInfo:
@@ -47,7 +88,8 @@ def read_run(path: str | Path) -> RunInfo:
                          "did training finish? Resume with `chattune train CONFIG --resume`.")
     tpl = path / TEMPLATE_FILE
     return RunInfo(path=path, config=cfg, is_adapter=is_adapter, base_model=cfg.model.name_or_path,
-                   chat_template=tpl.read_text(encoding="utf-8") if tpl.is_file() else None)
+                   chat_template=tpl.read_text(encoding="utf-8") if tpl.is_file() else None,
+                   system_prompts=_system_prompts(path, cfg))
 
 
 def read_merge_report(folder: str | Path) -> dict | None:

@@ -15,12 +15,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config
+from ..config import Config, load_config
 from ..errors import ChattuneError, ConfigError
 from ..fsutil import disk_full_is_an_error, is_disk_full
 from ..plan import RunPlan
 from ..rundir import checkpoints
-from ..rundir.layout import existing_run_files
+from ..rundir.layout import CONFIG_FILE, existing_run_files
 from ..rundir.write import save_final, truncate_metrics, write_manifest
 
 
@@ -188,6 +188,14 @@ def _disk_full_error(e: BaseException, run_dir: Path, step: int, *, clean: bool)
         "`chattune train` with --resume")
 
 
+def _recorded_date(run_dir: Path) -> str | None:
+    """The day an earlier session of this run pinned (its chattune.yaml), if any."""
+    try:
+        return load_config(run_dir / CONFIG_FILE).data.date
+    except (ChattuneError, OSError):
+        return None
+
+
 def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, console=None,
           plan: RunPlan | None = None) -> TrainResult:
     """Fine-tune the model described by `cfg` and write a self-describing run directory.
@@ -217,6 +225,7 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
     from ..data.collate import Collator
     from ..data.dataset import build_datasets
     from ..data.render import end_of_turn_ids
+    from ..data.template_policy import reads_date, today
     from ..model.adapters import apply_method
     from ..model.load import load_model, load_tokenizer, read_model_config, resolve_source
     from ..model.packing_proof import require_exact_packing
@@ -242,6 +251,13 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
     console.print(describe(plan))
     console.print(describe_batch(cfg))
     tokenizer = load_tokenizer(cfg.model, source=source)
+    if reads_date(tokenizer) and cfg.data.date is None:
+        # the template writes today's date: pin the day, so every prompt (and inference later, which reads
+        # it back from the run dir's chattune.yaml) renders the same date; the data cache key includes it
+        # (a resumed run keeps the day it started with)
+        day = _recorded_date(run_dir) if ckpt else None
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"date": day or today()})})
+        console.print(f"[bold]date[/] the chat template writes today's date: pinned to {cfg.data.date} (data.date)")
     with main_process_first():  # rank 0 tokenizes and fills the cache; the others read it
         train_ds, eval_ds, data_report = build_datasets(cfg, tokenizer)
     if len(train_ds) == 0:
