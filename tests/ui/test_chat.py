@@ -1,11 +1,10 @@
-"""Chat page helpers: the thinking switch is a view of the loaded model (the shared one keeps its policy), and
-compare mode gives the base model the run's system prompt too."""
+"""Chat page helper: the thinking switch is a view of the loaded model (the shared one keeps its policy)."""
 from __future__ import annotations
 
 import threading
 
 from chattune.infer.generate import Completion
-from chattune.ui.chat import ChatModel, stream_reply, with_run_system
+from chattune.ui.chat import ChatModel, stream_reply
 
 
 class _Gen:
@@ -36,10 +35,3 @@ def test_thinking_switch_is_a_view_and_events_carry_the_completion():
     list(stream_reply(plain, msgs, thinking=True, max_new_tokens=7, temperature=0.0, cancel=threading.Event()))
     assert plain.generator.calls[0][0] == "off"  # no enable_thinking in the template: nothing to switch
 
-
-def test_base_model_gets_the_runs_system_prompt():
-    run = ChatModel(key="run:x", generator=_Gen(), lock=threading.Lock(), thinking_supported=False)
-    user = [{"role": "user", "content": "hi"}]
-    assert with_run_system(run, user) == [{"role": "system", "content": "你是客服"}, *user]
-    own = [{"role": "system", "content": "mine"}, *user]
-    assert with_run_system(run, own) == own

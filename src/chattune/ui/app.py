@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from ..errors import ChattuneError
-from .chat import Models, stream_reply, with_run_system
+from .chat import Models, stream_reply
 from .config_form import check_config, form_fields
 from .data_view import check_file
 from .jobs import Jobs
@@ -178,7 +178,8 @@ def create_app(settings: UiSettings) -> FastAPI:
         if not isinstance(messages, list) or not messages:
             raise UserError("send at least one message", "message")
         run_model = await asyncio.to_thread(models.get, str(p))
-        messages = with_run_system(run_model, messages)
+        # the run's own system prompt when the user gives none, for both sides of compare mode (same prompt)
+        messages = run_model.generator.with_system(messages)
         model = await asyncio.to_thread(models.get, str(p), base=True) if body.get("base") else run_model
         cid = str(body.get("id") or uuid.uuid4())
         cancel = cancels.setdefault(cid, threading.Event())
@@ -197,7 +198,8 @@ def create_app(settings: UiSettings) -> FastAPI:
                 loop.call_soon_threadsafe(queue.put_nowait, None)
 
         async def events():
-            yield _sse({"id": cid, "model": model.generator.name, "thinking_supported": model.thinking_supported})
+            yield _sse({"id": cid, "model": model.generator.name, "thinking_supported": model.thinking_supported,
+                        "system": run_model.generator.system})
             threading.Thread(target=work, daemon=True, name=f"chat-{cid}").start()
             try:
                 while (ev := await queue.get()) is not None:

@@ -27,15 +27,6 @@ class ChatModel:
     thinking_supported: bool   # the chat template reads enable_thinking (Qwen3-style)
 
 
-def with_run_system(run: ChatModel, messages: list[dict]) -> list[dict]:
-    """`messages` with the run's own system prompt first when they bring none and the run records one, so the
-    base model in compare mode sees exactly the conversation the tuned model sees."""
-    system = getattr(run.generator, "system", None)
-    if system and not (messages and messages[0].get("role") == "system"):
-        return [{"role": "system", "content": system}, *messages]
-    return messages
-
-
 class Models:
     """Loaded generators by (path, role), least recently used dropped first."""
 

@@ -421,7 +421,10 @@ async function chatSend() {
                   messages: (sys ? [{role: "system", content: sys}] : []).concat(col.msgs)};
     try {
       await sse("/api/chat", body, (ev) => {
-        if (ev.id) { state.chat.ids.push(ev.id); think.disabled = !ev.thinking_supported; }
+        if (ev.id) {
+          state.chat.ids.push(ev.id); think.disabled = !ev.thinking_supported;
+          $("#chat-system").placeholder = ev.system ? "(the run's own: " + ev.system + ")" : "(none)";
+        }
         if (ev.delta) { reply += ev.delta; bubble.textContent = reply; box.scrollTop = box.scrollHeight; }
         if (ev.error) $("#err-chat").textContent = ev.error;
         if (ev.done) {
