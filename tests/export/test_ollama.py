@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import pytest
-from tests.conftest import real_tokenizer_dir
-from tests.export.conftest import HELD_OUT, TRAIN
 
 from chattune.errors import TemplateError
 from chattune.export.ollama import derive_parts, go_template, modelfile
 from chattune.export.stage import RunFacts
 from chattune.export.verify_llamacpp import prompt_prefixes
 from chattune.export.verify_ollama import ollama_template_parity, render_go
+from tests.conftest import real_tokenizer_dir
+from tests.export.conftest import HELD_OUT, TRAIN
 
 
 def _facts(tok, thinking: str, system: str | None = None) -> RunFacts:
