@@ -1,6 +1,7 @@
 """Preprocessing speed and fidelity: chattune's build path vs the tutorial approach, on city-date data.
 
     .venv/bin/python bench/preprocess.py [--n 20000] [--repeats 1]
+    .venv/bin/python bench/preprocess.py --smoke          # 200 rows: checks that it runs, in seconds
 
 chattune: JSONL file → `build_datasets` (read, convert, render with the tokenizer's own chat template,
 loss mask by spans, cache). Cold = empty cache; cached = the same call again.
@@ -40,19 +41,10 @@ ASSETS = Path(os.environ.get("CHATTUNE_ASSETS", Path.home() / ".cache" / "chattu
 
 
 def rows_for(n: int) -> list[dict]:
-    try:
-        from chattune.data.synth.city_date import generate_city_date
+    """`n` synthetic city+date rows (prompt, completion), seeded."""
+    from chattune.data.synth.city_date import generate_city_date
 
-        return generate_city_date(n, seed=0)[0]
-    except ImportError:  # before the generator existed; kept so the bench runs on older trees
-        rng = random.Random(0)
-        cities = ["北京", "上海", "广州", "深圳", "大连市", "成都市"]
-        out = []
-        for _ in range(n):
-            c, m, d = rng.choice(cities), rng.randint(1, 12), rng.randint(1, 28)
-            out.append({"prompt": f"提取城市和日期，输出JSON：{c}{m}月{d}日的天气",
-                        "completion": json.dumps({"city": c, "date": f"{m:02d}-{d:02d}"}, ensure_ascii=False)})
-        return out
+    return generate_city_date(n, seed=0)[0]
 
 
 def tutorial_map(tok, rows: list[dict]):
@@ -119,7 +111,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--sample", type=int, default=300, help="examples checked for fidelity")
+    ap.add_argument("--smoke", action="store_true", help="200 rows, 50 checked (checks that the bench runs)")
     args = ap.parse_args()
+    if args.smoke:
+        args.n, args.sample = 200, 50
 
     tok = AutoTokenizer.from_pretrained(ASSETS / "tokenizers" / "qwen3")
     rows = rows_for(args.n)
@@ -146,6 +141,8 @@ def main() -> None:
         cold, (ds, _, rep) = timed(build(num_proc, cold=True), args.repeats)
         tokens = rep["train"]["tokens"]
         fid = fidelity_chattune(tok, ds, rows, idx)
+        if fid < 1.0:  # chattune's rendering is proven per turn: anything less is a bug, not a slow run
+            raise SystemExit(f"chattune fidelity {fid:.1%} < 100% (num_proc={num_proc})")
         table.append((f"chattune build_datasets, cold, num_proc={num_proc}", cold, len(ds), tokens, tokens / len(ds),
                       fid, num_proc == 1))
         warm, (ds, _, rep) = timed(build(num_proc, cold=False), args.repeats)

@@ -3,6 +3,7 @@
     .venv/bin/python bench/serve_load.py                          # SmolLM2 alias, 64 streaming clients
     .venv/bin/python bench/serve_load.py runs/demo --clients 32   # a run dir
     .venv/bin/python bench/serve_load.py --url http://127.0.0.1:8000 --api-key KEY   # a running server
+    .venv/bin/python bench/serve_load.py --smoke                  # tiny random model, 4 clients, seconds
 
 Starts `python -m chattune serve MODEL` on a free loopback port (unless --url), waits for /health,
 then runs these phases, one table row each:
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 
 import httpx
 from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+
+import _smoke
 
 
 @dataclass
@@ -126,6 +129,7 @@ async def run(url: str, api_key: str, clients: int, max_tokens: int, timeout: fl
 
 
 def main() -> int:
+    """Start the server (unless --url), run the three phases, print the table; exit 1 on any failed request."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", nargs="?", default="smollm2-135m-instruct", help="run dir, model folder or alias")
     ap.add_argument("--clients", type=int, default=64)
@@ -137,7 +141,11 @@ def main() -> int:
                     help="torch threads in the server (OMP_NUM_THREADS); 1 is far faster on an oversubscribed CPU")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds for a whole phase")
     ap.add_argument("--startup-timeout", type=float, default=900, help="seconds to wait for the server")
+    ap.add_argument("--smoke", action="store_true", help="a tiny random model, 4 clients, 4 tokens (checks that "
+                    "the bench runs; its numbers mean nothing)")
     args = ap.parse_args()
+    if args.smoke:
+        args.model, args.clients, args.max_tokens, args.threads = str(_smoke.tiny_model_dir()), 4, 4, 1
 
     proc = None
     url = args.url

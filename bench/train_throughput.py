@@ -10,6 +10,10 @@ mask (``include_num_input_tokens_seen="non_padding"``), the same way for all thr
     .venv/bin/python bench/train_throughput.py --recipes chattune chattune-packed --steps 30
     .venv/bin/python bench/train_throughput.py --recipes chattune chattune-qlora --threads 1   # LoRA vs QLoRA
     .venv/bin/python bench/train_throughput.py --profile             # where chattune's step time goes
+    .venv/bin/python bench/train_throughput.py --smoke               # every recipe on a tiny model, seconds
+
+chattune runs through `chattune.train.trainer.train` (the product route, config overrides only); TRL and
+the tutorial recipe are the baselines it is measured against.
 
 Numbers go in reports and docs, never in tests. The CPU is shared: compare ratios from one run.
 """
@@ -25,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _smoke
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "data" / "city_date_train.jsonl"
@@ -83,24 +89,32 @@ def timer_callback():
 
 
 def model_source() -> str:
+    """The model every recipe trains: SmolLM2-135M-Instruct (the default alias, its GGUF converted once to
+    safetensors), or the tiny random model under --smoke."""
+    if os.environ.get(_smoke.ENV):
+        return os.environ[_smoke.ENV]
     from chattune.config import ModelConfig
     from chattune.model.load import resolve_source
 
-    return resolve_source(ModelConfig())  # the smollm2 alias: GGUF converted once to safetensors
+    return resolve_source(ModelConfig())
 
 
 # ------------------------------------------------------------------------------------------- recipes
+
+def chattune_raw(steps: int, n: int, tmp: Path) -> dict:
+    """chattune's defaults on `n` rows for `steps` optimizer steps (no trackers, no checkpoint)."""
+    data = tmp / "data.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows(n)), encoding="utf-8")
+    return {"model": {"name_or_path": model_source()}, "data": {"train": str(data), "cache_dir": str(tmp / "cache")},
+            "train": {"max_steps": steps, "report_to": ["none"], "logging_steps": 5, "save_steps": 10_000},
+            "output_dir": str(tmp / "run")}
+
 
 def run_chattune(steps: int, n: int, tmp: Path, variant: str = "chattune"):
     from chattune.config import config_from_dict, deep_merge
     from chattune.train.trainer import train
 
-    data = tmp / "data.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows(n)), encoding="utf-8")
-    raw = {"data": {"train": str(data), "cache_dir": str(tmp / "cache")},
-           "train": {"max_steps": steps, "report_to": ["none"], "logging_steps": 5, "save_steps": 10_000},
-           "output_dir": str(tmp / "run")}
-    cfg = config_from_dict(deep_merge(raw, VARIANTS[variant]))
+    cfg = config_from_dict(deep_merge(chattune_raw(steps, n, tmp), VARIANTS[variant]))
     timer = timer_callback()
     train(cfg, callbacks=[timer])
     return timer
@@ -131,18 +145,16 @@ def run_trl(steps: int, n: int, tmp: Path):
     return timer
 
 
-def run_tutorial(steps: int, n: int, tmp: Path):
+def run_tutorial(steps: int, n: int, tmp: Path, max_len: int = 512, accum: int = 8):
     """The recipe most Chinese LoRA tutorials copy (self-llm style): each example tokenized alone and
     padded to 512, gradient checkpointing, a bf16 model, adafactor, batch 2 x accumulation 8."""
     import datasets
     import torch
     from peft import get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainingArguments)
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     src = model_source()
     tok = AutoTokenizer.from_pretrained(src)
-    max_len = 512
 
     def encode(r):
         prompt = tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=True,
@@ -158,7 +170,7 @@ def run_tutorial(steps: int, n: int, tmp: Path):
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
     model.enable_input_require_grads()
     model = get_peft_model(model, lora_config())
-    args = TrainingArguments(output_dir=str(tmp / "tut"), per_device_train_batch_size=2, gradient_accumulation_steps=8,
+    args = TrainingArguments(output_dir=str(tmp / "tut"), per_device_train_batch_size=2, gradient_accumulation_steps=accum,
                              max_steps=steps, learning_rate=1e-4, gradient_checkpointing=True, bf16=True,
                              optim="adafactor", use_cpu=True, logging_steps=1, save_strategy="no", report_to="none",
                              include_num_input_tokens_seen="non_padding", seed=42, disable_tqdm=True)
@@ -169,7 +181,7 @@ def run_tutorial(steps: int, n: int, tmp: Path):
     return timer
 
 
-def worker(name: str, steps: int, n: int) -> dict:
+def worker(name: str, steps: int, n: int, smoke: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if name in VARIANTS:
@@ -177,7 +189,9 @@ def worker(name: str, steps: int, n: int) -> dict:
         elif name == "trl":
             timer = run_trl(steps, n, tmp)
         elif name == "tutorial":
-            timer = run_tutorial(steps, n, tmp)
+            # smoke: the tiny model keeps Qwen3's 152k vocabulary, whose bf16 logits at 512 padded
+            # positions dominate on CPU; shorter and fewer micro-batches run the same code
+            timer = run_tutorial(steps, n, tmp, *((64, 3) if smoke else ()))
         else:
             raise SystemExit(f"unknown recipe {name}")
     (t0, c0, k0), (t1, c1, k1) = timer.marks[WARMUP_MARKS - 1], timer.marks[-1]
@@ -192,58 +206,49 @@ def worker(name: str, steps: int, n: int) -> dict:
 # ------------------------------------------------------------------------------------------- profile
 
 def profile(n_steps: int = 2) -> None:
-    """Where one chattune training step goes (forward + backward + optimizer, batch 8), by op group."""
+    """Where chattune's training step goes (forward + backward + optimizer, batch 8), by op group:
+    `chattune.train.trainer.train` itself under the torch profiler, one untimed step then `n_steps`."""
     import torch
-    from torch.profiler import ProfilerActivity, profile as tprofile
+    from torch.profiler import ProfilerActivity, schedule
+    from torch.profiler import profile as tprofile
+    from transformers import AutoConfig, TrainerCallback
 
     from chattune.config import config_from_dict
-    from chattune.data.dataset import build_datasets
-    from chattune.data.collate import Collator
-    from chattune.model.adapters import apply_method
-    from chattune.model.load import load_model, load_tokenizer
-    from chattune.plan import make_plan
+    from chattune.train.trainer import train
 
-    with tempfile.TemporaryDirectory() as d:
-        data = Path(d) / "data.jsonl"
-        data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows(64)), encoding="utf-8")
-        cfg = config_from_dict({"data": {"train": str(data), "cache_dir": str(Path(d) / "cache")}})
-        tok = load_tokenizer(cfg.model)
-        train_ds, _, _ = build_datasets(cfg, tok)
-    plan = make_plan(cfg, device="cpu")
-    model, _ = apply_method(load_model(cfg.model, plan=plan, tokenizer=tok), cfg, plan)
-    model.config.use_cache = False
     torch.set_num_threads(1)  # CPU time of one thread: stable on a shared machine
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    collate = Collator(tok.pad_token_id, trained_logits_only=True)
-    batches = [collate([train_ds[i] for i in range(j * 8, j * 8 + 8)]) for j in range(n_steps + 1)]
-    vocab = model.get_output_embeddings().weight.shape[0]
+    prof = tprofile(activities=[ProfilerActivity.CPU], record_shapes=True,
+                    schedule=schedule(wait=0, warmup=1, active=n_steps, repeat=1))
+    cpu_marks: list[float] = []
+
+    class Step(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == 1:  # the profiler's warm-up step is done: the timed steps start
+                cpu_marks.append(time.process_time())
+
+        def on_step_end(self, args, state, control, **kw):
+            prof.step()
+
+    timer = timer_callback()
+    with tempfile.TemporaryDirectory() as d:
+        cfg = config_from_dict(chattune_raw(n_steps + 1, 64, Path(d)))
+        with prof:
+            train(cfg, callbacks=[Step(), timer])
+    wall = time.process_time() - cpu_marks[0] if cpu_marks else float("nan")
+    vocab = AutoConfig.from_pretrained(model_source()).vocab_size
     r = cfg.method.lora.r
-
-    def step(b):
-        loss = model(**b).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    step(batches[0])  # warm-up
-    with tprofile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        t0 = time.process_time()
-        for b in batches[1:]:
-            step(b)
-        wall = time.process_time() - t0
     groups: dict[str, float] = {}
     for ev in prof.key_averages(group_by_input_shape=True):
         name, shapes = ev.key, str(ev.input_shapes)
         if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"):
             if name in ("aten::matmul", "aten::linear"):
                 continue  # wrappers: their mm/addmm children are counted
-            g = ("lm_head (49k vocab) matmuls" if str(vocab) in shapes else
-                 "LoRA matmuls (rank %d)" % r if f", {r}]" in shapes or f"[{r}," in shapes else "frozen linear matmuls")
+            g = (f"lm_head ({vocab} vocab) matmuls" if str(vocab) in shapes else
+                 f"LoRA matmuls (rank {r})" if f", {r}]" in shapes or f"[{r}," in shapes else "frozen linear matmuls")
         elif "scaled_dot_product" in name or "attention" in name:
             g = "attention (sdpa)"
         elif any(k in name for k in ("log_softmax", "nll_loss", "cross_entropy")):
-            g = "cross-entropy (49k vocab)"
+            g = f"cross-entropy ({vocab} vocab)"
         elif any(k in name for k in ("_foreach", "adam", "lerp", "addcdiv")):
             g = "optimizer"
         elif "dropout" in name or "bernoulli" in name:
@@ -251,7 +256,7 @@ def profile(n_steps: int = 2) -> None:
         else:
             continue
         groups[g] = groups.get(g, 0.0) + ev.self_cpu_time_total / 1e6
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches[1:])
+    tokens = timer.marks[-1][2] - timer.marks[0][2]  # real tokens of the timed steps
     print(f"\nprofile: {n_steps} steps of batch 8, {tokens} real tokens, {wall:.2f} CPU s on 1 thread "
           f"({tokens / wall:.0f} tok/CPU-s under the profiler)")
     print(f"{'group':34} {'self CPU s':>10} {'share':>14}")
@@ -264,6 +269,7 @@ def profile(n_steps: int = 2) -> None:
 # ------------------------------------------------------------------------------------------- main
 
 def main() -> None:
+    """Run the recipes interleaved, round after round, each in its own process, and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--recipes", nargs="+", default=["chattune", "trl", "tutorial"], choices=list(RECIPES))
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps per recipe (tutorial: --tutorial-steps)")
@@ -275,6 +281,8 @@ def main() -> None:
                     help="torch threads per run (default: torch's choice). 1 makes tok/CPU-s a stable measure "
                     "on a shared machine (no OpenMP spin-waiting behind descheduled threads)")
     ap.add_argument("--profile", action="store_true", help="profile chattune's step instead")
+    ap.add_argument("--smoke", action="store_true", help="every recipe for a few steps on a tiny random model "
+                    "(checks that the bench runs; its numbers mean nothing)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -285,40 +293,49 @@ def main() -> None:
             torch.set_num_threads(a.threads)
         print("RESULT " + json.dumps(worker(a.worker, a.steps, a.examples)), flush=True)
         return
+    if a.smoke:
+        _smoke.tiny_model_dir()  # exported to the worker subprocesses through the environment
+        a.steps, a.tutorial_steps, a.examples, a.rounds = 3, 1, 24, 1
     if a.profile:
-        profile()
+        profile(1 if a.smoke else 2)
         return
     model_source()  # convert the GGUF once, outside the timed subprocesses
     # The CPU is shared and its load changes by the minute: recipes run interleaved, round after round,
     # and each reports its best round (the one least slowed by other processes) and the median.
     runs: dict[str, list[dict]] = {}
+    failed: list[str] = []
     for rnd in range(a.rounds):
         for name in a.recipes:
             steps = a.tutorial_steps if name == "tutorial" else a.steps
             if name == "tutorial" and rnd > 0:
                 continue  # minutes per round; one is enough to show the gap
             t = time.perf_counter()
-            p = subprocess.run([sys.executable, __file__, "--worker", name, "--steps", str(steps),
-                                "--examples", str(a.examples), *(["--threads", str(a.threads)] if a.threads else [])],
-                               capture_output=True, text=True)
-            line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if p.returncode or line is None:
-                print(f"{name} failed (exit {p.returncode}):\n{p.stderr[-3000:]}", file=sys.stderr)
-                continue
-            res = json.loads(line[7:])
+            if a.smoke:  # in this process: three more torch imports would cost more than the runs
+                res = worker(name, steps, a.examples, smoke=True)
+            else:
+                p = subprocess.run([sys.executable, __file__, "--worker", name, "--steps", str(steps),
+                                    "--examples", str(a.examples),
+                                    *(["--threads", str(a.threads)] if a.threads else [])], capture_output=True, text=True)
+                line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+                if p.returncode or line is None:
+                    print(f"{name} failed (exit {p.returncode}):\n{p.stderr[-3000:]}", file=sys.stderr)
+                    failed.append(name)
+                    continue
+                res = json.loads(line[7:])
             res["process_s"] = round(time.perf_counter() - t, 1)
             runs.setdefault(name, []).append(res)
             print(f"  round {rnd + 1} {name}: {res['real_tok_per_s']} real tok/s, {res['real_tok_per_cpu_s']} "
                   f"tok/CPU-s, load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
     results = []
-    for name, rs in runs.items():
+    for rs in runs.values():
         best = max(rs, key=lambda r: r["real_tok_per_s"])
         results.append({**best, "median_tok_per_s": statistics.median(r["real_tok_per_s"] for r in rs),
                         "rounds": len(rs),
                         "real_tok_per_cpu_s": max(r["real_tok_per_cpu_s"] for r in rs),
                         "peak_rss_mb": max(r["peak_rss_mb"] for r in rs)})
     ref = next((r["real_tok_per_s"] for r in results if r["recipe"] == "trl"), None)
-    print(f"\nSmolLM2-135M-Instruct, LoRA r16 all-linear, {a.examples} city+date examples, {os.cpu_count()} CPUs, "
+    model = "tiny random Qwen3 (smoke)" if a.smoke else "SmolLM2-135M-Instruct"
+    print(f"\n{model}, LoRA r16 all-linear, {a.examples} city+date examples, {os.cpu_count()} CPUs, "
           f"torch threads {a.threads or __import__('torch').get_num_threads()}, best of {a.rounds} interleaved rounds")
     ref_cpu = next((r["real_tok_per_cpu_s"] for r in results if r["recipe"] == "trl"), None)
     print(f"{'recipe':17} {'real tok/s':>10} {'median':>7} {'vs TRL':>7} {'tok/CPU-s':>9} {'vs TRL':>7} "
@@ -330,6 +347,8 @@ def main() -> None:
         print(f"{r['recipe']:17} {r['real_tok_per_s']:10.1f} {r['median_tok_per_s']:7.1f} {vs:>7} "
               f"{r['real_tok_per_cpu_s']:9.1f} {vs_cpu:>7} "
               f"{r['peak_rss_mb']:11d} {r['batches_timed']:7d} {loss:>17}  {RECIPES[r['recipe']]}")
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
