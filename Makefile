@@ -11,7 +11,12 @@ PINS := transformers==5.23.0 peft==0.21.2 trl==1.16.0 datasets==5.2.0 accelerate
 # both are installed.
 BROWSER_PKGS := chromium fonts-wqy-microhei
 
-.PHONY: setup browser golang test test-fast demo clean
+.PHONY: setup browser golang lint test test-fast demo clean
+# What mypy checks (typed end to end); grow this list, never shrink it. chattune.data minus check.py and
+# render.py (their latest changes are not type-clean yet: add them back when they are).
+TYPED := src/chattune/config.py src/chattune/config_doc.py src/chattune/rundir \
+	$(filter-out src/chattune/data/check.py src/chattune/data/render.py,$(wildcard src/chattune/data/*.py)) \
+	src/chattune/data/synth
 
 setup: $(VENV)/.setup-done browser golang
 
@@ -41,10 +46,14 @@ $(VENV)/.setup-done: pyproject.toml Makefile scripts/fetch_assets.py scripts/set
 	$(BIN)/python scripts/setup_llamacpp.py
 	touch $@
 
-test: setup
+lint: setup
+	$(BIN)/python -m ruff check src tests bench scripts
+	$(BIN)/python -m mypy $(TYPED)
+
+test: lint
 	$(BIN)/python -m pytest -q -ra tests
 
-test-fast: setup
+test-fast: lint
 	$(BIN)/python -m pytest -q -ra -m "not slow" tests
 
 demo: setup

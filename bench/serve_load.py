@@ -76,7 +76,7 @@ async def one_plain(client: AsyncOpenAI, i: int, max_tokens: int) -> Result:
     try:
         r = await client.chat.completions.create(model="served", messages=prompt(i), max_tokens=max_tokens,
                                                  temperature=0)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 — any failure counts as a failed request
         return Result(False, error=f"{type(e).__name__}: {e}")
     total = time.perf_counter() - t0
     return Result(True, total, total, r.usage.completion_tokens)
@@ -160,7 +160,7 @@ def main() -> int:
         if args.max_batch_size:
             cmd += ["--max-batch-size", str(args.max_batch_size)]
         # A file, not a pipe: the access log of many requests would fill a pipe nobody reads and stall the server.
-        log = tempfile.NamedTemporaryFile("w+", prefix="serve_load_", suffix=".log", delete=False)  # noqa: SIM115
+        log = tempfile.NamedTemporaryFile("w+", prefix="serve_load_", suffix=".log", delete=False)  # noqa: SIM115 — the log outlives this block (read on failure)
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         t0 = time.monotonic()

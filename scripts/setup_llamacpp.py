@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from chattune.export.llamacpp import CONVERTER_PARTS, LLAMA_CPP_PYTHON_VERSION, converter_dir  # noqa: E402
+from chattune.export.llamacpp import CONVERTER_PARTS, LLAMA_CPP_PYTHON_VERSION, converter_dir
 
 PKG = f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
 SDIST = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"

@@ -206,6 +206,7 @@ def test_disk_full_while_saving_a_merged_model_writes_nothing(tmp_path, tiny_qwe
         raise _enospc(out / "model.safetensors")
 
     monkeypatch.setattr(M, "_save_merged", full_disk)
-    with pytest.raises(ChattuneError, match=r"disk full while saving the merged model to .*merged: nothing was kept.*No space left on device"):
+    with pytest.raises(ChattuneError, match=r"disk full while saving the merged model to .*merged: nothing was kept"
+                                            r".*No space left on device"):
         M.merge(run, tmp_path / "merged", n_verify=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no merged folder, no temp folder

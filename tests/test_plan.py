@@ -153,6 +153,18 @@ def test_flops_per_token_match_hand_arithmetic():
     assert flops_per_token(s8, 2048) / 1e9 == pytest.approx(32.35, abs=0.005)
 
 
+def test_matmul_params_equal_the_real_architecture():
+    """N counted independently: every nn.Linear weight of the real Qwen3 module tree (meta device, no memory)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = known_config("Qwen/Qwen3-0.6B")
+    with torch.device("meta"):
+        real = AutoModelForCausalLM.from_config(config)
+    linear = {id(m.weight): m.weight.numel() for m in real.modules() if isinstance(m, torch.nn.Linear)}
+    assert shape_of(config).matmul_params() == sum(linear.values())
+
+
 def test_plan_is_frozen_serialisable_and_described():
     plan = make_plan(cfg("train.packing=true"), dataclasses.replace(H100, liger=True), model_config=QWEN3_06B)
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -160,14 +160,15 @@ class TrainConfig(_Strict):
     logging_steps: int = Field(5, ge=1, description="Log the train loss every N steps (metrics.jsonl, trackers).")
     seed: int = Field(42, description="Seed for weights init, data order, dropout and the eval split.")
     report_to: list[Literal["tensorboard", "swanlab", "wandb", "none"]] = Field(
-        default_factory=lambda: ["tensorboard"], description="Trackers that receive the metrics (they write "
+        default=["tensorboard"], description="Trackers that receive the metrics (they write "
         "inside the run directory); none = only metrics.jsonl.")
     use_liger_kernel: bool | None = Field(None, description="Liger fused kernels; None = on when installed on CUDA.")
     torch_compile: bool = Field(False, description="torch.compile the model (pays back on long GPU runs).")
     distributed: Literal["ddp", "fsdp", "deepspeed"] = Field(
         "ddp", description="Strategy when launched on several processes (chattune train --nproc): ddp = a "
         "full copy per GPU; fsdp = sharded (FSDP2); deepspeed = ZeRO (see deepspeed).")
-    deepspeed: str | None = Field(None, description="zero2 | zero3 | path to a DeepSpeed JSON (distributed: deepspeed); None = zero2.")
+    deepspeed: str | None = Field(None, description="zero2 | zero3 | path to a DeepSpeed JSON (distributed: deepspeed); "
+                                  "None = zero2.")
 
     @field_validator("report_to", mode="before")
     @classmethod
@@ -179,7 +180,7 @@ class EvalConfig(_Strict):
     """Task evaluation (generation) settings."""
 
     metrics: list[Literal["json_fields", "exact", "contains", "rouge_l", "bleu4", "loss"]] = Field(
-        default_factory=lambda: ["exact"], description="Scores of each answer against the reference; loss = "
+        default=["exact"], description="Scores of each answer against the reference; loss = "
         "the reference's per-token loss under the model.")
     max_new_tokens: int = Field(128, ge=1, description="Longest generated answer.")
     batch_size: int = Field(16, ge=1, description="Prompts generated together.")
@@ -322,7 +323,7 @@ def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
         # each rule's line starts with the key it names first: that is where a form shows it
         raise ConfigError("\n".join([f"invalid config ({source}):", *(f"  {e}" for e in errors),
                                       "  (every field: `chattune config`)"]),
-                          problems=tuple((re.split(r"[ :]", e, 1)[0], e) for e in errors))
+                          problems=tuple((re.split(r"[ :]", e, maxsplit=1)[0], e) for e in errors))
     return cfg
 
 

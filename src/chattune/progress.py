@@ -7,7 +7,7 @@ one every `interval_s` seconds, and one at the end: done/total, rate, elapsed an
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 DEFAULT_INTERVAL_S = 30.0
 

@@ -134,7 +134,9 @@ def test_stream_reassembles_to_the_greedy_answer(client, gen):
     assert all(c.choices[0].finish_reason is None for c in with_choices[:-1])
     last = chunks[-1]
     assert last.choices == [] and last.usage is not None
-    counts = lambda u: (u.prompt_tokens, u.completion_tokens, u.total_tokens)
+    def counts(u):
+        return u.prompt_tokens, u.completion_tokens, u.total_tokens
+
     assert counts(last.usage) == counts(full.usage)
     assert all(c.usage is None for c in chunks[:-1])
     # Without include_usage there is no usage chunk at all.
@@ -291,7 +293,9 @@ def test_queue_full_is_429_and_queued_requests_are_batched(server, client, gen):
     single = direct(server, gen, MSGS, max_new_tokens=8).text
     before = health(server)
     with cf.ThreadPoolExecutor(MAX_QUEUE + 1) as pool:
-        ask = lambda: client.chat.completions.create(model="m", messages=MSGS, temperature=0, max_tokens=8)
+        def ask():
+            return client.chat.completions.create(model="m", messages=MSGS, temperature=0, max_tokens=8)
+
         with model_busy(server):
             futures = [pool.submit(ask)]
             wait_for(server, lambda h: h["running"] == 1 and h["queued"] == 0, "the first request to be taken")

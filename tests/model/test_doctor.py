@@ -45,7 +45,13 @@ def test_machine_report():
     assert info["versions"]["torch"] == metadata.version("torch")
     assert info["versions"]["peft"] == metadata.version("peft")
     assert info["optional"]["bitsandbytes"] == (importlib.util.find_spec("bitsandbytes") is not None)
-    assert 0 < info["ram_free_gb"] <= info["ram_total_gb"] and info["cpu_count"] >= 1
+    import os
+
+    import psutil
+
+    assert info["cpu_count"] == os.cpu_count()
+    assert info["ram_total_gb"] == round(psutil.virtual_memory().total / GiB, 2)
+    assert 0 < info["ram_free_gb"] <= info["ram_total_gb"]
     import torch
 
     assert info["cuda"] == torch.cuda.is_available() and len(info["gpus"]) == torch.cuda.device_count()

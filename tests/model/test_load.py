@@ -10,7 +10,7 @@ from tests.conftest import REAL_TOKENIZERS, real_tokenizer_dir
 
 from chattune.config import ModelConfig
 from chattune.data.render import end_of_turn_ids
-from chattune.errors import ChattuneError, ModelError
+from chattune.errors import ModelError
 from chattune.model import load as L
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -13,16 +12,16 @@ app = typer.Typer()  # attached to the root app by cli/__init__.py
 
 @app.command("demo")
 def demo_cmd(
-    model: Optional[str] = typer.Option(None, "--model", help="Model to tune: alias, folder, .gguf or Hub id "
+    model: str | None = typer.Option(None, "--model", help="Model to tune: alias, folder, .gguf or Hub id "
                                         "(default: smollm2-135m-instruct, offline)."),
-    n_train: Optional[int] = typer.Option(None, "--n-train", min=1, help="Train sentences (default: the recipe's, 300)."),
+    n_train: int | None = typer.Option(None, "--n-train", min=1, help="Train sentences (default: the recipe's, 300)."),
     n_test: int = typer.Option(100, "--n-test", min=1, help="Held-out test sentences (never in train)."),
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Demo folder; an earlier demo there is replaced."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML recipe to use instead of the built-in one "
+    config: Path | None = typer.Option(None, "--config", help="YAML recipe to use instead of the built-in one "
                                           "(mirrored by examples/demo_city_date.yaml); data files and output_dir "
                                           "are filled in by the demo."),
     seed: int = typer.Option(0, "--seed", help="Data seed (same seed, same sentences)."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key.sub=value overrides, e.g. train.lr=5e-4"),
+    overrides: list[str] | None = typer.Argument(None, help="key.sub=value overrides, e.g. train.lr=5e-4"),
 ) -> None:
     """Watch a model learn city + date → JSON: synthesise data, evaluate the base model, LoRA-train,
     evaluate again, and write report.md / report.html with the proof."""

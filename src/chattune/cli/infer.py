@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -61,15 +60,15 @@ def eval_cmd(
                               "the reference answer."),
     metrics: str = typer.Option("exact", "--metrics", help="Comma list: exact, contains, json_fields, rouge_l, "
                                 "bleu4, loss."),
-    compare: Optional[str] = typer.Option(None, "--compare", help="Also evaluate this base model ('base' = the run "
+    compare: str | None = typer.Option(None, "--compare", help="Also evaluate this base model ('base' = the run "
                                           "dir's base) and write a before/after report."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN_DIR/eval/<data name>, "
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default: RUN_DIR/eval/<data name>, "
                                        "else ./eval/<model>-<data name>)."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N examples."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate only the first N examples."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
-    device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
-    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16 (default: the run's)."),
+    device: str | None = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
+    dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16 (default: the run's)."),
 ) -> None:
     """Generate answers for a test file (batched greedy) and score them; optionally before/after a base model."""
     from ..infer.evaluate import compare as run_compare
@@ -100,9 +99,9 @@ def predict_cmd(
                              ".jsonl, .json, .xlsx or .csv by its suffix."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N examples."),
-    device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
-    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16 (default: the run's)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N examples."),
+    device: str | None = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
+    dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16 (default: the run's)."),
 ) -> None:
     """Batch generation (greedy) over a data file; writes OUT atomically."""
     from ..infer.evaluate import predict
@@ -157,14 +156,14 @@ def read_message(readline, more) -> str | None:
 @app.command("chat")
 def chat_cmd(
     model: str = typer.Argument(..., help=_MODEL_HELP),
-    system: Optional[str] = typer.Option(None, "--system", help="System prompt (default: the one the run trained "
+    system: str | None = typer.Option(None, "--system", help="System prompt (default: the one the run trained "
                                          "with; \"\" for none)."),
     temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="0 = greedy."),
     top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed the sampler for reproducible answers."),
-    device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
-    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16 (default: the run's)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed the sampler for reproducible answers."),
+    device: str | None = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
+    dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16 (default: the run's)."),
 ) -> None:
     """Chat in the terminal, token by token, with history. Reads stdin (works from a pipe); a line ending in \\
     continues the message, and text between two lines of \"\"\" is one message. Reasoning (thinking: keep) is dimmed."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -25,7 +24,7 @@ def city_date(
     prompt: str = typer.Option("short", "--prompt", help="short (one-line instruction) or steps (the "
                                "tutorial's step-by-step prompt)."),
     split: int = typer.Option(0, "--split", min=0, help="Number of held-out test rows (no sentence in both)."),
-    test_out: Optional[Path] = typer.Option(None, "--test-out", help="Test file, needed with --split."),
+    test_out: Path | None = typer.Option(None, "--test-out", help="Test file, needed with --split."),
 ) -> None:
     """City + date → JSON extraction examples (the Chinese SFT tutorials' task)."""
     from ..data.synth import make_city_date_files
@@ -48,7 +47,7 @@ def convert(
                             "(Prompt/Completion)."),
     fmt: str = typer.Option("auto", "--format", help="Input shape: auto, alpaca, qa, prompt_completion, "
                             "messages, sharegpt, text."),
-    shape: Optional[str] = typer.Option(None, "--shape", help="Output shape: messages, alpaca or "
+    shape: str | None = typer.Option(None, "--shape", help="Output shape: messages, alpaca or "
                                         "prompt_completion (default by suffix)."),
 ) -> None:
     """Normalise a data file into messages JSONL, Alpaca JSON or an xlsx sheet."""

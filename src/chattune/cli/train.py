@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -14,9 +13,9 @@ app = typer.Typer()  # attached to the root app by cli/__init__.py
 @app.command("train")
 def train_cmd(
     config: Path = typer.Argument(..., help="YAML config (see examples/)."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key.sub=value overrides, e.g. train.lr=1e-4"),
+    overrides: list[str] | None = typer.Argument(None, help="key.sub=value overrides, e.g. train.lr=1e-4"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in output_dir."),
-    nproc: Optional[int] = typer.Option(None, "--nproc", help="Processes on this node (one per GPU): re-run under "
+    nproc: int | None = typer.Option(None, "--nproc", help="Processes on this node (one per GPU): re-run under "
                                         "torchrun; DDP, or train.distributed: fsdp | deepspeed."),
     nnodes: int = typer.Option(1, "--nnodes", help="Machines in the run (see examples/multinode.md)."),
     node_rank: int = typer.Option(0, "--node-rank", help="This machine's index, 0 .. nnodes-1."),

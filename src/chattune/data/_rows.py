@@ -41,7 +41,8 @@ class Row:
             self.fields[ours], self.origin[ours] = value, str(key)
 
     def error(self, msg: str, field: str | None = None) -> DataError:
-        return DataError(msg, file=self.path, row=self.num, field=self.origin.get(field, field), unit=self.unit)
+        named = self.origin.get(field, field) if field is not None else None
+        return DataError(msg, file=self.path, row=self.num, field=named, unit=self.unit)
 
     def keys(self) -> list[str]:
         return [self.origin[k] for k in self.fields]

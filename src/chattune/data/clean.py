@@ -7,15 +7,15 @@ leading indentation is kept for the same reason (code in answers).
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..config import CleanConfig
 from .types import Conversation
 
 # NUL and the other C0 controls except tab/newline/carriage return, DEL, zero-width space/non-joiner/
 # joiner, word joiner, BOM (U+FEFF, also a zero-width no-break space) and the replacement character
-# U+FFFD left by a bad decode upstream. A regex, not str.translate: translate with a dict is ~5x slower
-# on non-ASCII text.
+# U+FFFD left by a bad decode upstream. A regex, not str.translate: translate with a dict calls back into
+# Python for every character and is much slower on non-ASCII text.
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200d\u2060\ufeff\ufffd]")
 _NON_BMP = re.compile("[\U00010000-\U0010FFFF]")
 _NEWLINES = re.compile(r"\r\n?")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from ..config import DataConfig, DataSource
 from ..errors import DataError
@@ -99,6 +100,7 @@ def _row(conv: Conversation, target: str, xlsx: bool) -> dict:
         return {"messages": conv.messages}
     system, pairs = _single_turn(conv, target)
     (user, answer) = pairs[-1]
+    row: dict[str, Any]
     if target == "alpaca":
         row = {"instruction": user, "input": "", "output": answer}
         if len(pairs) > 1:

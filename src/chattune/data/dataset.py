@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -226,7 +226,7 @@ def tokenize_conversations(convs: list[Conversation], tokenizer, data_cfg: DataC
     return ds, stats
 
 
-def system_prompts(convs: list[Conversation], files: list[dict], held_out: list[Conversation] = ()) -> dict:
+def system_prompts(convs: list[Conversation], files: list[dict], held_out: Sequence[Conversation] = ()) -> dict:
     """The system prompts training rendered, for the run dir: inference must render the same ones.
 
     Args:

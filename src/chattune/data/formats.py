@@ -318,7 +318,7 @@ def conversations_from_records(records: list, source: DataSource, data_cfg: Data
     if not convs:
         hint = {"empty_output": "every answer is empty; expected the assistant's text in each row",
                 "text_too_short": f"every document is shorter than data.text.min_chars={data_cfg.text.min_chars}"}
-        top = max(skipped, key=skipped.get)
+        top = max(skipped, key=lambda reason: skipped[reason])
         answer = {"alpaca": "output", "qa": "answer" if "answer" in rows[0].fields else "response",
                   "prompt_completion": "completion", "text": "text"}.get(shape)
         field = rows[0].origin.get(answer, answer) if answer else ("messages" if shape == "messages" else

@@ -176,7 +176,7 @@ def _decode_at(text: str, i: int, path: Path) -> tuple[Any, int]:
 
 def _array_items(text: str, i: int, lines: _Lines, path: Path) -> tuple[list[tuple[int, Any]], int]:
     """Parse the JSON array starting at text[i] == '[' keeping each item's start line."""
-    items = []
+    items: list[tuple[int, Any]] = []
     i = _skip_ws(text, i + 1)
     if i < len(text) and text[i] == "]":
         return items, i + 1
@@ -292,7 +292,7 @@ def _read_xlsx(path: Path, sheet: str | int | None) -> list[tuple[int, dict]]:
 
     try:
         book = pd.ExcelFile(path, engine="openpyxl")
-    except Exception as e:  # openpyxl raises many types for a broken or non-xlsx file
+    except Exception as e:  # noqa: BLE001 — openpyxl raises many types for a broken or non-xlsx file
         raise DataError(f"cannot open as .xlsx: {e}", file=str(path)) from None
     with book:
         names = book.sheet_names
@@ -310,7 +310,7 @@ def _read_parquet(path: Path) -> list[tuple[int, dict]]:
 
     try:
         table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises ArrowInvalid/OSError for a broken file
+    except Exception as e:  # noqa: BLE001 — pyarrow raises ArrowInvalid/OSError for a broken file
         raise DataError(f"cannot read as parquet: {e}", file=str(path)) from None
     # to_pylist keeps nested lists/dicts (messages) as Python objects; pandas would give numpy arrays.
     drop = [c for c in table.column_names if c == "__index_level_0__" or _UNNAMED.match(c)]
@@ -327,7 +327,7 @@ def _read_saved_dataset(path: Path, split: str | None) -> list[tuple[int, dict]]
 
     try:
         ds = datasets.load_from_disk(str(path))
-    except Exception as e:  # datasets raises FileNotFoundError/ValueError for broken folders
+    except Exception as e:  # noqa: BLE001 — datasets raises FileNotFoundError/ValueError for broken folders
         raise DataError(f"cannot load with datasets.load_from_disk: {e}", file=str(path)) from None
     if isinstance(ds, datasets.DatasetDict):
         splits = list(ds.keys())

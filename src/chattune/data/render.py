@@ -113,7 +113,7 @@ def _render_texts(tokenizer, convs: list[list[dict]], gen: bool, kwargs: dict) -
         for c in convs:
             try:
                 res.append(tokenizer.apply_chat_template(c, add_generation_prompt=gen, tokenize=False, **kwargs))
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 — kept per conversation: the caller reports it by row
                 res.append(e)
         return res
 
@@ -285,8 +285,8 @@ def render_batch(conversations: Sequence[Sequence[dict]], tokenizer, *, loss: st
     f_out = _render_texts(tokenizer, [prepared[i][:k + 1] for i, k in jobs], False, kw)
     p_out = [] if loss == "all" else _render_texts(tokenizer, [prepared[i][:k] for i, k in jobs], True, kw)
     for (i, k), full, prompt in zip(jobs, f_out, p_out or [""] * len(jobs)):
-        bad = next((t for t in (full, prompt) if isinstance(t, Exception)), None)
-        if bad is not None:
+        if isinstance(full, Exception) or isinstance(prompt, Exception):
+            bad = full if isinstance(full, Exception) else prompt
             if results[i].error is None:
                 results[i].error = f"the chat template failed on message {k + 1}: {type(bad).__name__}: {bad}"
             continue

@@ -32,7 +32,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from typing_extensions import Self
 
-from ..errors import ConfigError
 from .serve_bind import bind_socket, check_bind
 from .serve_schema import (
     APIError,

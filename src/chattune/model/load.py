@@ -1,7 +1,7 @@
 """Load a tokenizer and a causal LM from a Hub id, a local folder, a GGUF file or the SmolLM2 alias.
 
 GGUF files cannot be trained or saved as transformers loads them (they come back "quantized"), so a
-GGUF is converted once to a plain safetensors folder in the cache and that folder is used from then on
+GGUF is converted once to a plain safetensors folder in the cache and that folder is used from then on.
 Hub ids and local folders pass straight to ``from_pretrained``. Device, dtype, 4-bit loading and the attention
 kernel come from the run plan (`chattune.plan`); nothing here decides them.
 """
@@ -70,7 +70,7 @@ _SHA_MEMO: dict[tuple, str] = {}
 def _short_sha(path: Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_MEMO:  # hashing 100 MB costs ~0.3 s; do it once per process
+    if key not in _SHA_MEMO:  # hashing the whole file is the slow part: once per process
         _SHA_MEMO[key] = sha256_file(path)[:12]
     return _SHA_MEMO[key]
 

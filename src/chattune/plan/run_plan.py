@@ -68,7 +68,7 @@ class Capabilities:
         return f"{self.gpu_name or self.device}{mem}"
 
     @classmethod
-    def for_card(cls, gpu: str | None = None, memory: str | int | None = None) -> "Capabilities":
+    def for_card(cls, gpu: str | None = None, memory: str | int | None = None) -> Capabilities:
         """A CUDA machine other than this one, with chattune[gpu] installed (bitsandbytes, liger-kernel; no
         flash-attn): a name from `GPUS` (rtx4090, a100-80, h100-80, h200-141, l4, t4, ...) and/or a size
         ('24GB'). A size alone means an Ampere-or-newer card."""

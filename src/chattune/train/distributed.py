@@ -15,7 +15,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from ..errors import ConfigError
 
@@ -179,7 +180,7 @@ def decoder_layer_classes(model=None, name_or_path: str | None = None) -> list[s
             cls = getattr(transformers, arch, None)
             if cls is not None and getattr(cls, "_no_split_modules", None):
                 return list(cls._no_split_modules)
-    except Exception:  # GGUF file, offline hub id, remote code: leave the choice to accelerate
+    except Exception:  # noqa: BLE001 — GGUF file, offline hub id, remote code: leave the choice to accelerate
         return None
     return None
 

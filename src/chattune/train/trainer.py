@@ -108,8 +108,9 @@ def training_arguments(cfg: Config, plan: RunPlan, *, run_dir: str | Path, has_e
 def group_by_length(cfg: Config) -> bool:
     """``train.group_by_length`` resolved: None = on for padded batches in a single process.
 
-    Measured on CPU (bench/train_throughput.py, 200 city+date examples, batch 8): random batches are
-    ~14% padding, length-grouped ones ~1%, +8-10% real tokens/s."""
+    Grouping cuts the padding a batch computes (bench/train_throughput.py, recipe chattune-random, shows
+    the difference); with packing there is no padding to cut, and several processes would each draw a
+    different order from one process's."""
     from .distributed import world_size
 
     if cfg.train.group_by_length is not None:

@@ -117,7 +117,7 @@ async def save_upload(roots: Roots, name: str, chunks: AsyncIterator[bytes], max
     target = roots.runs / UPLOADS / f"{time.strftime('%Y%m%d-%H%M%S')}-{clean}"
     size = 0
     # plain blocking writes: local disk, chunks of at most 64 KiB; the cap is checked between them
-    with atomic_path(target) as tmp, open(tmp, "wb") as fh:  # noqa: ASYNC230
+    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
         async for chunk in chunks:
             size += len(chunk)
             if size > max_bytes:
