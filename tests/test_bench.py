@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import assets_dir
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 # what each bench's table must show (a row per recipe/variant/phase it measures)
 EXPECT = {
@@ -27,7 +29,9 @@ def test_every_bench_is_listed_here():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECT))
 def test_bench_smoke(name, tiny_qwen3_dir, tmp_path):
-    env = {**os.environ, "CHATTUNE_SMOKE_MODEL": str(tiny_qwen3_dir), "CHATTUNE_CACHE": str(tmp_path / "cache")}
+    # a private cache (no stale datasets); the fetched assets (tokenizers) stay where make setup put them
+    env = {**os.environ, "CHATTUNE_SMOKE_MODEL": str(tiny_qwen3_dir), "CHATTUNE_CACHE": str(tmp_path / "cache"),
+           "CHATTUNE_ASSETS": str(assets_dir())}
     p = subprocess.run([sys.executable, str(BENCH / name), "--smoke"], capture_output=True, text=True, timeout=600,
                        env=env, cwd=tmp_path)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
