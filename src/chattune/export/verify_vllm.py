@@ -46,12 +46,16 @@ def run_probe(request: dict, *, timeout: float = 1800) -> list[dict]:
     env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": os.environ.get(
         "VLLM_CPU_KVCACHE_SPACE", "1"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)  # vLLM's venv must not import this checkout's packages
-    proc = subprocess.run([str(vllm_python()), str(probe)], input=json.dumps(request), capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    # -I: the probe sits beside export/vllm.py, which must not shadow the vllm package
+    proc = subprocess.run([str(vllm_python()), "-I", str(probe)], input=json.dumps(request), capture_output=True,
+                          text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise ChattuneError(f"vLLM could not load or answer the export (exit {proc.returncode}):\n{tail}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("CHATTUNE_VLLM_RESULT ")), None)
+    if line is None:
+        raise ChattuneError(f"vLLM answered nothing readable: {(proc.stdout + proc.stderr)[-800:]}")
+    return json.loads(line[len("CHATTUNE_VLLM_RESULT "):])
 
 
 def vllm_parity(model: str, facts: RunFacts, generator, prompts: list[list[dict]], *, generation_config: str,

@@ -1,7 +1,7 @@
 """Runs INSIDE vLLM's own venv (it imports vllm, never chattune): answer prompts with vLLM's offline engine.
 
 Input (stdin, JSON): {"model", "conversations", "max_new_tokens", "max_model_len", "chat_template",
-"chat_template_kwargs", "lora": null | {"name", "path", "rank"}}. Output (stdout, last line, JSON): one
+"chat_template_kwargs", "lora": null | {"name", "path", "rank"}}. Output (stdout, the line starting with MARK, JSON): one
 {"prompt_token_ids", "token_ids", "text"} per conversation — the prompt ids are what vLLM's engine rendered
 and tokenized itself (the same path its OpenAI server takes), the rest its greedy answer.
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
+
+MARK = "CHATTUNE_VLLM_RESULT "
 
 
 def main() -> None:
@@ -30,7 +32,7 @@ def main() -> None:
                     chat_template_kwargs=req["chat_template_kwargs"] or None, add_generation_prompt=True)
     rows = [{"prompt_token_ids": list(o.prompt_token_ids), "token_ids": list(o.outputs[0].token_ids),
              "text": o.outputs[0].text} for o in outs]
-    print(json.dumps(rows))
+    print(MARK + json.dumps(rows), flush=True)  # vLLM prints its own progress on stdout too
 
 
 if __name__ == "__main__":
