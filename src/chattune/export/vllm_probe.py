@@ -1,9 +1,10 @@
 """Runs INSIDE vLLM's own venv (it imports vllm, never chattune): answer prompts with vLLM's offline engine.
 
 Input (stdin, JSON): {"model", "conversations", "max_new_tokens", "max_model_len", "chat_template",
-"chat_template_kwargs", "lora": null | {"name", "path", "rank"}}. Output (stdout, the line starting with MARK, JSON): one
-{"prompt_token_ids", "token_ids", "text"} per conversation — the prompt ids are what vLLM's engine rendered
-and tokenized itself (the same path its OpenAI server takes), the rest its greedy answer.
+"chat_template_kwargs", "generation_config", "lora": null | {"name", "path", "rank"}}. Output (stdout, the
+line starting with MARK, JSON): one {"prompt_token_ids", "token_ids", "text"} per conversation. The prompt
+ids are what vLLM's engine rendered and tokenized itself (the same path its OpenAI server takes), the rest
+its greedy answer.
 """
 from __future__ import annotations
 
