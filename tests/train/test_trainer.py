@@ -88,7 +88,8 @@ def test_cli_train_memorises_and_writes_exactly_the_run_dir_layout(tmp_path, tin
     names = {p.name for p in run.iterdir()}
     assert names == {"chattune.yaml", "versions.json", "data.json", "tokenizer.json", "tokenizer_config.json",
                      "chat_template.jinja", "generation_config.json", "adapter_config.json",
-                     "adapter_model.safetensors", "metrics.jsonl", "checkpoint-8", "tensorboard", "plan.json"}, names
+                     "adapter_model.safetensors", "metrics.jsonl", "checkpoint-8", "tensorboard", "plan.json",
+                     "heldout.jsonl"}, names  # the 3 conversations data.eval_ratio held out
     plan = json.loads((run / "plan.json").read_text(encoding="utf-8"))  # the plan, with a reason per decision
     assert (plan["device"], plan["dtype"], plan["attention"], plan["gradient_checkpointing"]) == \
         ("cpu", "float32", "sdpa", False)
