@@ -120,3 +120,33 @@ def test_no_private_name_imported_across_packages():
                 if a.name.startswith("_") and not a.name.startswith("__") and owner != pkg:
                     crossing.append(f"{name}: from {mod} import {a.name}")
     assert crossing == []
+
+
+def chattune_attribute_writes(tree: ast.AST) -> list[int]:
+    """Lines that set an attribute named ``chattune_*`` on an object (``x.chattune_y = ...``, ``+=``, annotated,
+    or ``setattr(x, "chattune_y", ...)``): results travel as typed values, not stuck on Hugging Face objects."""
+    lines = []
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = list(node.targets)
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr"
+              and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)
+              and str(node.args[1].value).startswith("chattune_")):
+            lines.append(node.lineno)
+        flat = [e for t in targets for e in (t.elts if isinstance(t, (ast.Tuple, ast.List)) else [t])]
+        lines += [t.lineno for t in flat if isinstance(t, ast.Attribute) and t.attr.startswith("chattune_")]
+    return sorted(lines)
+
+
+def test_chattune_attribute_writes_are_found():
+    src = "m.chattune_load = {}\na, b.chattune_x = 1, 2\nsetattr(m, 'chattune_y', 3)\nm.other = 4\nchattune_z = 5\n"
+    assert chattune_attribute_writes(ast.parse(src)) == [1, 2, 3]
+
+
+def test_no_chattune_attributes_set_on_objects():
+    found = [f"{path.relative_to(SRC.parent)}:{line}" for path, _ in _modules().values()
+             for line in chattune_attribute_writes(ast.parse(path.read_text(encoding="utf-8")))]
+    assert found == [], f"chattune_* attributes set on objects (return a typed result instead): {found}"

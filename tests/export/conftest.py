@@ -38,7 +38,7 @@ def make_run(run_dir: Path, base_dir: Path | str, *, thinking: str = "off", meth
     from chattune.config import config_from_dict
     from chattune.data.render import end_of_turn_ids
     from chattune.model.adapters import apply_method
-    from chattune.model.load import load_model, load_tokenizer
+    from chattune.model.load import load_base, load_tokenizer
     from chattune.rundir.write import save_final, write_manifest
 
     run_dir.mkdir(parents=True)
@@ -50,8 +50,8 @@ def make_run(run_dir: Path, base_dir: Path | str, *, thinking: str = "off", meth
                             "output_dir": str(run_dir)})
     write_manifest(run_dir, cfg, {"conversations": len(train)})
     tok = load_tokenizer(cfg.model)
-    model = load_model(cfg.model, tokenizer=tok, device="cpu")
-    model, _ = apply_method(model, cfg, cpu_plan(cfg))
+    base = load_base(cfg.model, tokenizer=tok, device="cpu")
+    model, _ = apply_method(base.model, cfg, cpu_plan(cfg), added_rows=base.resized_embeddings)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in model.named_parameters():

@@ -10,7 +10,7 @@ import torch
 
 from chattune.config import Config, ModelConfig, config_from_dict
 from chattune.model.adapters import apply_method, count_params
-from chattune.model.load import load_model, load_tokenizer
+from chattune.model.load import load_base, load_model, load_tokenizer
 from chattune.rundir.load import load_run
 from chattune.rundir.write import write_manifest
 from tests.conftest import cpu_plan
@@ -173,8 +173,9 @@ def test_added_pad_token_trains_only_its_rows_and_survives_the_run_dir(tmp_path)
                                  tie_word_embeddings=True, eos_token_id=1)).save_pretrained(base_dir)
     cfg = config_from_dict({"model": {"name_or_path": str(base_dir)}, "method": {"type": "lora", "lora": {"r": 2}}})
     tok = load_tokenizer(cfg.model)
-    model = load_model(cfg.model, tokenizer=tok, device="cpu")
-    model, rep = apply_method(model, cfg, cpu_plan(cfg))
+    base = load_base(cfg.model, tokenizer=tok, device="cpu")
+    assert base.resized_embeddings == 1
+    model, rep = apply_method(base.model, cfg, cpu_plan(cfg), added_rows=base.resized_embeddings)
     assert rep["trainable_tokens"] == [9]
     shapes = [(32, 32), (32, 16), (32, 16), (32, 32), (32, 64), (32, 64), (64, 32)]
     assert rep["trainable_params"] == sum(2 * (i + o) for i, o in shapes) + 32  # + one 32-wide embedding row

@@ -155,8 +155,9 @@ def test_pad_is_added_only_when_no_spare_token_and_embeddings_grow_with_mean_row
     assert L.ensure_pad_token(AutoTokenizer.from_pretrained(tok_dir)).added
     tok = L.load_tokenizer(mcfg)
     assert tok.pad_token == L.ADDED_PAD and tok.pad_token_id == 9
-    model = L.load_model(mcfg, tokenizer=tok, device="cpu")
-    assert model.chattune_load["resized_embeddings"] == 1
+    loaded = L.load_base(mcfg, tokenizer=tok, device="cpu")
+    model = loaded.model
+    assert loaded.resized_embeddings == 1
     for emb in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
         assert emb.shape[0] == 10
         torch.testing.assert_close(emb[9], emb[:9].mean(0))
@@ -179,17 +180,17 @@ def test_load_model_defaults_on_cpu(tiny_qwen3_dir, monkeypatch):
     mcfg = ModelConfig(name_or_path=str(tiny_qwen3_dir))
     assert mcfg.trust_remote_code is False
     tok = L.load_tokenizer(mcfg)
-    model = L.load_model(mcfg, tokenizer=tok, device="cpu")
+    info = L.load_base(mcfg, tokenizer=tok, device="cpu")
+    model = info.model
     assert seen["trust_remote_code"] is False and seen["use_safetensors"] is True
     assert "device_map" not in seen and "quantization_config" not in seen
     assert next(model.parameters()).dtype == torch.float32
-    info = model.chattune_load
-    assert info["dtype"] == "float32" and info["attn_implementation"] == "sdpa" and info["device"] == "cpu"
-    assert info["resized_embeddings"] == 0  # Qwen3 has a spare pad: nothing added
-    model16 = L.load_model(mcfg.model_copy(update={"dtype": "bfloat16", "attn_implementation": "eager"}),
+    assert info.dtype == "float32" and info.attn_implementation == "sdpa" and info.device == "cpu"
+    assert info.resized_embeddings == 0 and info.quantised is None  # Qwen3 has a spare pad: nothing added
+    info16 = L.load_base(mcfg.model_copy(update={"dtype": "bfloat16", "attn_implementation": "eager"}),
                            device="cpu")  # no plan given: the inference plan for this machine
-    assert next(model16.parameters()).dtype == torch.bfloat16
-    assert model16.chattune_load["attn_implementation"] == "eager"
+    assert next(info16.model.parameters()).dtype == torch.bfloat16
+    assert info16.attn_implementation == "eager"
 
 
 def test_unloadable_model_is_a_model_error(tmp_path):

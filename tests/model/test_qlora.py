@@ -12,7 +12,7 @@ from chattune.config import ModelConfig, config_from_dict
 from chattune.errors import ChattuneError
 from chattune.model import quant
 from chattune.model.adapters import apply_method
-from chattune.model.load import load_model, load_tokenizer
+from chattune.model.load import load_base, load_model, load_tokenizer
 from tests.conftest import cpu_plan
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -25,7 +25,7 @@ def _qlora_cfg(tiny_dir):
 def _qlora(tiny_dir, **kw):
     cfg = _qlora_cfg(tiny_dir)
     tok = load_tokenizer(cfg.model)
-    return load_model(cfg.model, plan=cpu_plan(cfg), tokenizer=tok, **kw), tok
+    return load_base(cfg.model, plan=cpu_plan(cfg), tokenizer=tok, **kw), tok
 
 
 def _ids():
@@ -33,7 +33,8 @@ def _ids():
 
 
 def test_qlora_loads_nf4_with_double_quant_on_cpu_and_trains_lora_on_it(tiny_qwen3_dir):
-    model, tok = _qlora(tiny_qwen3_dir)
+    loaded, tok = _qlora(tiny_qwen3_dir)
+    model = loaded.model
     quantised = {n.rsplit(".", 2)[-2]: p for n, p in model.named_parameters() if p.__class__.__name__ == "Params4bit"}
     assert set(quantised) == set(LINEARS)  # every decoder Linear, and only those
     n_4bit = sum(p.__class__.__name__ == "Params4bit" for p in model.parameters())
@@ -44,7 +45,7 @@ def test_qlora_loads_nf4_with_double_quant_on_cpu_and_trains_lora_on_it(tiny_qwe
     # embeddings/lm_head (tied) and norms stay full precision; k-bit preparation froze and upcast them
     assert model.get_input_embeddings().weight.dtype == torch.float32
     assert not any(p.requires_grad for p in model.parameters())
-    assert model.chattune_load["load_in_4bit"] is True
+    assert loaded.load_in_4bit is True and loaded.quantised == "nf4"
 
     cfg = _qlora_cfg(tiny_qwen3_dir)
     peft_model, report = apply_method(model, cfg, cpu_plan(cfg))
@@ -61,7 +62,7 @@ def test_qlora_loads_nf4_with_double_quant_on_cpu_and_trains_lora_on_it(tiny_qwe
 def test_eval_forward_leaves_the_4bit_model_as_trained(tiny_qwen3_dir):
     """bitsandbytes' CPU inference repacking (AVX512-BF16 machines) rounds absmax to bf16 in place: an
     eval pass inside training would change the weights being trained. chattune pins the compute path."""
-    model, _ = _qlora(tiny_qwen3_dir)
+    model = _qlora(tiny_qwen3_dir)[0].model
     layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
     assert len(layers) == 2 * len(LINEARS) and not any(m.support_avx512bf16_for_cpu for m in layers)
     ids = _ids()
@@ -77,7 +78,7 @@ def test_eval_forward_leaves_the_4bit_model_as_trained(tiny_qwen3_dir):
 
 
 def test_dequantised_base_computes_exactly_what_the_4bit_base_computes(tiny_qwen3_dir):
-    model, _ = _qlora(tiny_qwen3_dir, prepare_for_training=False)
+    model = _qlora(tiny_qwen3_dir, prepare_for_training=False)[0].model
     model.eval()
     ids = _ids()
     with torch.no_grad():

@@ -39,13 +39,15 @@ def count_params(model) -> tuple[int, int]:
     return trainable, total
 
 
-def apply_method(model, cfg: Config, plan: RunPlan):
+def apply_method(model, cfg: Config, plan: RunPlan, *, added_rows: int = 0):
     """Set up `model` for training with ``cfg.method``, with recompute as the plan decided.
 
     Args:
         model: from `load_model` (4-bit for qlora).
         cfg: the whole config (method).
         plan: the run plan (its ``gradient_checkpointing`` is switched on here, once, for every method).
+        added_rows: embedding rows `load_base` added for a new pad token (its ``resized_embeddings``);
+            lora/qlora train exactly those rows.
 
     Returns:
         (model, report): the model to train (a PeftModel for lora/qlora) and
@@ -59,14 +61,13 @@ def apply_method(model, cfg: Config, plan: RunPlan):
         from peft import LoraConfig, get_peft_model
 
         lc = cfg.method.lora
-        added = (getattr(model, "chattune_load", None) or {}).get("resized_embeddings", 0)
-        if added:
+        if added_rows:
             # A pad token was really added: its rows are new. Train just those rows (peft's trainable
             # tokens) instead of `modules_to_save` on the whole embedding + lm_head, which would save
             # ~300M parameters with every adapter for a 151k vocabulary; the rows travel with the adapter
             # (save it with save_embedding_layers=False, else peft's "auto" saves the whole resized matrix).
             n = model.get_input_embeddings().weight.shape[0]
-            trainable_tokens = list(range(n - added, n))
+            trainable_tokens = list(range(n - added_rows, n))
         peft_cfg = LoraConfig(
             r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules,
             use_dora=lc.use_dora, use_rslora=lc.use_rslora, task_type="CAUSAL_LM",

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import ModelConfig
 from ..errors import ModelError
@@ -272,9 +273,33 @@ def read_model_config(model_cfg: ModelConfig):
         raise ModelError(f"cannot read the config of model {m.name_or_path!r}: {e}") from None
 
 
+@dataclass(frozen=True)
+class ModelLoad:
+    """What `load_base` loaded and how (kept beside the model, never as attributes on the HF object)."""
+
+    model: Any  # the transformers PreTrainedModel (peft-prepared for a 4-bit training plan)
+    source: str  # what from_pretrained read (a resolved Hub id or folder)
+    dtype: str  # the plan's dtype name ("float32", "bfloat16", ...)
+    attn_implementation: str  # the attention kernel the model really uses
+    device: str
+    load_in_4bit: bool
+    resized_embeddings: int  # embedding rows added for a new pad token (0: none)
+    quantised: str | None  # "nf4", "nf4-dequantised" or None
+
+
 def load_model(model_cfg: ModelConfig, *, plan=None, tokenizer=None, device: str | None = None,
                source: str | None = None, prepare_for_training: bool = True):
-    """Load the causal LM described by `model_cfg` the way the plan says.
+    """Load the causal LM described by `model_cfg` the way the plan says: `load_base`'s model alone.
+
+    Arguments, errors and the returned model are `load_base`'s.
+    """
+    return load_base(model_cfg, plan=plan, tokenizer=tokenizer, device=device, source=source,
+                     prepare_for_training=prepare_for_training).model
+
+
+def load_base(model_cfg: ModelConfig, *, plan=None, tokenizer=None, device: str | None = None,
+              source: str | None = None, prepare_for_training: bool = True) -> ModelLoad:
+    """Load the causal LM described by `model_cfg` the way the plan says, with how it was loaded.
 
     Args:
         model_cfg: model section (name_or_path, revision, trust_remote_code).
@@ -287,9 +312,8 @@ def load_model(model_cfg: ModelConfig, *, plan=None, tokenizer=None, device: str
         prepare_for_training: 4-bit plans that keep the base 4-bit: run peft's prepare_model_for_kbit_training.
 
     Returns:
-        The model on the plan's device. ``model.chattune_load`` holds {"source", "dtype", "attn_implementation",
-        "device", "load_in_4bit", "resized_embeddings": rows added, "quantised": "nf4" | "nf4-dequantised" |
-        None}. A plan with ``dequantise`` returns plain Linear layers holding the dequantised NF4 weights.
+        A `ModelLoad`: the model on the plan's device and how it was loaded (rows added to the embeddings,
+        quantisation). A plan with ``dequantise`` gives plain Linear layers holding the dequantised NF4 weights.
 
     Raises:
         ModelError: the model cannot be loaded.
@@ -337,9 +361,8 @@ def load_model(model_cfg: ModelConfig, *, plan=None, tokenizer=None, device: str
 
         # recompute is the plan's decision, switched on by adapters.apply_method for every method
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model.chattune_load = {"source": src, "dtype": plan.dtype,
-                           "attn_implementation": getattr(model.config, "_attn_implementation", plan.attention),
-                           "device": plan.device, "load_in_4bit": plan.load_in_4bit, "resized_embeddings": added,
-                           "quantised": quantised}
-    return model
+    return ModelLoad(model=model, source=src, dtype=plan.dtype,
+                     attn_implementation=getattr(model.config, "_attn_implementation", plan.attention),
+                     device=plan.device, load_in_4bit=plan.load_in_4bit, resized_embeddings=added,
+                     quantised=quantised)
 

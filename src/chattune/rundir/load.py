@@ -178,7 +178,7 @@ def load_run(path: str | Path, *, device: str | None = None, dtype: str | None =
         ModelError: not loadable, or the adapter file does not match its config (see `check_adapter_loaded`).
     """
     from ..model.adapters import quiet_peft
-    from ..model.load import load_model, load_tokenizer, resolve_source
+    from ..model.load import load_base, load_tokenizer, resolve_source
     from ..plan import inference_plan
 
     if dtype is not None and not isinstance(dtype, str):  # a torch.dtype
@@ -198,7 +198,8 @@ def load_run(path: str | Path, *, device: str | None = None, dtype: str | None =
         if run.is_adapter:
             from peft import PeftModel
 
-            base = load_model(mcfg, plan=plan, tokenizer=tok, prepare_for_training=False)
+            loaded = load_base(mcfg, plan=plan, tokenizer=tok, prepare_for_training=False)
+            base = loaded.model
             _apply_generation_config(base, run_dir)
             with quiet_peft(), warnings_module.catch_warnings():
                 # check_adapter_loaded raises a clear error for what peft would only warn about
@@ -211,7 +212,8 @@ def load_run(path: str | Path, *, device: str | None = None, dtype: str | None =
             kind = "adapter"
         else:
             full_cfg = mcfg.model_copy(update={"name_or_path": str(run_dir), "gguf_file": None, "revision": None})
-            model = load_model(full_cfg, plan=plan, tokenizer=tok, source=str(run_dir))
+            loaded = load_base(full_cfg, plan=plan, tokenizer=tok, source=str(run_dir))
+            model = loaded.model
             _apply_generation_config(model, run_dir)
             kind = "full"
         base_name, thinking, method = cfg.model.name_or_path, cfg.data.thinking, cfg.method.type
@@ -221,7 +223,8 @@ def load_run(path: str | Path, *, device: str | None = None, dtype: str | None =
         plan = inference_plan(mcfg, device=device)
         src = resolve_source(mcfg)
         tok = tokenizer or load_tokenizer(mcfg, source=src)
-        model = load_model(mcfg, plan=plan, tokenizer=tok, source=src)
+        loaded = load_base(mcfg, plan=plan, tokenizer=tok, source=src)
+        model = loaded.model
         kind, base_name, thinking, method, system, date = "model", path_s, "off", None, None, None
         rep = read_merge_report(src)
         if rep is not None:  # a `chattune merge` output: render as the run was trained
@@ -232,6 +235,6 @@ def load_run(path: str | Path, *, device: str | None = None, dtype: str | None =
                     device=plan.device, dtype=plan.dtype,
                     eos_token_ids=tuple(stop_token_ids(model, tok)), pad_token_id=tok.pad_token_id,
                     chat_template=tok.chat_template if isinstance(tok.chat_template, str) else None,
-                    config=cfg, quantised=model.chattune_load.get("quantised"),
+                    config=cfg, quantised=loaded.quantised,
                     warnings=tuple(warnings), system=system, date=date)
     return LoadedModel(model=model, tokenizer=tok, info=info)

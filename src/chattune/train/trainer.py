@@ -228,7 +228,7 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
     from ..data.render import end_of_turn_ids
     from ..data.template_policy import reads_date, today
     from ..model.adapters import apply_method
-    from ..model.load import load_model, load_tokenizer, read_model_config, resolve_source
+    from ..model.load import load_base, load_tokenizer, read_model_config, resolve_source
     from ..model.packing_proof import require_exact_packing
     from ..plan import describe, make_plan
     from .callbacks import MetricsCallback, RichProgressCallback, close_trackers, tracker_callbacks
@@ -263,12 +263,13 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
         train_ds, eval_ds, data_report = build_datasets(cfg, tokenizer)
     if len(train_ds) == 0:
         raise ChattuneError("no training examples left after reading and filtering the data (see the data report)")
-    model = load_model(cfg.model, plan=plan, tokenizer=tokenizer, source=source)
+    base = load_base(cfg.model, plan=plan, tokenizer=tokenizer, source=source)
+    model = base.model
     if cfg.train.packing:  # proven on this model and attention kernel, not assumed (ConfigError if not exact)
         console.print(require_exact_packing(model).describe())
     # One seed drives adapter init (here), dropout (the Trainer re-seeds) and data order (data_seed).
     set_seed(cfg.train.seed)
-    model, method_report = apply_method(model, cfg, plan)
+    model, method_report = apply_method(model, cfg, plan, added_rows=base.resized_embeddings)
     _print_reports(console, data_report, method_report)
 
     args = training_arguments(cfg, plan, run_dir=run_dir, has_eval=eval_ds is not None, model=model)
