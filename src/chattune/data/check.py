@@ -5,6 +5,7 @@ guarantee of `render.py` literally against ``apply_chat_template``, independent 
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import statistics
@@ -97,12 +98,14 @@ def verify_sequences(messages: Sequence[dict], seqs: Sequence[Rendered], tokeniz
 
 
 def _hist(lengths: list[int]) -> list[dict]:
-    edges = [0, *HIST_EDGES, None]
     out = []
-    for lo, hi in itertools.pairwise(edges):
-        count = sum(1 for x in lengths if x > lo and (hi is None or x <= hi))
-        if count or (hi is not None and hi <= max(lengths, default=0)):
-            out.append({"range": f"{lo + 1}-{hi}" if hi else f">{lo}", "count": count})
+    for lo, hi in itertools.pairwise((0, *HIST_EDGES)):
+        count = sum(1 for x in lengths if lo < x <= hi)
+        if count or hi <= max(lengths, default=0):
+            out.append({"range": f"{lo + 1}-{hi}", "count": count})
+    top = HIST_EDGES[-1]
+    if count := sum(1 for x in lengths if x > top):  # the open last bin only when something is in it
+        out.append({"range": f">{top}", "count": count})
     return out
 
 
@@ -194,11 +197,12 @@ def _token_report(report: dict, convs: list, tokenizer, d: DataConfig, sample: i
         report["warnings"].append(f"the chat template writes today's date; checked as {d.date}. Training pins the "
                                   "day it starts (or data.date) and inference renders with that same day")
     _control_token_report(report, convs, tokenizer)
-    opts = {"loss": d.loss, "thinking": d.thinking, "multi_turn": d.multi_turn, "date": d.date}
     lengths, first_trained, trained, errors, skipped_turns, n_seq = [], [], 0, [], 0, 0
     eot = end_of_turn_ids(tokenizer)
+    render = functools.partial(render_batch, tokenizer=tokenizer, eot_ids=eot, loss=d.loss, thinking=d.thinking,
+                               multi_turn=d.multi_turn, date=d.date)
     for i in range(0, len(msgs), 512):
-        for c, res in zip(convs[i:i + 512], render_batch(msgs[i:i + 512], tokenizer, eot_ids=eot, **opts)):
+        for c, res in zip(convs[i:i + 512], render(msgs[i:i + 512])):
             if res.error:
                 errors.append(f"{c.source}, line/row {c.row}: {res.error}")
             skipped_turns += len(res.skipped_turns)
@@ -233,7 +237,7 @@ def _token_report(report: dict, convs: list, tokenizer, d: DataConfig, sample: i
     rng = random.Random(seed)
     picked = sorted(rng.sample(range(len(convs)), min(sample, len(convs))))
     failed = []
-    results = render_batch([msgs[i] for i in picked], tokenizer, eot_ids=eot, **opts)
+    results = render([msgs[i] for i in picked])
     for i, res in zip(picked, results):
         problems = verify_sequences(msgs[i], res.sequences, tokenizer, thinking=d.thinking, loss=d.loss,
                                     eot=eot[0], date=d.date)

@@ -90,7 +90,7 @@ def template_kwargs(tokenizer, thinking: str, date: str | None = None) -> dict:
     """
     if thinking not in THINKING_POLICIES:
         raise TemplateError(f"thinking={thinking!r} is not allowed; expected one of {THINKING_POLICIES}")
-    kw = {"enable_thinking": thinking == "keep"} if "enable_thinking" in _template_text(tokenizer) else {}
+    kw: dict[str, bool | str] = {"enable_thinking": thinking == "keep"} if "enable_thinking" in _template_text(tokenizer) else {}
     if date is not None and reads_date(tokenizer):
         kw["chat_template"] = pinned_template(tokenizer, date)
     return kw
@@ -317,10 +317,10 @@ def render_batch(conversations: Sequence[Sequence[dict]], tokenizer, *, loss: st
     if exact or marked:
         # One tokenizer call for the reference path: every P_k, then every F_k, in the same order.
         texts = [(i, k) for i in exact for k in todo[i].turns]
-        toks = encode(tokenizer, [todo[i].prompt[k] for i, k in texts] + [todo[i].full[k] for i, k in texts])
+        ref = encode(tokenizer, [todo[i].prompt[k] for i, k in texts] + [todo[i].full[k] for i, k in texts])
         ptoks: dict[int, dict[int, list[int]]] = {i: {} for i in [*exact, *marked]}
         ftoks: dict[int, dict[int, list[int]]] = {i: {} for i in [*exact, *marked]}
-        for (i, k), p, f in zip(texts, toks, toks[len(texts):]):
+        for (i, k), p, f in zip(texts, ref, ref[len(texts):]):
             ptoks[i][k], ftoks[i][k] = p, f
         sjobs = [(i, k) for i in marked for k in todo[i].turns]
         for (i, k), p, f in zip(sjobs, _sanitized(tokenizer, [prepared[i][:k] for i, k in sjobs], True, kw),
