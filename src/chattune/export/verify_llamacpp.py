@@ -37,6 +37,18 @@ class Parity:
         return 100.0 * self.matched / self.total if self.total else 0.0
 
 
+def text_parity(name: str, engine: str, got: list[str], want: list[str]) -> Parity:
+    """Compare rendered prompts text for text; the first mismatch shows 40 characters of each side."""
+    matched, first = 0, None
+    for g, w in zip(got, want):
+        if g == w:
+            matched += 1
+        elif first is None:
+            k = next((i for i, (a, b) in enumerate(zip(g, w)) if a != b), min(len(g), len(w)))
+            first = f"char {k}: {engine} {g[k:k + 40]!r} vs HF {w[k:k + 40]!r}"
+    return Parity(name, len(want), matched, first)
+
+
 def _messages(convs) -> list[list[dict]]:
     return [list(c.messages) for c in convs]
 
@@ -87,18 +99,11 @@ def template_parity(gguf_template: str, tokenizer, facts: RunFacts, prompts: lis
     from ..data.render import prepare_messages
 
     fmt = Jinja2ChatFormatter(template=gguf_template, eos_token=eos, bos_token=bos, add_generation_prompt=True)
-    matched, first = 0, None
-    for msgs in prompts:
-        msgs = prepare_messages(msgs, facts.thinking)
-        want = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False,
-                                             **facts.template_kwargs)
-        got = fmt(messages=msgs, **facts.template_kwargs).prompt
-        if got == want:
-            matched += 1
-        elif first is None:
-            k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-            first = f"char {k}: llama.cpp {got[k:k + 40]!r} vs HF {want[k:k + 40]!r}"
-    return Parity("template (llama.cpp)", len(prompts), matched, first)
+    prepared = [prepare_messages(p, facts.thinking) for p in prompts]
+    want = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False, **facts.template_kwargs)
+            for m in prepared]
+    got = [fmt(messages=m, **facts.template_kwargs).prompt for m in prepared]
+    return text_parity("template (llama.cpp)", "llama.cpp", got, want)
 
 
 def _llama_greedy(llm, llama_cpp, prompt: list[int], eos: set[int], max_new_tokens: int):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import ChattuneError
 from .stage import RunFacts
-from .verify_llamacpp import Parity
+from .verify_llamacpp import Parity, text_parity
 
 GO_HINT = "install Go (`make setup` does: apt-get install golang-go) or export with --no-verify"
 
@@ -59,14 +59,6 @@ def ollama_template_parity(template: str, tokenizer, facts: RunFacts, prompts: l
     from ..data.render import prepare_messages
 
     prepared = [prepare_messages(p, facts.thinking) for p in prompts]
-    got = render_go(template, prepared)
-    matched, first = 0, None
-    for msgs, g in zip(prepared, got):
-        want = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False,
-                                             **facts.template_kwargs)
-        if g == want:
-            matched += 1
-        elif first is None:
-            k = next((i for i, (a, b) in enumerate(zip(g, want)) if a != b), min(len(g), len(want)))
-            first = f"char {k}: Ollama {g[k:k + 40]!r} vs HF {want[k:k + 40]!r}"
-    return Parity("template (Ollama, Go)", len(prepared), matched, first)
+    want = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False, **facts.template_kwargs)
+            for m in prepared]
+    return text_parity("template (Ollama, Go)", "Ollama", render_go(template, prepared), want)
