@@ -14,12 +14,12 @@ import shutil
 from pathlib import Path
 
 from ..errors import ChattuneError
+from ..rundir.layout import ADAPTER_FILES
 from .stage import RunFacts
 
 SERVE_SCRIPT = "serve.sh"
 MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"
-_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
@@ -29,7 +29,9 @@ def check_lora_servable(facts: RunFacts, tokenizer) -> int:
     Raises:
         ChattuneError: modules_to_save / trainable tokens, or the run added token rows to the vocabulary.
     """
-    cfg = json.loads((facts.run_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    from ..rundir.read import read_adapter_config
+
+    cfg = read_adapter_config(facts.run_dir)
     offer = "export without --lora-only (merged weights) instead"
     if cfg.get("modules_to_save") or cfg.get("trainable_token_indices"):
         what = cfg.get("modules_to_save") or "trainable token rows"
@@ -77,7 +79,7 @@ def write_bundle(facts: RunFacts, tokenizer, hf_dir: Path | None, out: Path, *, 
         rank = check_lora_servable(facts, tokenizer)
         dest = out / ADAPTER_DIR
         dest.mkdir(parents=True)
-        for f in _ADAPTER_FILES:
+        for f in ADAPTER_FILES:
             shutil.copyfile(facts.run_dir / f, dest / f)
         tokenizer.save_pretrained(dest)
     else:

@@ -9,6 +9,7 @@ from ..config import Config, load_config
 from ..errors import ModelError
 from ..fsutil import sha256_file
 from .layout import (
+    ADAPTER_CONFIG_FILE,
     ADAPTER_FILE,
     CONFIG_FILE,
     DATA_FILE,
@@ -98,6 +99,11 @@ def read_merge_report(folder: str | Path) -> dict | None:
     if not p.is_file():
         return None
     return json.loads(p.read_text(encoding="utf-8"))
+
+
+def read_adapter_config(run_dir: str | Path) -> dict:
+    """The adapter's ``adapter_config.json`` (peft's LoRA settings) of an adapter run."""
+    return json.loads((Path(run_dir) / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
 
 
 @dataclass(frozen=True)
