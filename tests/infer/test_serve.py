@@ -273,7 +273,7 @@ def test_generation_errors_map_to_openai_statuses():
     import jinja2
 
     from chattune.errors import TemplateError
-    from chattune.infer.serve_worker import as_api_error
+    from chattune.infer.engine import as_api_error
 
     assert as_api_error(jinja2.TemplateError("Conversation roles must alternate")).status == 400
     assert as_api_error(TemplateError("no chat template")).status == 400

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ChattuneError, ModelError
+from .prompt import PromptRenderer
 from .reasoning import ReasoningStream, split_reasoning
 from .stopping import CancelRows, QueueStreamer, StopStrings, cut_at_stop, held_back
 
@@ -89,7 +90,8 @@ class Generator:
         self.info = info
         self.system = system
         self.date = date
-        self._reasoning_opened: bool | None = None
+        self.renderer = PromptRenderer(tokenizer, name, tuple(self.eos_token_ids), thinking=thinking,
+                                       system=system, date=date)
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad) if pad is not None else self.eos_token_ids[0]
 
@@ -114,11 +116,19 @@ class Generator:
                    name=name or str(path), thinking=thinking or loaded.info.thinking, info=loaded.info,
                    system=loaded.info.system, date=loaded.info.date)
 
+    def with_thinking(self, thinking: str) -> Generator:
+        """A view of the same loaded model rendering with another thinking policy ("off"/"keep")."""
+        import copy
+        from dataclasses import replace
+
+        view = copy.copy(self)
+        view.thinking = thinking
+        view.renderer = replace(self.renderer, thinking=thinking)
+        return view
+
     def with_system(self, messages: list[dict]) -> list[dict]:
-        """`messages` with the run's system prompt first when they bring none (what training rendered)."""
-        if self.system and not (messages and messages[0].get("role") == "system"):
-            return [{"role": "system", "content": self.system}, *messages]
-        return list(messages)
+        """`messages` with the run's system prompt first when they bring none (`PromptRenderer.with_system`)."""
+        return self.renderer.with_system(messages)
 
     @property
     def device(self):
@@ -126,11 +136,7 @@ class Generator:
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """The token ids of `messages` rendered for generation, exactly as training renders them."""
-        if not messages:
-            raise ChattuneError("cannot generate from an empty conversation")
-        from ..data.render import prompt_ids
-
-        return list(prompt_ids(self.tokenizer, messages, thinking=self.thinking, date=self.date))
+        return self.renderer.prompt_ids(messages)
 
     # --- generation -------------------------------------------------------------------------------
 
@@ -187,18 +193,11 @@ class Generator:
     @property
     def reasoning_opened(self) -> bool:
         """Whether the generation prompt itself opens a think block (the model then writes only its close)."""
-        if self._reasoning_opened is None:
-            from ..data.render import prompt_ids
-
-            probe = prompt_ids(self.tokenizer, [{"role": "user", "content": "Hi."}], thinking=self.thinking,
-                               date=self.date)
-            tail = self.tokenizer.decode(probe[-4:], skip_special_tokens=True)
-            self._reasoning_opened = tail.rstrip().endswith("<think>")
-        return self._reasoning_opened
+        return self.renderer.reasoning_opened
 
     def reasoning_stream(self) -> ReasoningStream:
         """A splitter for this generator's streamed text deltas (reasoning vs answer pieces)."""
-        return ReasoningStream(opened=self.reasoning_opened)
+        return self.renderer.reasoning_stream()
 
     def generate(self, conversations: list[list[dict]], *, max_new_tokens: int = 256, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None) -> list[Completion]:

@@ -237,7 +237,7 @@ def create_app(generator: Generator, serve_cfg: ServeConfig) -> FastAPI:
             temperature, top_p = 0.0, 1.0
         sampling = Sampling(max_new_tokens=asked or cap, temperature=float(temperature), top_p=float(top_p),
                             seed=body.seed, stop=stop_list(body.stop), explicit_max=asked is not None)
-        job = Job(messages, sampling, bool(body.stream), asyncio.get_running_loop(), asyncio.Queue())
+        job = Job(model_name, messages, sampling, bool(body.stream), asyncio.get_running_loop(), asyncio.Queue())
         try:
             worker.submit(job)
         except QueueFull:

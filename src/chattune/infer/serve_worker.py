@@ -13,82 +13,19 @@ client left stops at its next token without stopping the other rows.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from ..errors import ChattuneError
+from .engine import Job, QueueFull, Sampling, Started, as_api_error
 from .serve_schema import APIError
 
 if TYPE_CHECKING:
     from .generate import Generator
 
 log = logging.getLogger("chattune.serve")
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Generation parameters of one request; jobs with equal `Sampling` can share a batch."""
-
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    seed: int | None
-    stop: tuple[str, ...]
-    explicit_max: bool = field(default=True, compare=False)
-
-    @property
-    def batchable(self) -> bool:
-        # A seeded sampler in a batch draws different numbers than alone: keep those requests solo.
-        return self.temperature == 0 or self.seed is None
-
-
-@dataclass(frozen=True)
-class Started:
-    """First item a streaming job receives: the prompt was accepted and generation begins."""
-
-    prompt_tokens: int
-
-
-@dataclass(eq=False)
-class Job:
-    """One request waiting for the model. Items delivered to `out`: `Started` (streams only), str
-    deltas (streams only), then one `Completion`; or one `APIError` instead."""
-
-    messages: list[dict]
-    sampling: Sampling
-    stream: bool
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-    def deliver(self, item: Any) -> None:
-        """Hand an item to the waiting handler; callable from any thread."""
-        try:
-            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
-        except RuntimeError:  # the event loop is closed: the server is shutting down
-            pass
-
-
-class QueueFull(Exception):
-    pass
-
-
-def as_api_error(e: BaseException) -> APIError:
-    """The error a client sees for an exception raised while answering it."""
-    if isinstance(e, APIError):
-        return e
-    if isinstance(e, ChattuneError):
-        return APIError(400, str(e), code="invalid_messages")
-    from jinja2 import TemplateError
-
-    if isinstance(e, TemplateError):  # the chat template refuses these messages (e.g. roles must alternate)
-        return APIError(400, f"the model's chat template rejected these messages: {e}", param="messages",
-                        code="invalid_messages")
-    return APIError(500, f"generation failed: {type(e).__name__}: {e}")
 
 
 class Worker:

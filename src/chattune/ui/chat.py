@@ -6,7 +6,6 @@ At most `MAX_LOADED` models stay in memory (a run and its base); each is used by
 """
 from __future__ import annotations
 
-import copy
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -85,10 +84,7 @@ def stream_reply(model: ChatModel, messages: list[dict], *, thinking: bool | Non
 
     gen = model.generator
     if thinking is not None and model.thinking_supported:
-        # A view of the same loaded model with the other policy (Generator keeps no per-call state): a shallow
-        # copy keeps everything else the loader set (end-of-turn ids, the run's rendering settings).
-        gen = copy.copy(gen)
-        gen.thinking = "keep" if thinking else "off"
+        gen = gen.with_thinking("keep" if thinking else "off")  # the same loaded model, the other policy
     with model.lock:
         for part in gen.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature,
                                top_p=0.9 if temperature > 0 else 1.0, cancel=cancel):

@@ -1,0 +1,63 @@
+"""How a served model turns a conversation into prompt ids: exactly as training rendered it.
+
+`PromptRenderer` is the one piece every engine shares (hf, vLLM, llama.cpp): the engines differ in how
+they run a model, never in how a conversation is rendered, so the prompt a client's messages become is
+the training prompt whichever engine answers. `Generator` holds one; the other engines build one from
+the run's tokenizer without loading its weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ChattuneError
+from .reasoning import ReasoningStream
+
+
+@dataclass
+class PromptRenderer:
+    """The run's tokenizer and rendering choices.
+
+    Attributes:
+        tokenizer: the run's tokenizer, carrying the chat template training used.
+        name: the model name shown to users.
+        eos_token_ids: end-of-turn token ids generation stops on (never empty).
+        thinking: "off" or "keep" (Qwen3-style thinking, as in training).
+        system: the system prompt the run trained with; put first when a conversation brings none.
+        date: the day training pinned for templates that write today's date, or None.
+    """
+
+    tokenizer: Any
+    name: str
+    eos_token_ids: tuple[int, ...]
+    thinking: str = "off"
+    system: str | None = None
+    date: str | None = None
+    _opened: bool | None = field(default=None, init=False, repr=False, compare=False)
+
+    def with_system(self, messages: list[dict]) -> list[dict]:
+        """`messages` with the run's system prompt first when they bring none (what training rendered)."""
+        if self.system and not (messages and messages[0].get("role") == "system"):
+            return [{"role": "system", "content": self.system}, *messages]
+        return list(messages)
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The token ids of `messages` rendered for generation, exactly as training renders them."""
+        if not messages:
+            raise ChattuneError("cannot generate from an empty conversation")
+        from ..data.render import prompt_ids
+
+        return list(prompt_ids(self.tokenizer, messages, thinking=self.thinking, date=self.date))
+
+    @property
+    def reasoning_opened(self) -> bool:
+        """Whether the generation prompt itself opens a think block (the model then writes only its close)."""
+        if self._opened is None:
+            probe = self.prompt_ids([{"role": "user", "content": "Hi."}])
+            tail = self.tokenizer.decode(probe[-4:], skip_special_tokens=True)
+            self._opened = tail.rstrip().endswith("<think>")
+        return self._opened
+
+    def reasoning_stream(self) -> ReasoningStream:
+        """A splitter for this model's streamed text deltas (reasoning vs answer pieces)."""
+        return ReasoningStream(opened=self.reasoning_opened)
