@@ -53,15 +53,17 @@ def qwen3_tokenizer(qwen3_tokenizer_dir):
     return AutoTokenizer.from_pretrained(qwen3_tokenizer_dir)
 
 
-def build_tiny_qwen3(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
-    """Save a 2-layer random Qwen3 (hidden 64) with the real Qwen3 tokenizer into `out_dir`."""
+def build_tiny_qwen3(out_dir: Path, tokenizer_dir: Path, seed: int = 0, head_dim: int = 16) -> Path:
+    """Save a 2-layer random Qwen3 (hidden 64) with the real Qwen3 tokenizer into `out_dir`.
+
+    `head_dim`: vLLM's CPU attention takes head sizes of 32 and up only, so its tests build with 32."""
     import torch
     from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(seed)
     cfg = Qwen3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim, max_position_embeddings=2048,
                       initializer_range=0.2, tie_word_embeddings=True,
                       bos_token_id=None, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
                       pad_token_id=tok.pad_token_id)
