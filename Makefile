@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 is the local CPU wheel.
 TORCH := torch==2.13.0
 PINS := transformers==5.23.0 peft==0.21.2 trl==1.16.0 datasets==5.2.0 accelerate==1.15.0 gguf==0.19.0 swanlab==0.10.3 \
-	bitsandbytes==0.50.2 playwright==1.65.2
+	bitsandbytes==0.50.2 playwright==1.65.2 prometheus_client==0.26.0
 # The UI's browser test drives Debian's chromium through Playwright (Playwright's own browser download needs the
 # internet) and needs a CJK font for the Chinese example data. apt-get needs root (CI runs as root); a no-op when
 # both are installed.
