@@ -40,12 +40,18 @@ def vllm_python() -> Path:
     return py
 
 
-def run_probe(request: dict, *, timeout: float = 1800) -> list[dict]:
-    """Run `vllm_probe.py` in vLLM's venv on `request`; its answers, one per conversation."""
-    probe = Path(__file__).with_name("vllm_probe.py")
+def vllm_env() -> dict[str, str]:
+    """The environment vLLM's CPU build runs in (offline; its KV cache size from $VLLM_CPU_KVCACHE_SPACE, GiB)."""
     env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": os.environ.get(
         "VLLM_CPU_KVCACHE_SPACE", "1"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)  # vLLM's venv must not import this checkout's packages
+    return env
+
+
+def run_probe(request: dict, *, timeout: float = 1800) -> list[dict]:
+    """Run `vllm_probe.py` in vLLM's venv on `request`; its answers, one per conversation."""
+    probe = Path(__file__).with_name("vllm_probe.py")
+    env = vllm_env()
     # -I: the probe sits beside export/vllm.py, which must not shadow the vllm package
     proc = subprocess.run([str(vllm_python()), "-I", str(probe)], input=json.dumps(request), capture_output=True,
                           text=True, timeout=timeout, env=env)
