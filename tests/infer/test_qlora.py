@@ -80,6 +80,7 @@ def test_eval_chat_and_serve_a_tiny_qlora_run(tmp_path, tiny_qlora_run):
     from chattune.config import ServeConfig
     from chattune.infer.evaluate import evaluate
     from chattune.infer.generate import Generator
+    from chattune.infer.engine_hf import HfEngine
     from chattune.infer.serve import BackgroundServer, bind_socket, create_app
 
     gen = Generator.from_path(tiny_qlora_run, device="cpu")
@@ -87,7 +88,8 @@ def test_eval_chat_and_serve_a_tiny_qlora_run(tmp_path, tiny_qlora_run):
     result = evaluate(tiny_qlora_run, tiny_qlora_run.parent / "facts.jsonl", metrics=["exact", "loss"], max_new_tokens=12,
                       generator=gen, limit=4)
     assert result["n"] == 4 and result["metrics"]["loss"] > 0
-    app = create_app(gen, ServeConfig(max_tokens_cap=64))
+    cfg = ServeConfig(max_tokens_cap=64)
+    app = create_app(HfEngine([gen], cfg), cfg)
     with BackgroundServer(app, bind_socket("127.0.0.1", 0)) as srv:
         r = httpx.post(srv.url + "/v1/chat/completions", timeout=60,
                        json={"model": "x", "messages": PROMPT, "temperature": 0, "max_tokens": 12})

@@ -95,9 +95,10 @@ def test_generation_eval_and_predict_score_the_answer_not_the_think_block(tmp_pa
 
 def test_server_returns_reasoning_content_streaming_and_not(gen):
     from chattune.config import ServeConfig
+    from chattune.infer.engine_hf import HfEngine
     from chattune.infer.serve import BackgroundServer, bind_socket, create_app
 
-    with BackgroundServer(create_app(gen, ServeConfig()), bind_socket("127.0.0.1", 0)) as srv:
+    with BackgroundServer(create_app(HfEngine([gen], ServeConfig()), ServeConfig()), bind_socket("127.0.0.1", 0)) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=60)
         msgs = [{"role": "user", "content": "Capital of France?"}]
         r = client.chat.completions.create(model="m", messages=msgs, temperature=0, max_tokens=16)

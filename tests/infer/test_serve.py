@@ -1,8 +1,8 @@
 """The OpenAI-compatible server, started for real (uvicorn on a free loopback port) over the real
 `Generator` on the tiny random Qwen3, driven with the official `openai` client (httpx for raw bodies).
 
-Deterministic concurrency: tests that need "the model is busy" hold `worker.model_lock` (the lock the
-worker takes for every model call), so queue states are reached exactly, not by timing.
+Deterministic concurrency: tests that need "the model is busy" hold `engine.model_lock` (the lock the
+engine takes for every model call), so queue states are reached exactly, not by timing.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import pytest
 
 from chattune.config import ServeConfig
 from chattune.errors import ConfigError
+from chattune.infer.engine_hf import HfEngine
 from chattune.infer.generate import Generator
 from chattune.infer.serve import BackgroundServer, create_app, run_server
 from chattune.infer.serve_bind import bind_socket, check_bind, is_loopback
@@ -42,9 +43,9 @@ def gen(tiny_qwen3_dir) -> Generator:
 @pytest.fixture(scope="module")
 def server(gen):
     cfg = ServeConfig(api_key=KEY, max_tokens_cap=CAP, max_queue=MAX_QUEUE, max_batch_size=8, max_body_bytes=4096)
-    app = create_app(gen, cfg)
+    app = create_app(HfEngine([gen], cfg), cfg)
     with BackgroundServer(app, bind_socket("127.0.0.1", 0)) as srv:
-        srv.worker = app.state.worker
+        srv.engine = app.state.engine
         yield srv
     assert not srv.thread.is_alive()
 
@@ -55,14 +56,14 @@ def client(server) -> openai.OpenAI:
 
 
 def direct(server, gen, messages, **kw):
-    """Generator.generate on the same model, serialised with the server's worker."""
-    with server.worker.model_lock:
+    """Generator.generate on the same model, serialised with the server's engine."""
+    with server.engine.model_lock:
         return gen.generate([messages], **kw)[0]
 
 
 def server_direct_batch(server, gen, convs, **kw):
-    """Generator.generate on a batch, serialised with the server's worker."""
-    with server.worker.model_lock:
+    """Generator.generate on a batch, serialised with the server's engine."""
+    with server.engine.model_lock:
         return gen.generate(convs, **kw)
 
 
@@ -83,11 +84,11 @@ def wait_for(server, pred, what: str, timeout: float = 20.0) -> dict:
 @contextlib.contextmanager
 def model_busy(server):
     """Hold the model so queued requests stay queued; always released."""
-    server.worker.model_lock.acquire()
+    server.engine.model_lock.acquire()
     try:
         yield
     finally:
-        server.worker.model_lock.release()
+        server.engine.model_lock.release()
 
 
 def post(server, body, key=KEY, timeout=30) -> httpx.Response:
@@ -451,3 +452,12 @@ def test_cli_serves_a_model_dir(tiny_qwen3_dir):
             out = proc.communicate()[0]
     # uvicorn shuts down cleanly, then re-raises SIGINT: 130 is the shell's "stopped by Ctrl-C".
     assert proc.returncode in (0, 130, -2) and "Application shutdown complete" in out, out
+
+
+def test_unknown_or_unavailable_engine_is_a_clear_error():
+    from chattune.infer.engines import build_engine
+
+    with pytest.raises(ConfigError, match="unknown engine 'tgi'; expected one of hf, vllm, llamacpp"):
+        build_engine("tgi", ["runs/x"], ServeConfig())
+    with pytest.raises(ConfigError, match="nothing to serve"):
+        build_engine("hf", [], ServeConfig())

@@ -59,6 +59,7 @@ def test_every_inference_path_renders_the_trained_system_prompt(trained, monkeyp
     from chattune.infer.evaluate import evaluate, predict
     from chattune.infer.chat import ChatSession
     from chattune.infer.generate import Generator
+    from chattune.infer.engine_hf import HfEngine
     from chattune.infer.serve import create_app
     from chattune.infer.merge import verification_prompts
     from chattune.rundir.read import read_run
@@ -90,7 +91,7 @@ def test_every_inference_path_renders_the_trained_system_prompt(trained, monkeyp
 
     # serve: a request without a system message is rendered with the run's
     seen.clear()
-    with TestClient(create_app(gen, ServeConfig())) as client:
+    with TestClient(create_app(HfEngine([gen], ServeConfig()), ServeConfig())) as client:
         r = client.post("/v1/chat/completions", json={
             "model": "x", "max_tokens": 1, "temperature": 0,
             "messages": [{"role": "user", "content": A_ROWS[1]["question"]}]})

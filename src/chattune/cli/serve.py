@@ -11,7 +11,10 @@ app = typer.Typer()  # attached to the root app by cli/__init__.py
 
 @app.command()
 def serve(
-    path: str = typer.Argument(..., help="Run dir, merged model dir, HF model folder or alias to serve."),
+    paths: list[str] = typer.Argument(..., help="Run dir(s), merged model dir, HF model folder or alias to serve; "
+                                      "each is one model, named after its folder (the request's 'model' picks it)."),
+    engine: str = typer.Option("hf", help="hf (transformers here, continuous batching), vllm (a managed vLLM "
+                               "server) or llamacpp (the runs' GGUF exports)."),
     host: str | None = typer.Option(None, help=f"Address to bind (default {_D.SERVE_HOST}). Anything but loopback "
                                     "needs --api-key."),
     port: int | None = typer.Option(None, help=f"TCP port (default {_D.SERVE_PORT}; 0 = any free port)."),
@@ -21,12 +24,13 @@ def serve(
                                               f"400 (default {_D.SERVE_MAX_TOKENS_CAP})."),
     max_queue: int | None = typer.Option(None, help="Requests that may wait for the model; more get 429 "
                                          f"(default {_D.SERVE_MAX_QUEUE})."),
-    max_batch_size: int | None = typer.Option(None, help="Queued requests with equal settings answered in one "
-                                              f"batch (default {_D.SERVE_MAX_BATCH_SIZE})."),
+    max_batch_size: int | None = typer.Option(None, help="Most requests generating together in one batch "
+                                              f"(default {_D.SERVE_MAX_BATCH_SIZE})."),
     device: str | None = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16 (default: the loader's)."),
 ) -> None:
-    """Serve a model over an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models, GET /health)."""
+    """Serve one or several runs over an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models,
+    GET /health)."""
     from ..config import config_from_dict
     from ..infer.serve import run_server
 
@@ -34,5 +38,6 @@ def serve(
              "max_queue": max_queue, "max_batch_size": max_batch_size}
     # ServeConfig holds the defaults and the checks (a bad value is a ConfigError naming serve.<key>).
     cfg = config_from_dict({"serve": {k: v for k, v in given.items() if v is not None}}, "command line").serve
-    console.print(f"loading {path} … then serving OpenAI base_url http://{cfg.host}:{cfg.port}/v1", highlight=False)
-    run_server(path, cfg, device=device, dtype=dtype)
+    console.print(f"loading {', '.join(paths)} … then serving OpenAI base_url http://{cfg.host}:{cfg.port}/v1",
+                  highlight=False)
+    run_server(paths, cfg, engine=engine, device=device, dtype=dtype)

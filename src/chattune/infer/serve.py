@@ -1,29 +1,31 @@
-"""OpenAI-compatible HTTP API over `Generator`: ``chattune serve RUN_DIR``.
+"""OpenAI-compatible HTTP API over any `Engine`: ``chattune serve RUN [RUN ...] --engine hf|vllm|llamacpp``.
 
 Endpoints: ``POST /v1/chat/completions`` (JSON, or server-sent events with ``stream: true``),
-``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health`` (no key; queue depth and counters).
-The wire format and the request policy (what is honoured, rejected, ignored) live in `serve_schema`;
-the model thread (bounded queue, batching, cancellation) in `serve_worker`.
+``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health`` (no key; engine, capabilities, queue depth
+and counters). The wire format and the request policy (what is honoured, rejected, ignored) live in
+`serve_schema`; the API key and body cap in `serve_guard`; running the model in the engine (`engine.py`
+says what every engine promises).
 
-A handler validates the body, queues a job and awaits what the worker hands back, so generation
-never blocks the event loop. A full queue answers 429; a client that leaves cancels its job.
+A handler validates the body, builds a `Job`, `submit`s it and awaits what the engine hands back, so
+generation never blocks the event loop. A full queue answers 429; a client that leaves cancels its job.
 
 Decisions: max_tokens above `ServeConfig.max_tokens_cap` is a 400 (clamping would silently return
-less than asked); an omitted max_tokens means "up to the cap", trimmed to the context window.
-Omitted temperature/top_p take the model's generation_config when it samples, else OpenAI's 1.0.
-The request's `model` may be any string (one model is served; answers name it).
+less than asked); an omitted max_tokens means "up to the cap", trimmed to the context window by the
+engine. Omitted temperature/top_p take the served model's defaults (its generation_config when it
+samples, else OpenAI's 1.0). The request's `model` picks a served model by name; a server with one
+model answers any name with it (clients often send a placeholder), a server with several answers an
+unknown name with 404.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
 import logging
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
@@ -32,7 +34,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from typing_extensions import Self
 
+from .engine import Job, QueueFull, Sampling, ServedModel, unknown_model
+from .reasoning import ReasoningStream
 from .serve_bind import bind_socket, check_bind
+from .serve_guard import Guard
 from .serve_schema import (
     APIError,
     ChatCompletionRequest,
@@ -47,12 +52,11 @@ from .serve_schema import (
     usage,
     validation_error,
 )
-from .reasoning import ReasoningStream
-from .serve_worker import Job, QueueFull, Sampling, Worker
 
 if TYPE_CHECKING:
     from ..config import ServeConfig
-    from .generate import Completion, Generator
+    from .engine import Engine
+    from .generate import Completion
 
 log = logging.getLogger("chattune.serve")
 _DELTA_FIELD = {"reasoning": "reasoning_content", "content": "content"}
@@ -63,83 +67,8 @@ def _json_response(status: int, body: dict, headers: dict | None = None) -> JSON
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-class _Guard:
-    """ASGI middleware in front of everything: API key on /v1/*, then the request body size cap.
-
-    Raw ASGI rather than a FastAPI dependency: dependencies run after the body is read and parsed, so
-    an unauthenticated client could still make us buffer and parse a large body.
-    """
-
-    def __init__(self, app, api_key: str | None, max_body_bytes: int):
-        self.app, self.api_key, self.max_body = app, api_key, max_body_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = {k.lower(): v for k, v in scope.get("headers", [])}
-        if self.api_key and scope["path"].startswith("/v1"):
-            auth = headers.get(b"authorization", b"").decode("latin-1").strip()
-            scheme, _, token = auth.partition(" ")
-            if not auth:
-                return await _send(send, 401, error_body(
-                    "You didn't provide an API key: send it as 'Authorization: Bearer KEY'",
-                    code="invalid_api_key"), {"www-authenticate": "Bearer"})
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
-                return await _send(send, 401, error_body("Incorrect API key provided", code="invalid_api_key"),
-                                   {"www-authenticate": "Bearer"})
-        if scope["method"] not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, send)
-        too_big = APIError(413, f"request body is larger than the server's limit of {self.max_body} bytes",
-                           code="request_too_large")
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                if int(declared) > self.max_body:
-                    return await _send(send, 413, too_big.body())
-            except ValueError:
-                return await _send(send, 400, error_body("invalid Content-Length header"))
-        # Read the body here (chunked uploads carry no length) so the cap holds however it is sent.
-        chunks, size = [], 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return None
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                return await _send(send, 413, too_big.body())
-            chunks.append(chunk)
-            if not msg.get("more_body"):
-                break
-        body, replayed = b"".join(chunks), False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # later calls: disconnect detection
-
-        return await self.app(scope, replay, send)
-
-
-async def _send(send, status: int, body: dict, headers: dict | None = None) -> None:
-    data = json.dumps(body).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": data, "more_body": False})
-
-
-def _default_sampling(generator: Generator) -> tuple[float, float]:
-    gc = getattr(generator.model, "generation_config", None)
-    if gc is not None and getattr(gc, "do_sample", False):
-        return float(gc.temperature if gc.temperature is not None else 1.0), float(gc.top_p or 1.0)
-    return 1.0, 1.0  # OpenAI's defaults
-
-
 async def _wait(out: asyncio.Queue, request, cancel: threading.Event):
-    """The next item from the worker; sets `cancel` and returns None if the client disconnects first."""
+    """The next item from the engine; sets `cancel` and returns None if the client disconnects first."""
     getter = asyncio.ensure_future(out.get())
     try:
         while True:
@@ -154,36 +83,65 @@ async def _wait(out: asyncio.Queue, request, cancel: threading.Event):
             getter.cancel()
 
 
-def create_app(generator: Generator, serve_cfg: ServeConfig) -> FastAPI:
-    """Build the FastAPI app that serves `generator`.
+def pick_model(engine: Engine, name: str | None) -> ServedModel:
+    """The served model a request names (see the module doc for the one-model rule).
+
+    Raises:
+        APIError: 404 for a name this server does not serve (several models), 400 for no name (several models).
+    """
+    if name is not None and name in engine.models:
+        return engine.models[name]
+    if len(engine.models) == 1:
+        return next(iter(engine.models.values()))
+    if name is None:
+        raise APIError(400, f"'model' is required: this server serves {', '.join(map(repr, engine.models))}",
+                       param="model", code="missing_model")
+    raise unknown_model(name, engine.models)
+
+
+def request_sampling(body: ChatCompletionRequest, served: ServedModel, cap: int) -> Sampling:
+    """The request's generation parameters, defaults filled in.
+
+    Raises:
+        APIError: 400 for max_tokens above `cap` or too many stop strings.
+    """
+    asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    if asked is not None and asked > cap:
+        raise APIError(400, f"max_tokens is too large: {asked}; this server allows at most {cap} "
+                       "(ServeConfig.max_tokens_cap)", param="max_tokens", code="max_tokens_too_large")
+    temperature = served.default_temperature if body.temperature is None else body.temperature
+    top_p = served.default_top_p if body.top_p is None else body.top_p
+    if top_p == 0:  # nucleus of mass 0 = only the most likely token
+        temperature, top_p = 0.0, 1.0
+    return Sampling(max_new_tokens=asked or cap, temperature=float(temperature), top_p=float(top_p),
+                    seed=body.seed, stop=stop_list(body.stop), explicit_max=asked is not None)
+
+
+def create_app(engine: Engine, serve_cfg: ServeConfig) -> FastAPI:
+    """Build the FastAPI app that serves `engine`'s models.
 
     Args:
-        generator: a loaded `Generator` (the app owns it from now on; see `Worker.model_lock`).
-        serve_cfg: api_key, max_tokens_cap, max_queue, max_body_bytes, max_batch_size are used here
-            (host/port are for `run_server`).
+        engine: any `Engine` (the app owns it from now on: it starts and stops with the app's lifespan).
+        serve_cfg: api_key, max_tokens_cap and max_body_bytes are used here (the engine took its own
+            limits, e.g. max_queue; host/port are for `run_server`).
 
     Returns:
-        The app; its worker thread starts and stops with the app's lifespan. ``app.state.worker`` is
-        the `Worker` (queue counters, model lock).
+        The app; ``app.state.engine`` is the engine.
     """
-    worker = Worker(generator, serve_cfg.max_queue, serve_cfg.max_batch_size)
-    model_name = generator.name
-    created = int(time.time())
-    default_temp, default_top_p = _default_sampling(generator)
     cap = serve_cfg.max_tokens_cap
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
-        worker.start()
+        engine.start()
         try:
             yield
         finally:
-            await asyncio.to_thread(worker.stop)
+            await asyncio.to_thread(engine.stop)
 
     app = FastAPI(title="chattune", version="1", lifespan=lifespan,
-                  description=f"OpenAI-compatible chat completions for {model_name}")
-    app.state.worker = worker
-    app.add_middleware(_Guard, api_key=serve_cfg.api_key, max_body_bytes=serve_cfg.max_body_bytes)
+                  description=f"OpenAI-compatible chat completions for {', '.join(engine.models)}")
+    app.state.engine = engine
+    app.add_middleware(Guard, api_key=serve_cfg.api_key, max_body_bytes=serve_cfg.max_body_bytes)
 
     @app.exception_handler(APIError)
     async def _api_error(_req, e: APIError):
@@ -205,43 +163,35 @@ def create_app(generator: Generator, serve_cfg: ServeConfig) -> FastAPI:
         log.exception("unhandled error")
         return _json_response(500, error_body(f"internal error: {type(e).__name__}", type="server_error"))
 
-    def model_card() -> dict:
-        return {"id": model_name, "object": "model", "created": created, "owned_by": "chattune"}
+    def model_card(m: ServedModel) -> dict:
+        return {"id": m.name, "object": "model", "created": m.created, "owned_by": "chattune"}
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": model_name, **worker.snapshot()}
+        return {"status": "ok", "model": next(iter(engine.models)), "models": list(engine.models),
+                "engine": engine.kind, "caps": asdict(engine.caps), **engine.snapshot()}
 
     @app.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [model_card()]}
+        return {"object": "list", "data": [model_card(m) for m in engine.models.values()]}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> dict:
-        if model_id != model_name:
-            raise APIError(404, f"The model '{model_id}' does not exist; this server serves '{model_name}'",
-                           param="model", code="model_not_found")
-        return model_card()
+        if model_id not in engine.models:
+            raise unknown_model(model_id, engine.models)
+        return model_card(engine.models[model_id])
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         check_unsupported(body)
-        messages = generator.with_system(to_messages(body))  # the run's system prompt, as trained
-        asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        if asked is not None and asked > cap:
-            raise APIError(400, f"max_tokens is too large: {asked}; this server allows at most {cap} "
-                           "(ServeConfig.max_tokens_cap)", param="max_tokens", code="max_tokens_too_large")
-        temperature = default_temp if body.temperature is None else body.temperature
-        top_p = default_top_p if body.top_p is None else body.top_p
-        if top_p == 0:  # nucleus of mass 0 = only the most likely token
-            temperature, top_p = 0.0, 1.0
-        sampling = Sampling(max_new_tokens=asked or cap, temperature=float(temperature), top_p=float(top_p),
-                            seed=body.seed, stop=stop_list(body.stop), explicit_max=asked is not None)
-        job = Job(model_name, messages, sampling, bool(body.stream), asyncio.get_running_loop(), asyncio.Queue())
+        served = pick_model(engine, body.model)
+        messages = served.renderer.with_system(to_messages(body))  # the run's system prompt, as trained
+        job = Job(served.name, messages, request_sampling(body, served, cap), bool(body.stream),
+                  asyncio.get_running_loop(), asyncio.Queue())
         try:
-            worker.submit(job)
+            engine.submit(job)
         except QueueFull:
-            raise APIError(429, f"the server is busy: {worker.max_queue} requests are already waiting; "
+            raise APIError(429, f"the server is busy: {engine.max_queue} requests are already waiting; "
                            "retry shortly", type="rate_limit_error", code="queue_full") from None
         cid = new_id()
         if not job.stream:
@@ -251,16 +201,16 @@ def create_app(generator: Generator, serve_cfg: ServeConfig) -> FastAPI:
             if isinstance(item, APIError):
                 raise item
             c: Completion = item
-            return completion_body(cid, model_name, c.content, c.finish_reason, c.prompt_tokens, c.completion_tokens,
-                                   reasoning=c.reasoning)
-        # Streaming: wait until the worker accepted the prompt, so errors still get a proper status.
+            return completion_body(cid, served.name, c.content or "", c.finish_reason, c.prompt_tokens,
+                                   c.completion_tokens, reasoning=c.reasoning)
+        # Streaming: wait until the engine accepted the prompt, so errors still get a proper status.
         first = await _wait(job.out, request, job.cancel)
         if first is None:
             return _json_response(499, error_body("client closed the request", code="client_closed"))
         if isinstance(first, APIError):
             raise first
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_events(job, cid, model_name, include_usage, generator.reasoning_stream()),
+        return StreamingResponse(_events(job, cid, served.name, include_usage, served.renderer.reasoning_stream()),
                                  media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
@@ -338,32 +288,36 @@ class BackgroundServer:
         self.sock.close()
 
 
-def run_server(path: str, serve_cfg: ServeConfig, *, device: str | None = None, dtype: str | None = None,
-               log_level: str = "info") -> None:
-    """Load `path` (run dir, merged dir, model folder or alias) and serve it until interrupted.
+def run_server(paths: str | list[str], serve_cfg: ServeConfig, *, engine: str = "hf", device: str | None = None,
+               dtype: str | None = None, log_level: str = "info") -> None:
+    """Load `paths` into an engine and serve them until interrupted.
 
     Args:
-        path: what `Generator.from_path` loads.
-        serve_cfg: host, port, api_key and the limits (see `create_app`).
-        device, dtype: passed to `Generator.from_path`.
+        paths: one or several run dirs (or model folders / aliases); each is one served model, named
+            after its folder.
+        serve_cfg: host, port, api_key and the limits (see `create_app` and the engine).
+        engine: "hf", "vllm" or "llamacpp" (`engines.build_engine`).
+        device, dtype: where and how the engine loads the weights.
         log_level: uvicorn's log level.
 
     Raises:
-        ConfigError: non-loopback host without an API key (checked before the model loads), or the
-            port cannot be bound.
+        ConfigError: non-loopback host without an API key (checked before the model loads), the port
+            cannot be bound, or the engine cannot serve these paths.
     """
     import uvicorn
 
-    from .generate import Generator
+    from .engines import build_engine
 
     serve_cfg = check_bind(serve_cfg)
     sock = bind_socket(serve_cfg.host, serve_cfg.port)  # fail fast on a busy port, before the slow load
     try:
-        generator = Generator.from_path(path, device=device, dtype=dtype)
-        app = create_app(generator, serve_cfg)
+        eng = build_engine(engine, [paths] if isinstance(paths, str) else list(paths), serve_cfg,
+                           device=device, dtype=dtype)
+        app = create_app(eng, serve_cfg)
         host, port = sock.getsockname()[:2]
-        log.warning("serving %s on http://%s:%s (OpenAI base_url http://%s:%s/v1)%s", generator.name, host, port,
-                    host, port, "" if serve_cfg.api_key else " without an API key")
+        log.warning("serving %s with the %s engine on http://%s:%s (OpenAI base_url http://%s:%s/v1)%s",
+                    ", ".join(eng.models), eng.kind, host, port, host, port,
+                    "" if serve_cfg.api_key else " without an API key")
         uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)).run(sockets=[sock])
     finally:
         sock.close()
