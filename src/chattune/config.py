@@ -42,9 +42,14 @@ class ModelConfig(_Strict):
 class DataSource(_Strict):
     """One input file and how to read it."""
 
-    path: str = Field(description="File or folder: .jsonl/.json/.csv/.tsv/.xlsx/.parquet, or a datasets.save_to_disk "
-                      "folder. A relative path is resolved in the working directory, else beside the YAML file, and saved "
-                      "absolute in the run dir.")
+    path: str | None = Field(None, description="File or folder: .jsonl/.json/.csv/.tsv/.xlsx/.parquet, a "
+                             "datasets.save_to_disk folder, or a folder laid out as a Hub dataset repo (data files, "
+                             "optional README.md dataset card). A relative path is resolved in the working directory, "
+                             "else beside the YAML file, and saved absolute in the run dir.")
+    hub: str | None = Field(None, description="Hugging Face Hub dataset id (owner/name) read with "
+                            "datasets.load_dataset, instead of path.")
+    subset: str | None = Field(None, description="Dataset config (subset) name of a Hub dataset or Hub-style folder.")
+    revision: str | None = Field(None, description="Hub dataset revision (branch, tag or commit; default: main).")
     format: Literal["auto", "alpaca", "qa", "prompt_completion", "messages", "sharegpt", "text"] = Field(
         "auto", description="Row shape; auto = detected from the columns of the first rows.")
     columns: dict[str, str] = Field(default_factory=dict, description="Map our field names to the file's "
@@ -52,7 +57,13 @@ class DataSource(_Strict):
     sheet: str | int | None = Field(None, description="xlsx sheet name or index (default: the first).")
     encoding: str | None = Field(None, description="Text encoding (default UTF-8, with or without BOM); e.g. gbk.")
     system: str | None = Field(None, description="System prompt added to every conversation without one.")
-    split: str | None = Field(None, description="Split name for datasets.save_to_disk DatasetDict folders.")
+    split: str | None = Field(None, description="Split of a Hub dataset, Hub-style folder or save_to_disk "
+                              "DatasetDict folder (default: train, or the only split).")
+
+    @property
+    def label(self) -> str:
+        """How messages and data.json name this source: the path, or ``hub:owner/name``."""
+        return self.path if self.path is not None else f"hub:{self.hub}"
 
 
 class CleanConfig(_Strict):
@@ -286,6 +297,12 @@ def cross_field_errors(cfg: Config) -> list[str]:
     """
     t, m, d = cfg.train, cfg.method, cfg.data
     errors = []
+    for key, sources in (("data.train", d.train), ("data.eval", d.eval)):
+        for i, s in enumerate(sources):
+            if (s.path is None) == (s.hub is None):
+                errors.append(f"{key}[{i}]: set exactly one of path (a file or folder) and hub (a Hub dataset id)")
+            elif s.revision is not None and s.hub is None:
+                errors.append(f"{key}[{i}].revision is for Hub datasets; remove it or use hub: instead of path:")
     if t.load_best_model_at_end:
         if not d.eval and d.eval_ratio == 0:
             errors.append("train.load_best_model_at_end needs an eval set: set data.eval or data.eval_ratio")
@@ -362,6 +379,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     # that read it later (merge verification, eval defaults) may run from any folder.
     base = Path(path).resolve().parent if path is not None else None
     for src in [*cfg.data.train, *cfg.data.eval]:
+        if src.path is None:  # a Hub dataset
+            continue
         p = Path(src.path).expanduser()
         if p.is_absolute():
             continue

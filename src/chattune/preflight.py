@@ -71,7 +71,11 @@ def check_data_files(cfg: Config) -> None:
         raise DataError("no training data: set data.train to one or more files (e.g. data.train=train.jsonl)")
     for key, sources in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
         for s in sources:
-            if not Path(s.path).expanduser().exists():
+            if s.hub is not None:
+                from .data.hub import resolve_revision
+
+                resolve_revision(s)  # unreachable Hub, unknown id or revision: said now, not after retries
+            elif s.path is not None and not Path(s.path).expanduser().exists():
                 raise DataError(f"{key}: data file not found (working directory: {Path.cwd()})", file=s.path)
 
 

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config, DataConfig
 from ..errors import DataError
-from ..fsutil import atomic_path, atomic_write_text, cache_root, sha256_file
+from ..fsutil import atomic_path, atomic_write_text, cache_root
+from .hub import source_identity
 from .render import describe_kwargs, end_of_turn_ids, render_batch, template_kwargs
 
 if TYPE_CHECKING:
@@ -97,8 +98,8 @@ def cache_key(cfg: Config, tokenizer) -> str:
     """The cache key of `cfg`'s tokenized data: a hex SHA-256 (see the module docstring for what goes in)."""
     d = cfg.data
     parts: dict[str, Any] = {
-        "train": [[s.model_dump(mode="json"), sha256_file(s.path)] for s in d.train],
-        "eval": [[s.model_dump(mode="json"), sha256_file(s.path)] for s in d.eval],
+        "train": [[s.model_dump(mode="json"), source_identity(s)["sha256"]] for s in d.train],
+        "eval": [[s.model_dump(mode="json"), source_identity(s)["sha256"]] for s in d.eval],
         "data": d.model_dump(mode="json", exclude={"train", "eval", "cache_dir", "num_proc"}),
         "seed": cfg.train.seed,
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -292,7 +293,7 @@ def build_datasets(cfg: Config, tokenizer) -> tuple[datasets.Dataset, datasets.D
     if not d.train:
         raise DataError("no training data: set data.train to one or more files (e.g. data.train=train.jsonl)")
     for s in [*d.train, *d.eval]:
-        if not Path(s.path).exists():
+        if s.path is not None and not Path(s.path).exists():
             raise DataError("file not found", file=s.path)
     key = cache_key(cfg, tokenizer)
     root = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache_root()

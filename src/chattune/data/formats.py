@@ -21,8 +21,8 @@ from typing import Any
 
 from ..config import DataConfig, DataSource, TextSplitConfig
 from ..errors import DataError
-from ..fsutil import sha256_file
 from .clean import clean_text, dedupe
+from .hub import source_identity
 from ._rows import MESSAGE_KEYS as _MESSAGE_KEYS
 from ._rows import Row as _Row
 from ._rows import Skip as _Skip
@@ -300,7 +300,7 @@ def conversations_from_records(records: list, source: DataSource, data_cfg: Data
         DataError: bad shape or value (names file, line/row, field), or no usable row at all.
     """
     data_cfg = data_cfg or DataConfig()
-    rows = _rows(records, source.path, source.columns, require_answer)
+    rows = _rows(records, source.label, source.columns, require_answer)
     if source.format == "auto":
         shape = _detect(rows)
     else:
@@ -324,7 +324,7 @@ def conversations_from_records(records: list, source: DataSource, data_cfg: Data
         field = rows[0].origin.get(answer, answer) if answer else ("messages" if shape == "messages" else
                                                                     "conversations")
         raise DataError(f"no usable conversation in {len(rows)} records (skipped: {skipped}); "
-                        f"{hint.get(top, 'check the field values')}", file=source.path, field=field)
+                        f"{hint.get(top, 'check the field values')}", file=source.label, field=field)
     return convs, {"format": shape, "records": len(rows), "conversations": len(convs), "skipped": skipped}
 
 
@@ -352,7 +352,7 @@ def load_conversations(sources: list[DataSource], data_cfg: DataConfig, *,
     files = []
     for src in sources:
         convs, info = conversations_from_records(read_records(src), src, data_cfg, require_answer=require_answer)
-        files.append({"path": src.path, "sha256": sha256_file(src.path), **info})
+        files.append({**source_identity(src), **info})
         all_convs += convs
     removed = 0
     if data_cfg.clean.dedupe:

@@ -1,4 +1,5 @@
-"""Files → records: JSON, JSONL, CSV/TSV, xlsx, parquet and `datasets.save_to_disk` folders.
+"""Files → records: JSON, JSONL, CSV/TSV, xlsx, parquet and `datasets.save_to_disk` folders (Hub datasets and
+Hub-style folders: `chattune.data.hub`).
 
 Every record comes with the number a user needs to find it: the 1-based line where it starts for
 JSON/JSONL (also inside a JSON array), the 1-based data row for tables. Text files are UTF-8 with or
@@ -15,6 +16,7 @@ from typing import Any
 
 from ..config import DataSource
 from ..errors import DataError
+from .hub import is_hub_folder, read_hub_records
 
 TEXT_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv")
 SUFFIXES = (*TEXT_SUFFIXES, ".xlsx", ".parquet")
@@ -45,10 +47,14 @@ def read_records(source: DataSource | str | Path) -> list[tuple[int, dict]]:
         DataError: missing or empty file, unknown type, bad encoding, malformed JSON (with the line).
     """
     src = _as_source(source)
-    path = Path(src.path)
+    if src.hub is not None:
+        return read_hub_records(src)
+    path = Path(src.label)
     if not path.exists():
         raise DataError(f"data file not found (working directory: {Path.cwd()})", file=str(path))
-    if path.is_dir():
+    if is_hub_folder(path):
+        records = read_hub_records(src)
+    elif path.is_dir():
         records = _read_saved_dataset(path, src.split)
     else:
         suffix = path.suffix.lower()

@@ -203,6 +203,8 @@ def _check_places(cfg: Config, roots: Roots, res: ConfigCheck) -> None:
         res.add("data.train", "data.train: no training file; pick one (Data page) or type its path")
     for key, sources in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
         for src in sources:
+            if src.path is None:  # a Hub dataset (hub:), no local path to place
+                continue
             try:
                 src.path = str(roots.resolve(src.path))
             except PathError as e:
