@@ -81,3 +81,12 @@ def test_existing_unrelated_out_is_not_overwritten(tmp_path, full_run):
     with pytest.raises(ChattuneError, match="not a previous export"):
         export(full_run, to="vllm", out=out)
     assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_default_out_is_beside_the_run():
+    from pathlib import Path
+
+    from chattune.export.run import default_out
+
+    assert default_out(Path("/x/run"), "gguf", "f16") == Path("/x/run-gguf-f16")
+    assert default_out(Path("/x/run"), "vllm", None) == Path("/x/run-vllm")

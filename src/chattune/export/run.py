@@ -27,7 +27,7 @@ N_PROMPTS = 20           # held-out prompts for behaviour parity
 
 def default_out(run_dir: Path, to: str, quant: str | None) -> Path:
     """`RUN-gguf-q8_0`, `RUN-ollama-q8_0`, `RUN-vllm` beside the run dir."""
-    return run_dir.parent / f"{run_dir.name}-{to}" + (f"-{quant}" if quant else "")
+    return run_dir.parent / (f"{run_dir.name}-{to}" + (f"-{quant}" if quant else ""))
 
 
 def _check_args(to: str, quant: str, out: Path, run_dir: Path) -> None:
