@@ -118,16 +118,27 @@ def test_a_template_that_only_mentions_the_markup_is_refused():
 
 @pytest.mark.parametrize("name", ["qwen3", "llama3_1"])
 @pytest.mark.parametrize("fn", [WEATHER["name"], None])
-def test_the_opening_of_a_forced_call_is_a_token_prefix_of_the_rendered_call(name, fn):
-    # Forcing a call appends the opening's tokens to the prompt: the model must see the tokens training
-    # showed it, so prompt + opening must tokenize as a prefix of the rendered call.
-    from chattune.data.render import prompt_ids
+def test_a_forced_call_opening_is_a_token_prefix_of_the_rendered_call(name, fn):
+    # The server forces a call by ending the prompt with the call's opening (a PREFIX message): the model
+    # must see the tokens training showed it, so the prompt must be a token prefix of the rendered call.
+    from chattune.infer.prompt import PREFIX, PromptRenderer
 
     tok = tokenizer(name)
-    opening = tool_call_format(tok).opening(fn)
+    renderer = PromptRenderer(tok, name, (tok.eos_token_id,))
+    opening = renderer.tool_format().opening(fn)
     full = tok.apply_chat_template([USER, call_turn([WEATHER])], tokenize=True, return_dict=False)
-    forced = prompt_ids(tok, [USER]) + tok(opening, add_special_tokens=False)["input_ids"]
-    assert full[:len(forced)] == forced
+    forced = renderer.prompt_ids([USER, {"role": "assistant", "content": opening, PREFIX: True}])
+    assert len(forced) > len(renderer.prompt_ids([USER])) and full[:len(forced)] == forced
+
+
+def test_the_renderer_refuses_tools_for_a_template_without_them_every_time():
+    from chattune.infer.prompt import PromptRenderer
+
+    tok = tokenizer("gemma3")
+    renderer = PromptRenderer(tok, "gemma", (tok.eos_token_id,))
+    for _ in range(2):  # the decision is cached, the error too
+        with pytest.raises(TemplateError, match="no tool support"):
+            renderer.tool_format()
 
 
 def hermes() -> object:

@@ -134,9 +134,9 @@ class Generator:
     def device(self):
         return next(self.model.parameters()).device
 
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        """The token ids of `messages` rendered for generation, exactly as training renders them."""
-        return self.renderer.prompt_ids(messages)
+    def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """The token ids of `messages` (and `tools`) rendered for generation, exactly as training renders them."""
+        return self.renderer.prompt_ids(messages, tools)
 
     # --- generation -------------------------------------------------------------------------------
 
@@ -200,7 +200,8 @@ class Generator:
         return self.renderer.reasoning_stream()
 
     def generate(self, conversations: list[list[dict]], *, max_new_tokens: int = 256, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None) -> list[Completion]:
+                 top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
+                 tools: list[list[dict] | None] | None = None) -> list[Completion]:
         """Generate one answer per conversation, all in one left-padded batch.
 
         Args:
@@ -210,13 +211,14 @@ class Generator:
             top_p: nucleus sampling mass (sampling only).
             seed: seeds the sampler (sampling only) for reproducible output.
             stop: strings that end a row; the text is cut before the first one.
+            tools: per conversation, the functions its prompt renders (None: no tools anywhere).
 
         Returns:
             One `Completion` per conversation, in order.
         """
         if not conversations:
             return []
-        prompts = [self.prompt_ids(c) for c in conversations]
+        prompts = [self.prompt_ids(c, t) for c, t in zip(conversations, tools or [None] * len(conversations))]
         kw = self._gen_kwargs(max_new_tokens, temperature, top_p, seed)
         stop = [s for s in (stop or []) if s]
         rows = self._new_ids(prompts, kw, stop)
@@ -258,24 +260,27 @@ class Generator:
 
     def stream(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
                top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
-               cancel: threading.Event | None = None) -> Iterator[str | Completion]:
+               cancel: threading.Event | None = None, tools: list[dict] | None = None) -> Iterator[str | Completion]:
         """Stream one answer: yields text deltas (str) as tokens arrive, then one final `Completion`.
 
         Args:
             messages: the conversation, ending before the answer.
             max_new_tokens, temperature, top_p, seed, stop: as in `generate`.
             cancel: set it (from any thread) to stop generation after the current token.
+            tools: the functions the prompt renders (None: none).
 
         Yields:
             str deltas whose concatenation equals the final Completion's text, then the Completion.
         """
         for _, part in self.stream_many([messages], max_new_tokens=max_new_tokens, temperature=temperature,
-                                        top_p=top_p, seed=seed, stop=stop, cancels=[cancel]):
+                                        top_p=top_p, seed=seed, stop=stop, cancels=[cancel],
+                                        tools=[tools]):
             yield part
 
     def stream_many(self, conversations: list[list[dict]], *, max_new_tokens: int = 256, temperature: float = 0.0,
                     top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
-                    cancels: list[threading.Event | None] | None = None) -> Iterator[tuple[int, str | Completion]]:
+                    cancels: list[threading.Event | None] | None = None,
+                    tools: list[list[dict] | None] | None = None) -> Iterator[tuple[int, str | Completion]]:
         """Stream several answers from one left-padded batch: ``(row, delta)`` pairs, then ``(row, Completion)``.
 
         A row's Completion is yielded as soon as that row ends (end-of-turn, stop string, its cancel
@@ -286,6 +291,7 @@ class Generator:
             conversations: the conversations, each ending before the answer.
             max_new_tokens, temperature, top_p, seed, stop: as in `generate`.
             cancels: one optional event per row; setting it ends that row after the current token.
+            tools: per row, the functions its prompt renders (as in `generate`).
 
         Yields:
             ``(index, str)`` text deltas and, once per row, ``(index, Completion)``.
@@ -296,7 +302,7 @@ class Generator:
 
         if not conversations:
             return
-        prompts = [self.prompt_ids(c) for c in conversations]
+        prompts = [self.prompt_ids(c, t) for c, t in zip(conversations, tools or [None] * len(conversations))]
         kw = self._gen_kwargs(max_new_tokens, temperature, top_p, seed)
         stop = [s for s in (stop or []) if s]
         events = [(cancels[i] if cancels and i < len(cancels) else None) or threading.Event()

@@ -12,6 +12,12 @@ from typing import Any
 
 from ..errors import ChattuneError
 from .reasoning import ReasoningStream
+from .tool_calls import ToolCallFormat, tool_call_format
+
+# A last message {"role": "assistant", "content": TEXT, PREFIX: True} is not a turn: the answer must begin
+# with TEXT (DeepSeek's chat-prefix convention). The server forces a tool call this way: the tokens of the
+# call's opening follow the generation prompt, so every engine gets it from the one renderer.
+PREFIX = "prefix"
 
 
 @dataclass
@@ -34,6 +40,7 @@ class PromptRenderer:
     system: str | None = None
     date: str | None = None
     _opened: bool | None = field(default=None, init=False, repr=False, compare=False)
+    _tool_format: ToolCallFormat | Exception | None = field(default=None, init=False, repr=False, compare=False)
 
     def with_system(self, messages: list[dict]) -> list[dict]:
         """`messages` with the run's system prompt first when they bring none (what training rendered)."""
@@ -41,13 +48,44 @@ class PromptRenderer:
             return [{"role": "system", "content": self.system}, *messages]
         return list(messages)
 
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        """The token ids of `messages` rendered for generation, exactly as training renders them."""
+    def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """The token ids of `messages` rendered for generation, exactly as training renders them.
+
+        Args:
+            messages: the conversation; a last assistant message marked ``PREFIX: True`` is the start the
+                answer is forced to have (its text's tokens follow the generation prompt).
+            tools: OpenAI function definitions the template renders (None: none).
+
+        Raises:
+            ChattuneError: an empty conversation; TemplateError: tools on a template that cannot render them.
+        """
+        prefix = ""
+        if messages and messages[-1].get("role") == "assistant" and messages[-1].get(PREFIX):
+            prefix, messages = str(messages[-1].get("content") or ""), messages[:-1]
         if not messages:
             raise ChattuneError("cannot generate from an empty conversation")
         from ..data.render import prompt_ids
 
-        return list(prompt_ids(self.tokenizer, messages, thinking=self.thinking, date=self.date))
+        kw: dict[str, Any] = {"tools": tools} if tools else {}
+        ids = list(prompt_ids(self.tokenizer, messages, thinking=self.thinking, date=self.date, **kw))
+        if prefix:
+            ids += self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        return ids
+
+    def tool_format(self) -> ToolCallFormat:
+        """The parser for tool calls this model writes (decided once from its chat template).
+
+        Raises:
+            TemplateError: the template has no tool support (`tool_calls.tool_call_format`).
+        """
+        if self._tool_format is None:
+            try:
+                self._tool_format = tool_call_format(self.tokenizer)
+            except ChattuneError as e:
+                self._tool_format = e
+        if isinstance(self._tool_format, Exception):
+            raise self._tool_format
+        return self._tool_format
 
     @property
     def reasoning_opened(self) -> bool:

@@ -132,7 +132,7 @@ class Worker:
 
     def _prepare(self, job: Job) -> tuple[int, Sampling]:
         """Render the prompt, check it fits the context and trim a defaulted max_tokens to fit."""
-        n = len(self.gen.prompt_ids(job.messages))
+        n = len(self.gen.prompt_ids(job.messages, job.tools))
         s = job.sampling
         if self.context_limit is not None:
             room = self.context_limit - n
@@ -166,18 +166,19 @@ class Worker:
                 if not first.stream:
                     for job, c in zip(group, self.gen.generate(
                             [j.messages for j in group], max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                            top_p=s.top_p, seed=s.seed, stop=list(s.stop) or None)):
+                            top_p=s.top_p, seed=s.seed, stop=list(s.stop) or None, tools=[j.tools for j in group])):
                         job.deliver(c)
                 elif len(group) == 1:
                     for item in self.gen.stream(group[0].messages, max_new_tokens=s.max_new_tokens,
                                                 temperature=s.temperature, top_p=s.top_p, seed=s.seed,
-                                                stop=list(s.stop) or None, cancel=group[0].cancel):
+                                                stop=list(s.stop) or None, cancel=group[0].cancel,
+                                                tools=group[0].tools):
                         group[0].deliver(item)
                 else:  # one left-padded batch; each row ends (and is answered) on its own
                     for i, item in self.gen.stream_many(
                             [j.messages for j in group], max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                             top_p=s.top_p, seed=s.seed, stop=list(s.stop) or None,
-                            cancels=[j.cancel for j in group]):
+                            cancels=[j.cancel for j in group], tools=[j.tools for j in group]):
                         group[i].deliver(item)
             except Exception as e:
                 log.exception("generation failed")
