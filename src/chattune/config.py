@@ -59,6 +59,9 @@ class DataSource(_Strict):
     system: str | None = Field(None, description="System prompt added to every conversation without one.")
     split: str | None = Field(None, description="Split of a Hub dataset, Hub-style folder or save_to_disk "
                               "DatasetDict folder (default: train, or the only split).")
+    tools: list[dict] | None = Field(None, description="Functions every row may call (an OpenAI tools list: "
+                                     "[{type: function, function: {name, description, parameters}}]); a row's own "
+                                     "`tools` field wins.")
 
     @property
     def label(self) -> str:
@@ -96,8 +99,11 @@ class DataConfig(_Strict):
     system: str | None = Field(None, description="Default system prompt for conversations without one.")
     max_length: int = Field(1024, ge=8, description="Token limit per sequence; longer ones are truncated and reported.")
     loss: Literal["assistant", "last", "all"] = Field("assistant", description="Which tokens are trained.")
-    thinking: Literal["off", "keep"] = Field("off", description="Qwen3-style thinking: off = render as inference "
-                                             "does with enable_thinking=False; keep = train on reasoning_content.")
+    thinking: Literal["off", "keep", "mixed"] = Field("off", description=(
+        "Qwen3-style thinking: off = render as inference does with enable_thinking=False (reasoning dropped); "
+        "keep = train on reasoning_content (prompts with enable_thinking=True); mixed = per row: rows with "
+        "reasoning_content train with thinking, rows without in the non-thinking form (the empty think block "
+        "in the prompt). Inference defaults to thinking on for keep and mixed, off for off."))
     multi_turn: Literal["split", "consistent"] = Field(
         "split", description="When the template rewrites earlier turns (Qwen3 drops old <think>): split = one "
         "sequence per trained turn; consistent = train only turns whose prefix matches inference.")

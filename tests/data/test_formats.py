@@ -108,9 +108,9 @@ def test_sharegpt_roles(tmp_path):
 
 def test_bad_roles_and_misplaced_system(tmp_path):
     p = _jsonl(tmp_path / "r.jsonl", [{"conversations": [{"from": "human", "value": "q"},
-                                                         {"from": "observation", "value": "x"}]}])
+                                                         {"from": "narrator", "value": "x"}]}])
     with pytest.raises(DataError, match=r"line 1, field 'conversations': conversations\[1\]\.from is "
-                                        r"'observation'; expected one of"):
+                                        r"'narrator'; expected one of"):
         _load(p)
     p = _jsonl(tmp_path / "s.jsonl", [{"messages": [{"role": "user", "content": "q"},
                                                     {"role": "system", "content": "s"},

@@ -26,7 +26,7 @@ def _tokenizer(model: str | None, tokenizer: str | None):
 
 
 _LOSS = typer.Option("assistant", "--loss", help="assistant, last or all (as data.loss).")
-_THINKING = typer.Option("off", "--thinking", help="off or keep (as data.thinking).")
+_THINKING = typer.Option("off", "--thinking", help="off, keep or mixed (as data.thinking).")
 _FORMAT = typer.Option("auto", "--format", help="auto, alpaca, qa, prompt_completion, messages, sharegpt, text.")
 _SYSTEM = typer.Option(None, "--system", help="System prompt for conversations without one.")
 
@@ -73,6 +73,13 @@ def _print_check(report: dict) -> None:
         s.add_row("assistant turns / conversation", _stats(report["turns"]))
         s.add_row("prompt chars", _stats(report["chars"]["prompt"]))
         s.add_row("answer chars", _stats(report["chars"]["answer"]))
+        th, tl = report.get("thinking") or {}, report.get("tools") or {}
+        if th:
+            s.add_row(f"thinking: {th['policy']}", f"{th['rows']['keep']} row(s) with thinking, {th['rows']['off']} "
+                      f"without; inference default: {th['inference_default']}")
+        if tl.get("calls") or tl.get("rows_with_tools"):
+            s.add_row("tools", f"{tl['rows_with_tools']} row(s) declare tools ({', '.join(tl['functions']) or '-'}); "
+                      f"{tl['calls']} call(s), {tl['results']} result(s)")
         tk = report.get("tokens")
         if tk:
             s.add_row("sequences", str(tk["sequences"]))
@@ -98,6 +105,10 @@ def _print_check(report: dict) -> None:
     if report.get("control_tokens"):
         console.print(f"[bold]control tokens in content[/] ({len(report['control_tokens'])}; encoded as text):")
         for row in report["control_tokens"]:
+            console.print(f"  {_esc(row)}", highlight=False)
+    if (report.get("tools") or {}).get("problems"):
+        console.print(f"[bold]tool problems[/] ({len(report['tools']['problems'])}):")
+        for row in report["tools"]["problems"]:
             console.print(f"  {_esc(row)}", highlight=False)
     for w in report["warnings"]:
         console.print(f"[yellow]warning:[/] {_esc(w)}")

@@ -19,11 +19,16 @@ from .render import (
     Rendered,
     describe_kwargs,
     end_of_turn_ids,
+    inference_thinking,
     prepare_messages,
     render_batch,
+    row_thinking,
     template_kwargs,
+    thinking_split,
+    with_tools,
 )
 from .template_policy import control_tokens, control_tokens_in, reads_date, today
+from .tools import tool_problems
 
 HIST_EDGES = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 OK, WARNINGS, ERRORS = 0, 1, 2
@@ -42,7 +47,8 @@ def _runs(labels: list[int]) -> list[tuple[int, int]]:
 
 
 def verify_sequences(messages: Sequence[dict], seqs: Sequence[Rendered], tokenizer, *, thinking: str = "off",
-                     loss: str = "assistant", eot: int | None = None, date: str | None = None) -> list[str]:
+                     loss: str = "assistant", eot: int | None = None, date: str | None = None,
+                     tools: Sequence[dict] | None = None) -> list[str]:
     """Re-check (a), (b), (c) for one conversation's rendered sequences.
 
     (a) tokens before each trained turn == ``apply_chat_template(messages[:k], add_generation_prompt=True)``;
@@ -53,21 +59,24 @@ def verify_sequences(messages: Sequence[dict], seqs: Sequence[Rendered], tokeniz
         messages: the conversation as given to render.
         seqs: what `render_conversation` returned for it.
         tokenizer: the same tokenizer.
-        thinking: the thinking policy used.
+        thinking: the thinking policy used (``"mixed"``: the conversation's own form, `render.row_thinking`).
         loss: the loss policy used (``"all"`` checks (b) and that every token is trained).
         eot: the template's end-of-turn id, when the caller already has it (default: detected).
         date: the pinned day, for templates that write today's date.
+        tools: the functions the conversation may call, as rendered.
 
     Returns:
         Problems found, as sentences; empty when the guarantee holds.
     """
-    msgs = prepare_messages(messages, thinking)
+    thinking = row_thinking(messages, thinking)
     kw = template_kwargs(tokenizer, thinking, date)
+    msgs = with_tools(tokenizer, prepare_messages(messages, thinking), tools, kw)
     eot = end_of_turn_ids(tokenizer)[0] if eot is None else eot
+    tools_kw = {"tools": list(tools)} if tools else {}
 
     def chat(m: list[dict], gen: bool) -> list[int]:  # inference's call (control tokens in content are text)
         return list(tokenizer.apply_chat_template(m, add_generation_prompt=gen, tokenize=True, return_dict=False,
-                                                  sanitize_control_tokens=True, **kw))
+                                                  sanitize_control_tokens=True, **kw, **tools_kw))
 
     problems: list[str] = []
     for n, r in enumerate(seqs, 1):
@@ -134,8 +143,9 @@ def check_data(paths: Sequence[str], *, tokenizer=None, max_length: int | None =
         seed: sampling seed.
 
     Returns:
-        ``{"files", "conversations", "duplicates_removed", "skipped_rows", "turns", "chars", "tokens"
-        (with a tokenizer), "control_tokens" and "fidelity" (with a tokenizer), "warnings", "errors",
+        ``{"files", "conversations", "duplicates_removed", "skipped_rows", "turns", "chars", "thinking" (rows
+        rendered with and without thinking, and the inference default), "tools" (tool use and its problems),
+        "tokens" (with a tokenizer), "control_tokens" and "fidelity" (with a tokenizer), "warnings", "errors",
         "exit_code"}``;
         exit_code is 0 clean, 1 warnings, 2 errors.
     """
@@ -164,6 +174,9 @@ def check_data(paths: Sequence[str], *, tokenizer=None, max_length: int | None =
         "prompt": _length_stats([sum(len(m["content"]) for m in c.messages if m["role"] != "assistant") for c in convs]),
         "answer": _length_stats([sum(len(m["content"]) for m in c.messages if m["role"] == "assistant") for c in convs]),
     }
+    report["thinking"] = {"policy": thinking, "rows": thinking_split([c.messages for c in convs], thinking),
+                          "inference_default": inference_thinking(thinking)}
+    _tool_report(report, convs)
     if skipped:
         report["warnings"].append(f"{sum(skipped.values())} row(s) skipped: " +
                                   ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())))
@@ -173,6 +186,26 @@ def check_data(paths: Sequence[str], *, tokenizer=None, max_length: int | None =
         _token_report(report, convs, tokenizer, data_cfg, sample, seed)
     report["exit_code"] = ERRORS if report["errors"] else WARNINGS if report["warnings"] else OK
     return report
+
+
+def _tool_report(report: dict, convs: list) -> None:
+    """Tool use of the conversations and every problem of it (`tools.tool_problems`), each with file and row."""
+    problems = []
+    for c in convs:
+        for p in tool_problems(c.messages, c.tools):
+            problems.append((p.level, f"{c.source}, line/row {c.row}: message {p.message}: {p.text}"))
+    report["tools"] = {
+        "rows_with_tools": sum(1 for c in convs if c.tools),
+        "calls": sum(len(m.get("tool_calls") or []) for c in convs for m in c.messages),
+        "results": sum(1 for c in convs for m in c.messages if m["role"] == "tool"),
+        "functions": sorted({t["function"]["name"] for c in convs for t in c.tools or []}),
+        "problems": [f"{level}: {text}" for level, text in problems],
+    }
+    for level in ("error", "warning"):
+        found = [text for lv, text in problems if lv == level]
+        if found:
+            report[level + "s"].append(f"{len(found)} tool-call {level}(s) (listed under tool problems), e.g. "
+                                       f"{found[0]}")
 
 
 def _control_token_report(report: dict, convs: list, tokenizer) -> None:
@@ -192,6 +225,7 @@ def _control_token_report(report: dict, convs: list, tokenizer) -> None:
 
 def _token_report(report: dict, convs: list, tokenizer, d: DataConfig, sample: int, seed: int) -> None:
     msgs = [c.messages for c in convs]
+    tools = [c.tools for c in convs]
     if reads_date(tokenizer):
         d = d.model_copy(update={"date": d.date or today()})
         report["warnings"].append(f"the chat template writes today's date; checked as {d.date}. Training pins the "
@@ -202,7 +236,7 @@ def _token_report(report: dict, convs: list, tokenizer, d: DataConfig, sample: i
     render = functools.partial(render_batch, tokenizer=tokenizer, eot_ids=eot, loss=d.loss, thinking=d.thinking,
                                multi_turn=d.multi_turn, date=d.date)
     for i in range(0, len(msgs), 512):
-        for c, res in zip(convs[i:i + 512], render(msgs[i:i + 512])):
+        for c, res in zip(convs[i:i + 512], render(msgs[i:i + 512], tools=tools[i:i + 512])):
             if res.error:
                 errors.append(f"{c.source}, line/row {c.row}: {res.error}")
             skipped_turns += len(res.skipped_turns)
@@ -237,10 +271,10 @@ def _token_report(report: dict, convs: list, tokenizer, d: DataConfig, sample: i
     rng = random.Random(seed)
     picked = sorted(rng.sample(range(len(convs)), min(sample, len(convs))))
     failed = []
-    results = render([msgs[i] for i in picked])
+    results = render([msgs[i] for i in picked], tools=[tools[i] for i in picked])
     for i, res in zip(picked, results):
         problems = verify_sequences(msgs[i], res.sequences, tokenizer, thinking=d.thinking, loss=d.loss,
-                                    eot=eot[0], date=d.date)
+                                    eot=eot[0], date=d.date, tools=tools[i])
         if problems:
             failed.append(f"{convs[i].source}, line/row {convs[i].row}: {problems[0]}")
     report["fidelity"] = {"checked": len(picked), "failed": len(failed), "examples": failed[:5]}

@@ -6,6 +6,7 @@ leading indentation is kept for the same reason (code in answers).
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 
@@ -69,9 +70,10 @@ def clean_messages(messages: list[dict], cfg: CleanConfig | None = None) -> list
     return out
 
 
-def conversation_key(conv: Conversation) -> tuple:
-    """A key for exact-duplicate detection: the messages only, not where they came from."""
-    return tuple(tuple(sorted(m.items())) for m in conv.messages)
+def conversation_key(conv: Conversation) -> str:
+    """A key for exact-duplicate detection: the messages and tools, not where they came from (JSON, because
+    tool calls nest lists and dicts)."""
+    return json.dumps([conv.messages, conv.tools], sort_keys=True, ensure_ascii=False)
 
 
 def dedupe(conversations: Iterable[Conversation]) -> tuple[list[Conversation], int]:
@@ -83,7 +85,7 @@ def dedupe(conversations: Iterable[Conversation]) -> tuple[list[Conversation], i
     Returns:
         ``(kept, removed_count)``.
     """
-    seen: set[tuple] = set()
+    seen: set[str] = set()
     kept: list[Conversation] = []
     removed = 0
     for conv in conversations:

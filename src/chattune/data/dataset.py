@@ -22,7 +22,8 @@ from ..config import Config, DataConfig
 from ..errors import DataError
 from ..fsutil import atomic_path, atomic_write_text, cache_root
 from .hub import source_identity
-from .render import describe_kwargs, end_of_turn_ids, render_batch, template_kwargs
+from .render import describe_kwargs, end_of_turn_ids, inference_thinking, render_batch, template_kwargs, thinking_split
+from .template_policy import uses_tools
 
 if TYPE_CHECKING:
     import datasets
@@ -129,9 +130,10 @@ def _quiet_bars(quiet: bool) -> Iterator[None]:
 
 def _render_map(batch: dict, *, tokenizer, data_cfg: DataConfig, eot: list[int]) -> dict:
     convs = [json.loads(c) for c in batch["conv"]]
+    tools = [json.loads(t) if t else None for t in batch["tools"]]
     results = render_batch(convs, tokenizer, loss=data_cfg.loss, thinking=data_cfg.thinking,
                            multi_turn=data_cfg.multi_turn, max_length=data_cfg.max_length, eot_ids=eot[:1],
-                           date=data_cfg.date)
+                           date=data_cfg.date, tools=tools)
     out: dict[str, list] = {k: [] for k in (*COLUMNS, *_AUX)}
 
     def row(ids, labels, status, truncated, trained, skipped, error, where):
@@ -182,6 +184,7 @@ def tokenize_conversations(convs: list[Conversation], tokenizer, data_cfg: DataC
         num_proc = 1 if len(convs) < 20_000 else max(1, min(8, cores // 2))
     raw = datasets.Dataset.from_dict({
         "conv": [json.dumps(c.messages, ensure_ascii=False) for c in convs],
+        "tools": [json.dumps(c.tools, ensure_ascii=False) if c.tools else "" for c in convs],
         "source": [c.source for c in convs],
         "row": [c.row for c in convs],
     })
@@ -324,6 +327,9 @@ def build_datasets(cfg: Config, tokenizer) -> tuple[datasets.Dataset, datasets.D
     report = {**report, "system_prompts": prompts, "train": train_stats, "eval": eval_stats, "eval_files": eval_report,
               "render": {"loss": d.loss, "thinking": d.thinking, "multi_turn": d.multi_turn,
                          "max_length": d.max_length, "date": d.date,
+                         "inference_thinking": inference_thinking(d.thinking),
+                         "thinking_rows": thinking_split([c.messages for c in convs], d.thinking),
+                         "tool_rows": sum(1 for c in convs if c.tools or uses_tools(c.messages, None)),
                          "template_kwargs": describe_kwargs(template_kwargs(tokenizer, d.thinking, d.date))},
               "cache_key": key}
     if eval_convs and not d.eval:  # held out by eval_ratio: kept as messages JSONL (rundir copies it)
@@ -335,8 +341,8 @@ def build_datasets(cfg: Config, tokenizer) -> tuple[datasets.Dataset, datasets.D
             if ev is not None:
                 ev.save_to_disk(str(tmp / "eval"))
             if "heldout" in report:
-                atomic_write_text(tmp / HELDOUT_FILE, "".join(json.dumps({"messages": c.messages}, ensure_ascii=False)
-                                                              + "\n" for c in eval_convs))
+                rows = [{"messages": c.messages, **({"tools": c.tools} if c.tools else {})} for c in eval_convs]
+                atomic_write_text(tmp / HELDOUT_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             atomic_write_text(tmp / "report.json", json.dumps(report, ensure_ascii=False, indent=1))
         # Reload memory-mapped from the cache so a cold and a warm run hand the trainer the same thing.
         train = datasets.load_from_disk(str(path / "train"))

@@ -5,8 +5,9 @@ Shapes (auto-detected per file, or named with ``format:`` in the data source):
 - alpaca: instruction, output [, input, system, history = [[q, a], ...]]
 - qa: question/answer or query/response [, system]
 - prompt_completion: prompt, completion [, system]
-- messages: ``messages: [{role, content[, reasoning_content]}]`` (OpenAI)
-- sharegpt: ``conversations: [{from, value}]`` (human/gpt/system)
+- messages: ``messages: [{role, content[, reasoning_content][, tool_calls]}]`` (OpenAI; ``tool`` results) [, tools]
+- sharegpt: ``conversations: [{from, value}]`` (human/gpt/system; LLaMA-Factory's function_call/observation)
+  [, system, tools]
 - text: raw documents in ``text`` → continuation pairs (see `split_text`)
 
 Field names match in any case; ``columns:`` maps our names to the file's (``{instruction: 问题}``).
@@ -17,7 +18,6 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any
 
 from ..config import DataConfig, DataSource, TextSplitConfig
 from ..errors import DataError
@@ -26,6 +26,7 @@ from .hub import source_identity
 from ._rows import MESSAGE_KEYS as _MESSAGE_KEYS
 from ._rows import Row as _Row
 from ._rows import Skip as _Skip
+from ._messages import json_cell, message_list, row_tools
 from .readers import read_records
 from .types import Conversation
 
@@ -48,9 +49,7 @@ _PROMPT_ONLY: dict[str, tuple[tuple[str, ...], ...]] = {
     "alpaca": (("instruction",),), "qa": (("question",), ("query",)), "prompt_completion": (("prompt",),)}
 SHAPES_HELP = ", ".join(f"{k} ({v})" for k, v in _SHAPE_FIELDS.items())
 _USED = {"instruction", "input", "output", "system", "history", "question", "answer", "query", "response",
-         "prompt", "completion", "messages", "conversations", "text"}
-_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
-          "bot": "assistant", "model": "assistant", "chatgpt": "assistant"}
+         "prompt", "completion", "messages", "conversations", "text", "tools"}
 # Sentence ends, with any closing quotes/brackets that follow them.
 _SENTENCE_END = re.compile(r"(?:[。！？!?]|\.(?=\s|$))[”’\"')）」』]*|\n+")
 
@@ -138,18 +137,8 @@ def _check_fields(row: _Row, shape: str, first_num: int | None = None) -> None:
 # ---------------------------------------------------------------- one row → messages
 
 
-def _json_cell(v: Any) -> Any:
-    """A JSON list written into a CSV/xlsx cell, parsed; anything else unchanged."""
-    if isinstance(v, str) and v.lstrip().startswith("["):
-        try:
-            return json.loads(v)
-        except json.JSONDecodeError:
-            pass
-    return v
-
-
 def _history(row: _Row) -> list[dict]:
-    h = _json_cell(row.fields.get("history"))
+    h = json_cell(row.fields.get("history"))
     if h is None or h == "" or (isinstance(h, float) and math.isnan(h)):
         return []
     if not isinstance(h, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in h):
@@ -179,45 +168,6 @@ def _single_turn(row: _Row, shape: str) -> list[dict]:
     if row.answers or answer.strip():
         msgs.append({"role": "assistant", "content": answer})
     return msgs
-
-
-def _message_list(row: _Row, shape: str) -> list[dict]:
-    key = "messages" if "messages" in row.fields else "conversations"
-    value = _json_cell(row.fields[key])
-    if not isinstance(value, list) or not value:
-        raise row.error(f"found {json.dumps(value, ensure_ascii=False, default=str)[:80]}; expected a non-empty "
-                        "list of messages like [{\"role\": \"user\", \"content\": ...}]", key)
-    cols = row.columns
-    role_keys = [cols.get("role", "role"), cols.get("from", "from")]
-    content_keys = [cols.get("content", "content"), cols.get("value", "value")]
-    out = []
-    for i, m in enumerate(value):
-        where = f"{key}[{i}]"
-        if not isinstance(m, dict):
-            raise row.error(f"{where} is {type(m).__name__}; expected an object with role and content", key)
-        rk = next((k for k in role_keys if k in m), None)
-        ck = next((k for k in content_keys if k in m), None)
-        if rk is None or ck is None:
-            raise row.error(f"{where} has keys {list(m)}; expected role/content (OpenAI) or from/value "
-                            "(ShareGPT); map other names with `columns: {role: ..., content: ...}`", key)
-        role = _ROLES.get(str(m[rk]).strip().lower())
-        if role is None:
-            raise row.error(f"{where}.{rk} is {m[rk]!r}; expected one of {sorted(_ROLES)} (tool and function "
-                            "messages are not supported yet)", key)
-        if role == "system" and i != 0:
-            raise row.error(f"{where} is a system message; expected a system message only first", key)
-        content = m[ck]
-        if isinstance(content, list) and content and all(isinstance(p, dict) and p.get("type") == "text"
-                                                         for p in content):
-            content = "".join(str(p.get("text") or "") for p in content)  # OpenAI text content parts
-        msg = {"role": role, "content": row.text(key, content, use_value=True, where=f"{where}.{ck}")}
-        if role == "assistant" and m.get("reasoning_content") not in (None, ""):
-            msg["reasoning_content"] = row.text(key, m["reasoning_content"], use_value=True,
-                                                where=f"{where}.reasoning_content")
-        out.append(msg)
-    while row.answers and out and out[-1]["role"] != "assistant":
-        out.pop()  # trailing user turns have no answer to learn
-    return out
 
 
 def _cut(doc: str, ratio: float) -> int:
@@ -255,13 +205,14 @@ def split_text(doc: str, cfg: TextSplitConfig) -> tuple[str, str]:
     return cfg.prompt_prefix + head, tail
 
 
-def _convert(row: _Row, shape: str, data_cfg: DataConfig, default_system: str | None) -> Conversation:
+def _convert(row: _Row, shape: str, data_cfg: DataConfig, default_system: str | None,
+             source_tools: list[dict] | None = None) -> Conversation:
     if shape == "text":
         prompt, completion = split_text(clean_text(row.text("text"), data_cfg.clean), data_cfg.text)
         msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
     else:
         # The message dicts are fresh from the converters, so they are cleaned in place.
-        msgs = _message_list(row, shape) if shape in ("messages", "sharegpt") else _single_turn(row, shape)
+        msgs = message_list(row) if shape in ("messages", "sharegpt") else _single_turn(row, shape)
         if not msgs:
             raise _Skip("no_assistant")
         cc = data_cfg.clean
@@ -271,7 +222,7 @@ def _convert(row: _Row, shape: str, data_cfg: DataConfig, default_system: str | 
             if "reasoning_content" in m:
                 m["reasoning_content"] = clean_text(m["reasoning_content"], cc)
             if not m["content"]:
-                empty_output |= m["role"] == "assistant" and not m.get("reasoning_content")
+                empty_output |= m["role"] == "assistant" and not m.get("reasoning_content") and not m.get("tool_calls")
                 empty_prompt |= m["role"] == "user"
         if empty_output or empty_prompt:
             raise _Skip("empty_output" if empty_output else "empty_prompt")
@@ -280,7 +231,7 @@ def _convert(row: _Row, shape: str, data_cfg: DataConfig, default_system: str | 
     if default_system and msgs[0]["role"] != "system":
         msgs.insert(0, {"role": "system", "content": default_system})
     meta = {k: v for k, v in row.fields.items() if k not in _USED and isinstance(v, (str, int, float, bool))}
-    return Conversation(messages=msgs, source=row.path, row=row.num, meta=meta)
+    return Conversation(messages=msgs, source=row.path, row=row.num, meta=meta, tools=row_tools(row, source_tools))
 
 
 def conversations_from_records(records: list, source: DataSource, data_cfg: DataConfig | None = None, *,
@@ -312,7 +263,7 @@ def conversations_from_records(records: list, source: DataSource, data_cfg: Data
     skipped: dict[str, int] = {}
     for row in rows:
         try:
-            convs.append(_convert(row, shape, data_cfg, system))
+            convs.append(_convert(row, shape, data_cfg, system, source.tools))
         except _Skip as s:
             skipped[s.reason] = skipped.get(s.reason, 0) + 1
     if not convs:

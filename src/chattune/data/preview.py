@@ -52,7 +52,7 @@ def preview(paths: Sequence[str], tokenizer, *, n: int = 3, fmt: str = "auto", s
     convs, _ = load_conversations([DataSource(path=str(p), format=fmt) for p in paths], data_cfg)
     convs = convs[:n]
     results = render_batch([c.messages for c in convs], tokenizer, loss=loss, thinking=thinking,
-                           multi_turn=multi_turn, max_length=max_length)
+                           multi_turn=multi_turn, max_length=max_length, tools=[c.tools for c in convs])
     out = []
     for c, res in zip(convs, results):
         out.append({

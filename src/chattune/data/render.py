@@ -25,6 +25,7 @@ fast-tokenizer call for all texts; the per-conversation work is list slicing and
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,20 +35,29 @@ from ._text_spans import markup, render_by_text
 from .template_policy import (
     control_tokens,
     control_tokens_in,
-    pinned_template,
-    reads_date,
     require_generation_prompt,
     template_text,
+    tool_messages,
+    tool_support,
+    uses_tools,
 )
+from .thinking import (
+    THINKING_POLICIES,
+    describe_kwargs,
+    inference_thinking,
+    prepare_messages,
+    row_thinking,
+    template_kwargs,
+    thinking_split,
+)
+from .tools import parsed_arguments
 
-__all__ = ["IGNORE", "Rendered", "RenderResult", "apply_template_override", "describe_kwargs", "end_of_turn_ids",
-           "prepare_messages", "prompt_ids", "render_batch", "render_conversation", "template_kwargs"]
+__all__ = ["IGNORE", "THINKING_POLICIES", "Rendered", "RenderResult", "apply_template_override", "describe_kwargs",
+           "end_of_turn_ids", "inference_thinking", "prepare_messages", "prompt_ids", "render_batch",
+           "render_conversation", "row_thinking", "template_kwargs", "thinking_split", "with_tools"]
 LOSS_POLICIES = ("assistant", "last", "all")
-THINKING_POLICIES = ("off", "keep")
 MULTI_TURN_POLICIES = ("split", "consistent")
 
-# transformers aliases these message keys to `reasoning_content` (chat_template_utils._REASONING_FIELDS).
-_REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 _PROBE_ANSWER = "Probe answer 42."
 
 
@@ -76,46 +86,29 @@ def apply_template_override(tokenizer, chat_template_path: str | None) -> None:
                             "path/to/template.jinja")
 
 
-def template_kwargs(tokenizer, thinking: str, date: str | None = None) -> dict:
-    """Extra ``apply_chat_template`` kwargs for the thinking policy and the pinned date.
-
-    Args:
-        tokenizer: the tokenizer whose template is used.
-        thinking: ``"off"`` (render as inference with thinking disabled) or ``"keep"``.
-        date: YYYY-MM-DD the template sees as today (``data.date``); None: the real today.
-
-    Returns:
-        ``{"enable_thinking": thinking == "keep"}`` when the template reads ``enable_thinking``, plus
-        ``{"chat_template": <the template with strftime_now pinned>}`` when it reads the date and `date` is set.
-    """
-    if thinking not in THINKING_POLICIES:
-        raise TemplateError(f"thinking={thinking!r} is not allowed; expected one of {THINKING_POLICIES}")
-    kw: dict[str, bool | str] = {"enable_thinking": thinking == "keep"} if "enable_thinking" in _template_text(tokenizer) else {}
-    if date is not None and reads_date(tokenizer):
-        kw["chat_template"] = pinned_template(tokenizer, date)
-    return kw
-
-
-def describe_kwargs(kw: dict) -> dict:
-    """`template_kwargs` for reports (JSON): a pinned template is named, not copied."""
-    return {k: ("<pinned date>" if k == "chat_template" else v) for k, v in kw.items()}
-
-
-def _render_texts(tokenizer, convs: list[list[dict]], gen: bool, kwargs: dict) -> list[str | Exception]:
-    """Render many conversations in one call; on a template error, find the bad ones one by one."""
-    if not convs:
-        return []
-    try:
-        out = tokenizer.apply_chat_template(convs, add_generation_prompt=gen, tokenize=False, **kwargs)
-        return list(out)
-    except Exception:  # noqa: BLE001 — templates raise anything (jinja2 errors, raise_exception(...))
-        res: list[str | Exception] = []
-        for c in convs:
-            try:
-                res.append(tokenizer.apply_chat_template(c, add_generation_prompt=gen, tokenize=False, **kwargs))
-            except Exception as e:  # noqa: BLE001 — kept per conversation: the caller reports it by row
-                res.append(e)
-        return res
+def _render_texts(tokenizer, convs: list[list[dict]], gen: bool, kwargs: dict,
+                  tools: Sequence[Sequence[dict] | None] = ()) -> list[str | Exception]:
+    """Render many conversations, one call per distinct tools list; on a template error, find the bad ones one
+    by one. `tools` is per conversation (empty: none has tools)."""
+    groups: dict[str, list[int]] = {}
+    for i in range(len(convs)):
+        t = tools[i] if tools else None
+        groups.setdefault(json.dumps(t, sort_keys=True) if t else "", []).append(i)
+    res: list[str | Exception] = [""] * len(convs)
+    for key, idx in groups.items():
+        kw = {**kwargs, **_tools_kw(tools[idx[0]] if key else None)}
+        try:
+            out = tokenizer.apply_chat_template([convs[i] for i in idx], add_generation_prompt=gen, tokenize=False,
+                                                **kw)
+            for i, text in zip(idx, out):
+                res[i] = text
+        except Exception:  # noqa: BLE001 — templates raise anything (jinja2 errors, raise_exception(...))
+            for i in idx:
+                try:
+                    res[i] = tokenizer.apply_chat_template(convs[i], add_generation_prompt=gen, tokenize=False, **kw)
+                except Exception as e:  # noqa: BLE001 — kept per conversation: the caller reports it by row
+                    res[i] = e
+    return res
 
 
 def _template_eot(tokenizer) -> int:
@@ -167,59 +160,51 @@ def end_of_turn_ids(tokenizer) -> list[int]:
     return ids
 
 
-def prepare_messages(messages: Sequence[dict], thinking: str) -> list[dict]:
-    """Copy messages as render sees them: None values dropped (as apply_chat_template does) and, with
-    thinking off, any reasoning text removed.
-
-    With thinking off the model never writes reasoning at inference, so training on it would teach
-    a turn the inference prompt (which closes an empty think block) cannot lead to.
-
-    Args:
-        messages: the conversation.
-        thinking: ``"off"`` or ``"keep"``.
-
-    Returns:
-        New message dicts (the input is not changed).
-
-    Raises:
-        TemplateError: a message is not a dict.
-    """
-    out = []
-    for m in messages:
-        if not isinstance(m, dict):
-            raise TemplateError(f"a message must be a dict with role and content, found {type(m).__name__}")
-        m = {k: v for k, v in m.items() if v is not None}
-        if thinking == "off":
-            for k in _REASONING_KEYS:
-                m.pop(k, None)
-        out.append(m)
-    return out
+def with_tools(tokenizer, messages: list[dict], tools: Sequence[dict] | None, kw: dict) -> list[dict]:
+    """`messages` with tool calls in the form the template reads (`template_policy.tool_messages`); a
+    conversation without tools is returned as is, without probing the template."""
+    if not uses_tools(messages, tools):
+        return messages
+    return tool_messages(messages, tools, tool_support(tokenizer, kw))
 
 
-def prompt_ids(tokenizer, messages: list[dict], thinking: str = "off", date: str | None = None) -> list[int]:
+def _tools_kw(tools: Sequence[dict] | None) -> dict:
+    return {"tools": list(tools)} if tools else {}
+
+
+def prompt_ids(tokenizer, messages: list[dict], thinking: str = "off", date: str | None = None,
+               tools: Sequence[dict] | None = None) -> list[int]:
     """The tokens inference feeds the model to get the next assistant turn.
 
     Args:
         tokenizer: a tokenizer with a chat template.
-        messages: the conversation so far (usually ending with a user message).
-        thinking: ``"off"`` or ``"keep"``, as in training.
+        messages: the conversation so far (usually ending with a user message, or with tool results); assistant
+            messages may carry ``tool_calls`` (arguments as a dict or JSON text) and ``tool`` messages answer them.
+        thinking: ``"off"``, ``"keep"`` or ``"mixed"`` (its inference default, `inference_thinking`).
         date: the day training pinned (``data.date``), for templates that write today's date.
+        tools: the functions the model may call (OpenAI shape, as `chattune.data.tools` documents), or None.
 
     Returns:
-        ``apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+        ``apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True,
         sanitize_control_tokens=True, **template_kwargs)``: control tokens inside messages are text, as in
-        training (`template_policy`).
+        training (`template_policy`); tool calls in the form training renders them.
+
+    Raises:
+        TemplateError: tools or tool messages on a template that would drop them (names the template).
     """
+    thinking = inference_thinking(thinking)
     kw = template_kwargs(tokenizer, thinking, date)
-    return list(tokenizer.apply_chat_template(prepare_messages(messages, thinking), add_generation_prompt=True,
-                                              tokenize=True, return_dict=False, sanitize_control_tokens=True,
-                                              **kw))
+    msgs = with_tools(tokenizer, prepare_messages(parsed_arguments(messages), thinking), tools, kw)
+    return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False,
+                                              sanitize_control_tokens=True, **kw, **_tools_kw(tools)))
 
 
-def _sanitized(tokenizer, convs: list[list[dict]], gen: bool, kw: dict) -> list[list[int]]:
+def _sanitized(tokenizer, convs: list[list[dict]], gen: bool, kw: dict,
+               tools: Sequence[Sequence[dict] | None]) -> list[list[int]]:
     """Token ids of conversations that hold control tokens in their messages, encoded as text."""
     return [list(tokenizer.apply_chat_template(c, add_generation_prompt=gen, tokenize=True, return_dict=False,
-                                               sanitize_control_tokens=True, **kw)) for c in convs]
+                                               sanitize_control_tokens=True, **kw, **_tools_kw(t)))
+            for c, t in zip(convs, tools)]
 
 
 def _check_options(loss: str, thinking: str, multi_turn: str, max_length: int | None) -> None:
@@ -234,34 +219,49 @@ def _check_options(loss: str, thinking: str, multi_turn: str, max_length: int | 
 def render_batch(conversations: Sequence[Sequence[dict]], tokenizer, *, loss: str = "assistant",
                  thinking: str = "off", multi_turn: str = "split", max_length: int | None = None,
                  eot_ids: Sequence[int] | None = None, fast: bool = True,
-                 date: str | None = None) -> list[RenderResult]:
+                 date: str | None = None, tools: Sequence[Sequence[dict] | None] | None = None) -> list[RenderResult]:
     """Render many conversations at once (batched Jinja renders and batched tokenizer calls).
 
     Args:
-        conversations: lists of ``{"role", "content"[, "reasoning_content"]}`` messages.
+        conversations: lists of ``{"role", "content"[, "reasoning_content"][, "tool_calls"]}`` messages and
+            ``tool`` results (`chattune.data.tools`); tool results are never trained.
         tokenizer: a tokenizer with a chat template (fast tokenizers are much faster).
         loss: ``"assistant"`` (every assistant turn), ``"last"`` (the last one) or ``"all"`` (every token).
-        thinking: ``"off"`` or ``"keep"`` (train on ``reasoning_content``; prompts use enable_thinking=True).
+        thinking: ``"off"``, ``"keep"`` (train on ``reasoning_content``; prompts use enable_thinking=True) or
+            ``"mixed"`` (per conversation, `row_thinking`).
         multi_turn: ``"split"`` or ``"consistent"``, for templates that rewrite earlier turns.
         max_length: cut sequences to this many tokens (flagged ``truncated``), or None.
         eot_ids: the template's end-of-turn id first (default: detected with `end_of_turn_ids`).
         fast: tokenize only each sequence's full text (see `_text_spans.plan_turns`); False tokenizes every prompt
             too and compares token lists (the reference path, same result).
         date: the day templates that call ``strftime_now`` see (``data.date``; see `template_policy`).
+        tools: per conversation, the functions it may call (``apply_chat_template(tools=...)``) or None.
 
     Returns:
         One `RenderResult` per conversation, in order; a conversation that cannot be rendered has
         ``error`` set and no sequences (the others are unaffected).
     """
     _check_options(loss, thinking, multi_turn, max_length)
-    kw = template_kwargs(tokenizer, thinking, date)
+    per_tools: list[Sequence[dict] | None] = list(tools) if tools is not None else [None] * len(conversations)
+    if len(per_tools) != len(conversations):
+        raise TemplateError(f"{len(per_tools)} tools lists for {len(conversations)} conversations")
     eot = int(eot_ids[0]) if eot_ids else _template_eot(tokenizer)
+    opts = dict(loss=loss, multi_turn=multi_turn, max_length=max_length, eot_ids=[eot], fast=fast, date=date)
+    if thinking == "mixed":  # each row in its own form: two batches, results back in order
+        results = [RenderResult() for _ in conversations]
+        for form in ("keep", "off"):
+            idx = [i for i, c in enumerate(conversations) if row_thinking(c, "mixed") == form]
+            for i, r in zip(idx, render_batch([conversations[i] for i in idx], tokenizer, thinking=form,
+                                              tools=[per_tools[i] for i in idx], **opts)):  # type: ignore[arg-type]
+                results[i] = r
+        return results
+    kw = template_kwargs(tokenizer, thinking, date)
     ctrl = control_tokens(tokenizer)
     results = [RenderResult() for _ in conversations]
     prepared: list[list[dict]] = []
     for i, conv in enumerate(conversations):
         try:
-            prepared.append(prepare_messages(conv, thinking))
+            prepared.append(with_tools(tokenizer, prepare_messages(conv, thinking), per_tools[i], kw))
         except ChattuneError as e:
             results[i].error = str(e)
             prepared.append([])
@@ -282,8 +282,9 @@ def render_batch(conversations: Sequence[Sequence[dict]], tokenizer, *, loss: st
             else:
                 todo[i] = TurnTexts(asst[-1:] if loss == "last" else asst)
     jobs = [(i, k) for i, t in todo.items() for k in t.turns]
-    f_out = _render_texts(tokenizer, [prepared[i][:k + 1] for i, k in jobs], False, kw)
-    p_out = [] if loss == "all" else _render_texts(tokenizer, [prepared[i][:k] for i, k in jobs], True, kw)
+    job_tools = [per_tools[i] for i, _ in jobs] if any(per_tools) else []
+    f_out = _render_texts(tokenizer, [prepared[i][:k + 1] for i, k in jobs], False, kw, job_tools)
+    p_out = [] if loss == "all" else _render_texts(tokenizer, [prepared[i][:k] for i, k in jobs], True, kw, job_tools)
     for (i, k), full, prompt in zip(jobs, f_out, p_out or [""] * len(jobs)):
         if isinstance(full, Exception) or isinstance(prompt, Exception):
             bad = full if isinstance(full, Exception) else prompt
@@ -303,7 +304,7 @@ def render_batch(conversations: Sequence[Sequence[dict]], tokenizer, *, loss: st
         order = [i for i in todo if i not in set(marked)]
         toks = dict(zip(order, encode(tokenizer, [todo[i].full[todo[i].turns[0]] for i in order])))
         toks |= dict(zip(marked, _sanitized(tokenizer, [prepared[i][:todo[i].turns[0] + 1] for i in marked],
-                                            False, kw)))
+                                            False, kw, [per_tools[i] for i in marked])))
         for i in todo:
             ids = toks[i]
             msgs = prepared[i]
@@ -323,8 +324,9 @@ def render_batch(conversations: Sequence[Sequence[dict]], tokenizer, *, loss: st
         for (i, k), p, f in zip(texts, ref, ref[len(texts):]):
             ptoks[i][k], ftoks[i][k] = p, f
         sjobs = [(i, k) for i in marked for k in todo[i].turns]
-        for (i, k), p, f in zip(sjobs, _sanitized(tokenizer, [prepared[i][:k] for i, k in sjobs], True, kw),
-                                _sanitized(tokenizer, [prepared[i][:k + 1] for i, k in sjobs], False, kw)):
+        stools = [per_tools[i] for i, _ in sjobs]
+        for (i, k), p, f in zip(sjobs, _sanitized(tokenizer, [prepared[i][:k] for i, k in sjobs], True, kw, stools),
+                                _sanitized(tokenizer, [prepared[i][:k + 1] for i, k in sjobs], False, kw, stools)):
             ptoks[i][k], ftoks[i][k] = p, f
         for i in [*exact, *marked]:
             results[i] = assemble_exact(todo[i].turns, ptoks[i], ftoks[i], (eot,), multi_turn, max_length)
@@ -334,17 +336,18 @@ def render_batch(conversations: Sequence[Sequence[dict]], tokenizer, *, loss: st
 
 def render_conversation(messages: Sequence[dict], tokenizer, *, loss: str = "assistant", thinking: str = "off",
                         multi_turn: str = "split", max_length: int | None = None,
-                        date: str | None = None) -> list[Rendered]:
+                        date: str | None = None, tools: Sequence[dict] | None = None) -> list[Rendered]:
     """Render one conversation into training sequences (see the module docstring for the guarantee).
 
     Args:
         messages: ``[{"role": ..., "content": ...}, ...]``; assistant messages may carry ``reasoning_content``.
         tokenizer: a tokenizer with a chat template.
         loss: ``"assistant"``, ``"last"`` or ``"all"``.
-        thinking: ``"off"`` or ``"keep"``.
+        thinking: ``"off"``, ``"keep"`` or ``"mixed"``.
         multi_turn: ``"split"`` or ``"consistent"``.
         max_length: token limit; longer sequences are cut and flagged ``truncated``.
         date: the pinned day for templates that write today's date.
+        tools: the functions the conversation may call, or None.
 
     Returns:
         The sequences: one when the conversation renders prefix-consistently (or with
@@ -354,7 +357,7 @@ def render_conversation(messages: Sequence[dict], tokenizer, *, loss: str = "ass
         TemplateError: nothing in the conversation can be trained (the message says why).
     """
     res = render_batch([messages], tokenizer, loss=loss, thinking=thinking, multi_turn=multi_turn,
-                       max_length=max_length, date=date)[0]
+                       max_length=max_length, date=date, tools=[tools])[0]
     if res.error:
         raise TemplateError(res.error)
     return res.sequences

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, ModelConfig
+from ..data.render import inference_thinking
 from ..errors import ModelError
 from .layout import ADAPTER_FILE, GENERATION_FILE, TEMPLATE_FILE, TOKENIZER_CONFIG_FILE, is_run_dir
 from .read import read_merge_report, read_run
@@ -27,7 +28,8 @@ class LoadInfo:
         path: what was asked for.
         base: the base model the run trained (the path itself for a plain model).
         method: the run's method (lora/qlora/full/freeze), None for a plain model.
-        thinking: the run's data.thinking ("off"/"keep"): inference renders the way training did.
+        thinking: "off"/"keep", what inference renders with after the run's data.thinking
+            (`chattune.data.render.inference_thinking`: a ``mixed`` run answers with thinking on by default).
         device: where the weights are.
         dtype: the weights' dtype ("float32", "bfloat16", ...).
         eos_token_ids: ids generation stops on (end-of-turn first), see `stop_token_ids`.
@@ -231,7 +233,8 @@ def load_run(path: str | Path, *, device: str | None = None, dtype: str | None =
             base_name, thinking, method = rep.get("base", path_s), rep.get("thinking", "off"), rep.get("method")
             system, date = rep.get("system"), rep.get("date")
     model.eval()
-    info = LoadInfo(kind=kind, path=path_s, base=base_name, method=method, thinking=thinking or "off",
+    info = LoadInfo(kind=kind, path=path_s, base=base_name, method=method,
+                    thinking=inference_thinking(thinking or "off"),
                     device=plan.device, dtype=plan.dtype,
                     eos_token_ids=tuple(stop_token_ids(model, tok)), pad_token_id=tok.pad_token_id,
                     chat_template=tok.chat_template if isinstance(tok.chat_template, str) else None,
