@@ -182,3 +182,88 @@ def test_uvicorn_log_config_prints_access_lines_at_info(level, shown):
             "logging.getLogger('chattune.access').info('one access line')")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert ("one access line" in p.stderr) is shown, p.stderr
+
+
+# --- through the real server -----------------------------------------------------------------------
+# uvicorn on a loopback port over the tiny random Qwen3, driven by the official openai client.
+
+KEY = "sk-metrics-key"
+CAP = 64
+MSGS = [{"role": "user", "content": "Name a colour."}]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_qwen3_dir):
+    from chattune.config import ServeConfig
+    from chattune.infer.engines import build_engine
+    from chattune.infer.serve import BackgroundServer, create_app
+    from chattune.infer.serve_bind import bind_socket
+
+    cfg = ServeConfig(api_key=KEY, max_tokens_cap=CAP)
+    app = create_app(build_engine("hf", [str(tiny_qwen3_dir)], cfg), cfg)
+    with BackgroundServer(app, bind_socket("127.0.0.1", 0)) as srv:
+        yield srv
+
+
+def settled(url: str, method: str, path: str, want: int) -> dict:
+    """/metrics once `want` responses to `path` are counted: the middleware counts a response after its
+    last byte went out, so the client can read the answer a moment before it is counted."""
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while True:
+        with httpx.Client(base_url=url) as c:
+            m = scrape(c)
+        got = sum(v for k, v in m.get("chattune_http_requests_total", {}).items()
+                  if ("method", method) in k and ("path", path) in k)
+        if got >= want or time.monotonic() > deadline:
+            return m
+        time.sleep(0.05)
+
+
+def test_metrics_and_access_lines_match_what_the_client_saw(served, caplog):
+    import openai
+
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    client = openai.OpenAI(base_url=served.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    model = client.models.list().data[0].id
+    seen = []  # (stream, prompt_tokens, completion_tokens) as the client got them
+    for max_tokens in (3, 5):
+        r = client.chat.completions.create(model=model, messages=MSGS, temperature=0, max_tokens=max_tokens)
+        seen.append((False, r.usage.prompt_tokens, r.usage.completion_tokens))
+    for max_tokens in (4, 6):
+        chunks = list(client.chat.completions.create(model=model, messages=MSGS, temperature=0, max_tokens=max_tokens,
+                                                     stream=True, stream_options={"include_usage": True}))
+        seen.append((True, chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens))
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=model, messages=MSGS, max_tokens=CAP + 1)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=served.url + "/v1", api_key="wrong", max_retries=0).chat.completions.create(
+            model=model, messages=MSGS, max_tokens=2)
+
+    chat = "/v1/chat/completions"
+    m = settled(served.url, "POST", chat, 6)
+    lines = [r for r in access_records(caplog) if r.http_path == chat]
+    assert value(m, "chattune_http_requests_total", method="POST", path=chat, status="200") == 4
+    assert value(m, "chattune_http_requests_total", method="POST", path=chat, status="400") == 1
+    assert value(m, "chattune_http_requests_total", method="POST", path=chat, status="401") == 1
+    assert value(m, "chattune_http_requests_total", method="GET", path="/v1/models", status="200") == 1
+    assert value(m, "chattune_http_request_duration_seconds_count", method="POST", path=chat) == 6
+    assert value(m, "chattune_errors_total", status="400", type="invalid_request_error",
+                 code="max_tokens_too_large") == 1
+    assert value(m, "chattune_errors_total", status="401", type="invalid_request_error", code="invalid_api_key") == 1
+    assert sum(m["chattune_errors_total"].values()) == 2
+    assert value(m, "chattune_time_to_first_token_seconds_count", model=model) == 2
+    assert value(m, "chattune_generation_tokens_per_second_count", model=model) == 2
+    assert value(m, "chattune_e2e_request_latency_seconds_count", model=model, stream="false") == 2
+    assert value(m, "chattune_e2e_request_latency_seconds_count", model=model, stream="true") == 2
+    assert value(m, "chattune_prompt_tokens_total", model=model) == sum(p for _, p, _ in seen)
+    assert value(m, "chattune_generation_tokens_total", model=model) == sum(c for _, _, c in seen) > 0
+    assert sum(m["chattune_request_success_total"].values()) == 4
+    assert value(m, "chattune_num_requests_waiting") == 0 and value(m, "chattune_num_requests_running") == 0
+
+    # one access line per chat request, in order, with its status and the tokens the client saw
+    assert [(r.http_status, r.model, r.stream, r.prompt_tokens, r.completion_tokens) for r in lines] == [
+        (200, model, s, p, c) for s, p, c in seen] + [(400, None, None, None, None), (401, None, None, None, None)]
+    assert "error=max_tokens_too_large" in lines[4].getMessage()
+    assert "error=invalid_api_key" in lines[5].getMessage()

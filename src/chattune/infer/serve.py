@@ -38,6 +38,7 @@ from .engine import Job, QueueFull, Sampling, ServedModel, unknown_model
 from .reasoning import ReasoningStream
 from .serve_bind import bind_socket, check_bind
 from .serve_guard import Guard
+from .serve_metrics import ServeMetrics, Tracker, uvicorn_log_config
 from .serve_schema import (
     APIError,
     ChatCompletionRequest,
@@ -142,6 +143,10 @@ def create_app(engine: Engine, serve_cfg: ServeConfig) -> FastAPI:
                   description=f"OpenAI-compatible chat completions for {', '.join(engine.models)}")
     app.state.engine = engine
     app.add_middleware(Guard, api_key=serve_cfg.api_key, max_body_bytes=serve_cfg.max_body_bytes)
+    # /metrics is open like /health (and vLLM's): scrapers carry no API key, and it shows counts and model
+    # names only, never prompts or answers. Installed last: outermost, it also counts the guard's 401/413.
+    app.state.metrics = metrics = ServeMetrics(engine.snapshot)
+    metrics.install(app)
 
     @app.exception_handler(APIError)
     async def _api_error(_req, e: APIError):
@@ -188,6 +193,7 @@ def create_app(engine: Engine, serve_cfg: ServeConfig) -> FastAPI:
         messages = served.renderer.with_system(to_messages(body))  # the run's system prompt, as trained
         job = Job(served.name, messages, request_sampling(body, served, cap), bool(body.stream),
                   asyncio.get_running_loop(), asyncio.Queue())
+        track = metrics.track(request, served.name, job.stream, job.submitted)
         try:
             engine.submit(job)
         except QueueFull:
@@ -201,6 +207,7 @@ def create_app(engine: Engine, serve_cfg: ServeConfig) -> FastAPI:
             if isinstance(item, APIError):
                 raise item
             c: Completion = item
+            track.done(c.prompt_tokens, c.completion_tokens, c.finish_reason)
             return completion_body(cid, served.name, c.content or "", c.finish_reason, c.prompt_tokens,
                                    c.completion_tokens, reasoning=c.reasoning)
         # Streaming: wait until the engine accepted the prompt, so errors still get a proper status.
@@ -209,8 +216,10 @@ def create_app(engine: Engine, serve_cfg: ServeConfig) -> FastAPI:
             return _json_response(499, error_body("client closed the request", code="client_closed"))
         if isinstance(first, APIError):
             raise first
+        track.accepted(first.prompt_tokens)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_events(job, cid, served.name, include_usage, served.renderer.reasoning_stream()),
+        return StreamingResponse(_events(job, cid, served.name, include_usage, served.renderer.reasoning_stream(),
+                                         track),
                                  media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
@@ -218,7 +227,7 @@ def create_app(engine: Engine, serve_cfg: ServeConfig) -> FastAPI:
 
 
 async def _events(job: Job, cid: str, model_name: str, include_usage: bool,
-                  split: ReasoningStream) -> AsyncIterator[str]:
+                  split: ReasoningStream, track: Tracker) -> AsyncIterator[str]:
     """The SSE body of a streaming answer (OpenAI chunk shapes; see serve_schema.chunk_body); think-block
     text goes out as ``reasoning_content`` deltas, the answer as ``content``."""
     created = int(time.time())
@@ -232,15 +241,18 @@ async def _events(job: Job, cid: str, model_name: str, include_usage: bool,
         while True:
             item = await job.out.get()
             if isinstance(item, str):
+                track.delta()
                 for kind, piece in split.feed(item):
                     yield chunk({_DELTA_FIELD[kind]: piece})
             elif isinstance(item, APIError):
                 ended = True
+                track.failed(item)
                 # Headers are gone: report in-band, as OpenAI does; the client raises on "error".
                 yield sse(item.body())
                 return
             else:  # the final Completion
                 ended = True
+                track.done(item.prompt_tokens, item.completion_tokens, item.finish_reason)
                 for kind, piece in split.finish(item.text):
                     yield chunk({_DELTA_FIELD[kind]: piece})
                 yield chunk({}, item.finish_reason)
@@ -318,6 +330,7 @@ def run_server(paths: str | list[str], serve_cfg: ServeConfig, *, engine: str = 
         log.warning("serving %s with the %s engine on http://%s:%s (OpenAI base_url http://%s:%s/v1)%s",
                     ", ".join(eng.models), eng.kind, host, port, host, port,
                     "" if serve_cfg.api_key else " without an API key")
-        uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)).run(sockets=[sock])
+        uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=False,
+                                      log_config=uvicorn_log_config(log_level))).run(sockets=[sock])
     finally:
         sock.close()
