@@ -28,7 +28,7 @@ from .render import (
     with_tools,
 )
 from .template_policy import control_tokens, control_tokens_in, reads_date, today
-from .tools import tool_problems
+from .tools import located_problems
 
 HIST_EDGES = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 OK, WARNINGS, ERRORS = 0, 1, 2
@@ -190,10 +190,7 @@ def check_data(paths: Sequence[str], *, tokenizer=None, max_length: int | None =
 
 def _tool_report(report: dict, convs: list) -> None:
     """Tool use of the conversations and every problem of it (`tools.tool_problems`), each with file and row."""
-    problems = []
-    for c in convs:
-        for p in tool_problems(c.messages, c.tools):
-            problems.append((p.level, f"{c.source}, line/row {c.row}: message {p.message}: {p.text}"))
+    problems = located_problems(convs)
     report["tools"] = {
         "rows_with_tools": sum(1 for c in convs if c.tools),
         "calls": sum(len(m.get("tool_calls") or []) for c in convs for m in c.messages),

@@ -24,6 +24,7 @@ from ..fsutil import atomic_path, atomic_write_text, cache_root
 from .hub import source_identity
 from .render import describe_kwargs, end_of_turn_ids, inference_thinking, render_batch, template_kwargs, thinking_split
 from .template_policy import uses_tools
+from .tools import located_problems
 
 if TYPE_CHECKING:
     import datasets
@@ -271,6 +272,15 @@ def split_eval(convs: list, ratio: float, seed: int) -> tuple[list, list]:
     return [c for i, c in enumerate(convs) if i not in held], [c for i, c in enumerate(convs) if i in held]
 
 
+def _refuse_tool_errors(convs: list[Conversation]) -> None:
+    """Tool calls that would teach something wrong (undeclared functions, arguments that are not JSON or lack a
+    required key, results that answer no call) stop training before any token is rendered."""
+    errors = [text for level, text in located_problems(convs) if level == "error"]
+    if errors:
+        raise DataError(f"{len(errors)} tool-call error(s), e.g. " + "; ".join(errors[:3]) +
+                        "; `chattune data check FILE` lists them all")
+
+
 def build_datasets(cfg: Config, tokenizer) -> tuple[datasets.Dataset, datasets.Dataset | None, dict]:
     """Load, convert, render and cache the training (and eval) data of `cfg`.
 
@@ -312,9 +322,11 @@ def build_datasets(cfg: Config, tokenizer) -> tuple[datasets.Dataset, datasets.D
             log.warning("dataset cache at %s is unreadable (%s); rebuilding", path, e)
 
     convs, report = load_conversations(d.train, d)
+    _refuse_tool_errors(convs)
     eval_report = None
     if d.eval:
         eval_convs, eval_report = load_conversations(d.eval, d)
+        _refuse_tool_errors(eval_convs)
     else:
         convs, eval_convs = split_eval(convs, d.eval_ratio, cfg.train.seed)
     train, train_stats = tokenize_conversations(convs, tokenizer, d, d.num_proc)

@@ -279,3 +279,13 @@ def parsed_arguments(messages: Sequence[dict]) -> list[dict]:
                 else c for c in calls]}
         out.append(m)
     return out
+
+
+def located_problems(conversations: Sequence) -> list[tuple[str, str]]:
+    """`tool_problems` of many conversations as ``(level, "file, line/row N: message k: problem")``.
+
+    Args:
+        conversations: `chattune.data.types.Conversation` objects (messages, tools, source, row).
+    """
+    return [(p.level, f"{c.source}, line/row {c.row}: message {p.message}: {p.text}")
+            for c in conversations for p in tool_problems(c.messages, c.tools)]
