@@ -133,3 +133,15 @@ def test_one_observation_for_parallel_calls_becomes_one_result_per_call(tmp_path
     assert [m["role"] for m in c.messages] == ["user", "assistant", "tool", "tool", "assistant"]
     assert [m["content"] for m in c.messages[2:4]] == ['{"temp_c": -6}', '{"temp_c": -3}']
     assert tool_problems(c.messages, c.tools) == []
+
+
+def test_convert_keeps_tools_and_refuses_shapes_that_cannot_hold_them(tmp_path):
+    from chattune.data.convert import convert_file
+
+    src = EXAMPLES / "tools_sharegpt.json"
+    out = tmp_path / "messages.jsonl"
+    assert convert_file(src, out, to="messages") == 6
+    before, after = _load(src), _load(out)
+    assert [(c.messages, c.tools) for c in after] == [(c.messages, c.tools) for c in before]
+    with pytest.raises(DataError, match=r"tools_sharegpt\.json.*declares tools, which the alpaca shape cannot hold"):
+        convert_file(src, tmp_path / "a.json", to="alpaca")

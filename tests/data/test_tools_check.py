@@ -90,3 +90,15 @@ def test_training_renders_each_row_with_its_tools_and_keys_the_cache_on_them(tmp
     other = config_from_dict({"data": {"train": [{"path": str(train), "tools": [
         {"type": "function", "function": {"name": "f"}}]}], "cache_dir": str(tmp_path / "c")}})
     assert cache_key(other, tok) != rep["cache_key"]  # per-dataset tools are part of the key
+
+
+def test_preview_shows_calls_trained_and_results_not(qwen3_tokenizer):
+    from chattune.data.preview import preview
+
+    (item,) = preview([str(OPENAI)], qwen3_tokenizer, n=1)
+    assert item["error"] is None and [s["messages"] for s in item["sequences"]] == [3, 5]
+    trained = ["".join(t for t, on in s["segments"] if on) for s in item["sequences"]]
+    prompt = "".join(t for t, on in item["sequences"][1]["segments"] if not on)
+    assert trained[0].startswith('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Lisbon"')
+    assert trained[1] == "Lisbon on 14 May 2025: sunny, 22 °C.<|im_end|>"
+    assert '<tool_response>\n{"city": "Lisbon", "date": "2025-05-14", "temp_c": 22' in prompt

@@ -77,3 +77,9 @@ def test_load_run_incomplete_run_dir(tmp_path, tiny_qwen3_dir):
     write_manifest(tmp_path, _cfg(tiny_qwen3_dir, type="lora"), {})
     with pytest.raises(ModelError, match="holds no weights"):
         load_run(tmp_path, device="cpu")
+
+
+def test_a_mixed_thinking_run_answers_with_thinking_on(tmp_path, tiny_qwen3_dir):
+    """data.thinking: mixed trained both forms; inference gets one concrete policy (thinking on, as Qwen3's default)."""
+    make_adapter_run(tmp_path / "run", tiny_qwen3_dir, thinking="mixed")
+    assert load_run(tmp_path / "run", device="cpu").info.thinking == "keep"

@@ -97,7 +97,10 @@ def _single_turn(conv: Conversation, target: str) -> tuple[str | None, list[tupl
 
 def _row(conv: Conversation, target: str, xlsx: bool) -> dict:
     if target == "messages":
-        return {"messages": conv.messages}
+        return {"messages": conv.messages, **({"tools": conv.tools} if conv.tools else {})}
+    if conv.tools:
+        raise DataError(f"the row declares tools, which the {target} shape cannot hold; convert to .jsonl "
+                        "(messages) instead", file=conv.source, row=conv.row, field="tools")
     system, pairs = _single_turn(conv, target)
     (user, answer) = pairs[-1]
     row: dict[str, Any]
