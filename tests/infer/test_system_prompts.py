@@ -74,7 +74,7 @@ def test_every_inference_path_renders_the_trained_system_prompt(trained, monkeyp
     assert gen.system == SYS_A
     seen: list[list[int]] = []
     real = gen.prompt_ids
-    monkeypatch.setattr(gen, "prompt_ids", lambda m: seen.append(real(m)) or seen[-1])
+    monkeypatch.setattr(gen, "prompt_ids", lambda m, tools=None: seen.append(real(m, tools)) or seen[-1])
 
     # eval on the per-file-system file, predict on the dataset-system file
     ev = evaluate(run, tmp / "a.jsonl", metrics=["exact"], max_new_tokens=1, generator=gen)
