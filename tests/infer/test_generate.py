@@ -27,18 +27,26 @@ TRIGGERS = (*SCRIPTS, "delta")
 NEWLINES = 271  # Qwen3 "\n\n": the last prompt token after the empty <think></think> block
 
 
-def build_scripted_qwen3(out_dir: Path | None, tokenizer_dir: Path):
-    """A tiny Qwen3 that deterministically answers with `SCRIPTS[trigger]` + <|im_end|>.
+def build_scripted_qwen3(out_dir: Path | None, tokenizer_dir: Path, scripts: dict[str, str] | None = None,
+                         continuations: dict[str, str] | None = None):
+    """A tiny Qwen3 that deterministically answers with `scripts[trigger]` + <|im_end|>.
 
-    Residual-stream layout (hidden 64): dim 0 = constant (every token), 1 = trigger flag, 2..6 = which
-    trigger, 8..12 = which trigger the attention found, 16.. = one identity dim per chain token.
-    Layer 0, head 0 attends to trigger tokens only (key = trigger flag), preferring the OLDEST one via a
-    slow RoPE pair, and copies its identity into dims 8..12; the MLPs and layer 1 write nothing. The
-    untied lm_head maps (current token, found trigger) to the next token of that trigger's chain.
+    Residual-stream layout: dim 0 = constant (every token), 1 = trigger flag, then one dim per trigger
+    (which trigger a token is), one per trigger (which trigger the attention found), one identity dim per
+    chain token. Layer 0, head 0 attends to trigger tokens only (key = trigger flag), preferring the OLDEST
+    one via a slow RoPE pair, and copies its identity into the found dims; the MLPs and layer 1 write
+    nothing. The untied lm_head maps the current token to its successor in the chains; where chains of
+    different triggers continue one token differently (several tool calls share ``<tool_call>\n{"``), the
+    found trigger's successor gets a bonus.
 
     Args:
         out_dir: folder to save model + tokenizer into (None: don't save).
         tokenizer_dir: the real Qwen3 tokenizer.
+        scripts: trigger word (one token) → answer (default `SCRIPTS`, plus the never-ending delta cycle).
+            Within one answer no token may repeat.
+        continuations: text → what follows it whatever the trigger: when the prompt ends with the text's
+            last token (e.g. a forced answer start), the model continues with this. Its tokens must have
+            one successor across all chains.
 
     Returns:
         (model, tokenizer)
@@ -53,41 +61,61 @@ def build_scripted_qwen3(out_dir: Path | None, tokenizer_dir: Path):
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     end = tok.convert_tokens_to_ids("<|im_end|>")
-    cfg = Qwen3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
-                      tie_word_embeddings=False, bos_token_id=None, eos_token_id=end,
-                      pad_token_id=tok.pad_token_id, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
-    model = Qwen3ForCausalLM(cfg).eval()
 
     def one(text: str) -> int:
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert len(ids) == 1, (text, ids)
         return ids[0]
 
-    triggers = [one(w) for w in TRIGGERS]
-    chains = [tok(SCRIPTS[w], add_special_tokens=False)["input_ids"] + [end] for w in SCRIPTS]
-    nxt: dict[int, int] = {}
-    for chain in chains:
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    cycle = scripts is None
+    scripts = SCRIPTS if scripts is None else scripts
+    words = (*scripts, "delta") if cycle else tuple(scripts)
+    triggers = [one(w) for w in words]
+    chains = [ids(scripts[w]) + [end] for w in scripts]
+    # succ[a][b] = the triggers whose chain goes a -> b (None: a continuation, any trigger)
+    succ: dict[int, dict[int, set[int | None]]] = {}
+    for i, chain in enumerate(chains):
+        assert len(set(chain)) == len(chain), f"a token repeats in the answer to {words[i]!r}"
         for a, b in itertools.pairwise(chain):
-            assert a not in nxt, "chain tokens must be distinct"
-            nxt[a] = b
-    cyc = [one(t) for t in CYCLE]
-    chains.append(cyc)
-    nxt[cyc[0]], nxt[cyc[1]], nxt[cyc[2]] = cyc[1], cyc[2], cyc[1]
-    ident = {t: 16 + i for i, t in enumerate(sorted({NEWLINES, *nxt}))}
-    assert max(ident.values()) < 64
+            succ.setdefault(a, {}).setdefault(b, set()).add(i)
+    for text, cont in (continuations or {}).items():
+        chain = [ids(text)[-1], *ids(cont), end]
+        for a, b in itertools.pairwise(chain):
+            succ.setdefault(a, {}).setdefault(b, set()).add(None)
+    if cycle:
+        cyc = [one(t) for t in CYCLE]
+        chains.append(cyc)
+        for a, b in ((cyc[0], cyc[1]), (cyc[1], cyc[2]), (cyc[2], cyc[1])):
+            succ.setdefault(a, {}).setdefault(b, set()).add(len(chains) - 1)
+    for a, nexts in succ.items():
+        assert len(nexts) == 1 or all(None not in who for who in nexts.values()), \
+            f"token {tok.decode([a])!r} continues differently, and a continuation cannot tell which"
+    n = len(words)
+    which, found, first_ident = 2, 2 + n, 2 + 2 * n
+    tokens = sorted({NEWLINES, *succ, *(b for nexts in succ.values() for b in nexts)})
+    ident = {t: first_ident + i for i, t in enumerate(tokens)}
+    hidden = max(64, -(-(first_ident + len(ident)) // 16) * 16)
+    assert n <= 16, "head 0 carries one value dim per trigger"
+    cfg = Qwen3Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+                      tie_word_embeddings=False, bos_token_id=None, eos_token_id=end,
+                      pad_token_id=tok.pad_token_id, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    model = Qwen3ForCausalLM(cfg).eval()
 
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
-        for n in (model.model.norm, *(m for layer in model.model.layers for m in (
+        for norm in (model.model.norm, *(m for layer in model.model.layers for m in (
                 layer.input_layernorm, layer.post_attention_layernorm))):
-            n.weight.fill_(1.0)
+            norm.weight.fill_(1.0)
         emb = model.model.embed_tokens.weight
         emb[:, 0] = 1.0
         for i, t in enumerate(triggers):
             emb[t, 1] = 1.0
-            emb[t, 2 + i] = 1.0
+            emb[t, which + i] = 1.0
         for t, d in ident.items():
             emb[t, d] = 1.0
         attn = model.model.layers[0].self_attn
@@ -99,16 +127,20 @@ def build_scripted_qwen3(out_dir: Path | None, tokenizer_dir: Path):
         attn.k_norm.weight.zero_()
         attn.q_norm.weight[7], attn.q_norm.weight[5] = 1020 / 32, -1000 / 32
         attn.k_norm.weight[7] = attn.k_norm.weight[5] = 32.0
-        # A trigger token's normalised input has 3 equal non-zero dims, each sqrt(64/3).
-        for i in range(len(triggers)):
-            attn.v_proj.weight[i, 2 + i] = 1.0
-            attn.o_proj.weight[8 + i, i] = (3 / 64) ** 0.5
+        # A trigger token's normalised input has 3 equal non-zero dims, each sqrt(hidden/3).
+        for i in range(n):
+            attn.v_proj.weight[i, which + i] = 1.0
+            attn.o_proj.weight[found + i, i] = (3 / hidden) ** 0.5
         head = model.lm_head.weight
         big = 5.0
-        for t, n in nxt.items():
-            head[n, ident[t]] += 2 * big
+        for a, nexts in succ.items():
+            for b, who in nexts.items():
+                head[b, ident[a]] += 2 * big
+                if len(nexts) > 1:  # shared token, different continuations: the found trigger decides
+                    for i in who:
+                        head[b, found + i] += big / 2
         for i, chain in enumerate(chains):
-            head[chain[0], 8 + i] += big
+            head[chain[0], found + i] += big
             head[chain[0], ident[NEWLINES]] += big
     model.generation_config = GenerationConfig(eos_token_id=end, pad_token_id=tok.pad_token_id)
     if out_dir is not None:
