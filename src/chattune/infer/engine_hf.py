@@ -47,7 +47,7 @@ class HfEngine:
                 raise ConfigError(f"two runs would both be served as {g.name!r}; rename one run dir")
             temp, top_p = default_sampling(g)
             self.models[g.name] = ServedModel(g.name, g.renderer, default_temperature=temp, default_top_p=top_p)
-        self.caps = EngineCaps(continuous_batching=False, tools=False, reasoning=True, lora_switching=False)
+        self.caps = EngineCaps(continuous_batching=False, tools=True, reasoning=True, lora_switching=False)
         self.max_queue = serve_cfg.max_queue
         self._worker = Worker(generators[0], serve_cfg.max_queue, serve_cfg.max_batch_size)
         self.model_lock: threading.Lock = self._worker.model_lock

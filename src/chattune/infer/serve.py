@@ -35,7 +35,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from typing_extensions import Self
 
 from .engine import Job, QueueFull, Sampling, ServedModel, unknown_model
-from .reasoning import ReasoningStream
 from .serve_bind import bind_socket, check_bind
 from .serve_guard import Guard
 from .serve_metrics import ServeMetrics, Tracker, uvicorn_log_config
@@ -53,6 +52,7 @@ from .serve_schema import (
     usage,
     validation_error,
 )
+from .serve_tools import AnswerStream, answer, tool_use
 
 if TYPE_CHECKING:
     from ..config import ServeConfig
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
     from .generate import Completion
 
 log = logging.getLogger("chattune.serve")
-_DELTA_FIELD = {"reasoning": "reasoning_content", "content": "content"}
 _POLL_S = 0.25  # how often a waiting non-streaming handler checks whether its client left
 
 
@@ -190,9 +189,13 @@ def create_app(engine: Engine, serve_cfg: ServeConfig) -> FastAPI:
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         check_unsupported(body)
         served = pick_model(engine, body.model)
+        use = tool_use(body, served.renderer)
+        if use.tools and not engine.caps.tools:
+            raise APIError(400, f"the {engine.kind} engine does not pass tools to the model; serve with an engine "
+                           "that does (see /health caps) or leave tools out", param="tools", code="tools_unsupported")
         messages = served.renderer.with_system(to_messages(body))  # the run's system prompt, as trained
-        job = Job(served.name, messages, request_sampling(body, served, cap), bool(body.stream),
-                  asyncio.get_running_loop(), asyncio.Queue())
+        job = Job(served.name, use.messages(messages), request_sampling(body, served, cap), bool(body.stream),
+                  asyncio.get_running_loop(), asyncio.Queue(), tools=use.tools)
         track = metrics.track(request, served.name, job.stream, job.submitted)
         try:
             engine.submit(job)
@@ -207,9 +210,10 @@ def create_app(engine: Engine, serve_cfg: ServeConfig) -> FastAPI:
             if isinstance(item, APIError):
                 raise item
             c: Completion = item
-            track.done(c.prompt_tokens, c.completion_tokens, c.finish_reason)
-            return completion_body(cid, served.name, c.content or "", c.finish_reason, c.prompt_tokens,
-                                   c.completion_tokens, reasoning=c.reasoning)
+            a = answer(c, use, served.renderer)
+            track.done(c.prompt_tokens, c.completion_tokens, a.finish_reason)
+            return completion_body(cid, served.name, a.content if a.tool_calls else a.content or "", a.finish_reason,
+                                   c.prompt_tokens, c.completion_tokens, reasoning=a.reasoning, tool_calls=a.tool_calls)
         # Streaming: wait until the engine accepted the prompt, so errors still get a proper status.
         first = await _wait(job.out, request, job.cancel)
         if first is None:
@@ -218,7 +222,7 @@ def create_app(engine: Engine, serve_cfg: ServeConfig) -> FastAPI:
             raise first
         track.accepted(first.prompt_tokens)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_events(job, cid, served.name, include_usage, served.renderer.reasoning_stream(),
+        return StreamingResponse(_events(job, cid, served.name, include_usage, AnswerStream(use, served.renderer),
                                          track),
                                  media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
@@ -227,9 +231,10 @@ def create_app(engine: Engine, serve_cfg: ServeConfig) -> FastAPI:
 
 
 async def _events(job: Job, cid: str, model_name: str, include_usage: bool,
-                  split: ReasoningStream, track: Tracker) -> AsyncIterator[str]:
+                  split: AnswerStream, track: Tracker) -> AsyncIterator[str]:
     """The SSE body of a streaming answer (OpenAI chunk shapes; see serve_schema.chunk_body); think-block
-    text goes out as ``reasoning_content`` deltas, the answer as ``content``."""
+    text goes out as ``reasoning_content`` deltas, the answer as ``content``, tool calls as ``tool_calls``
+    deltas (`serve_tools.AnswerStream`)."""
     created = int(time.time())
 
     def chunk(delta, finish=None):
@@ -242,8 +247,8 @@ async def _events(job: Job, cid: str, model_name: str, include_usage: bool,
             item = await job.out.get()
             if isinstance(item, str):
                 track.delta()
-                for kind, piece in split.feed(item):
-                    yield chunk({_DELTA_FIELD[kind]: piece})
+                for delta in split.feed(item):
+                    yield chunk(delta)
             elif isinstance(item, APIError):
                 ended = True
                 track.failed(item)
@@ -252,10 +257,11 @@ async def _events(job: Job, cid: str, model_name: str, include_usage: bool,
                 return
             else:  # the final Completion
                 ended = True
-                track.done(item.prompt_tokens, item.completion_tokens, item.finish_reason)
-                for kind, piece in split.finish(item.text):
-                    yield chunk({_DELTA_FIELD[kind]: piece})
-                yield chunk({}, item.finish_reason)
+                deltas, finish_reason = split.finish(item)
+                track.done(item.prompt_tokens, item.completion_tokens, finish_reason)
+                for delta in deltas:
+                    yield chunk(delta)
+                yield chunk({}, finish_reason)
                 if include_usage:
                     yield sse(chunk_body(cid, created, model_name, None, with_usage_field=True,
                                          usage_value=usage(item.prompt_tokens, item.completion_tokens)))

@@ -3,15 +3,17 @@
 Kept apart from `serve.py` (the worker and the app) so the protocol can be read in one place.
 
 Request policy (OpenAI semantics; see docs for each field):
-* honoured: messages (system/developer/user/assistant; content as a string or a list of
-  ``{"type": "text", "text": ...}`` parts), max_tokens / max_completion_tokens, temperature, top_p,
-  stop (str or up to 4 strings), seed, stream, stream_options.include_usage, n=1.
+* honoured: messages (system/developer/user/assistant/tool; content as a string or a list of
+  ``{"type": "text", "text": ...}`` parts; assistant ``tool_calls``), max_tokens / max_completion_tokens,
+  temperature, top_p, stop (str or up to 4 strings), seed, stream, stream_options.include_usage, n=1,
+  tools + tool_choice (``auto``, ``none``, ``required``, a named function; `serve_tools`).
 * rejected with 400 (they would change the *shape* of the answer, so silently ignoring them would lie):
-  n > 1, logprobs=true / top_logprobs, tools or functions (unless tool_choice is "none"), non-text
-  response_format, non-text content parts, tool/function messages.
+  n > 1, logprobs=true / top_logprobs, the legacy functions / function_call / role "function" (use tools),
+  non-text response_format, non-text content parts, tool messages that answer no earlier call.
 * ignored (hints that only nudge sampling or bookkeeping): model (any string; the answer names the
-  served model), user, metadata, store, presence/frequency_penalty, logit_bias, service_tier, and any
-  field this server does not know — like vLLM, so clients that send extra fields keep working.
+  served model), user, metadata, store, presence/frequency_penalty, logit_bias, service_tier,
+  parallel_tool_calls, and any field this server does not know — like vLLM, so clients that send extra
+  fields keep working.
 """
 from __future__ import annotations
 
@@ -83,10 +85,43 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
 
+class CalledFunction(_Open):
+    name: str = Field(min_length=1)
+    arguments: str | dict[str, Any] = "{}"  # OpenAI sends the JSON text; an object is taken as is
+
+
+class MessageToolCall(_Open):
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDef(_Open):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")  # OpenAI's rule (plus '.' and ':' as vLLM takes)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolDef(_Open):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class FunctionName(_Open):
+    name: str
+
+
+class NamedToolChoice(_Open):
+    type: Literal["function"]
+    function: FunctionName
 
 
 class StreamOptions(_Open):
@@ -109,9 +144,10 @@ class ChatCompletionRequest(_Open):
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what torch.manual_seed accepts
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0)
-    tools: list[Any] | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     functions: list[Any] | None = None
-    tool_choice: Any = None
+    function_call: Any = None
     response_format: dict[str, Any] | None = None
 
 
@@ -144,32 +180,79 @@ def check_unsupported(req: ChatCompletionRequest) -> None:
     if req.logprobs or req.top_logprobs:
         raise APIError(400, "logprobs are not supported by this server", param="logprobs",
                        code="unsupported_parameter")
-    if (req.tools or req.functions) and req.tool_choice != "none":
-        raise APIError(400, "tools/function calling are not supported by this server (send tool_choice='none' "
-                       "or leave tools out)", param="tools", code="unsupported_parameter")
+    if req.functions is not None or req.function_call is not None:
+        raise APIError(400, "the legacy 'functions'/'function_call' fields are not supported; send 'tools' and "
+                       "'tool_choice' instead", param="functions" if req.functions is not None else "function_call",
+                       code="unsupported_parameter")
+    if req.tool_choice is not None and not req.tools and req.tool_choice != "none":
+        raise APIError(400, "'tool_choice' is only allowed when 'tools' are specified", param="tool_choice",
+                       code="invalid_value")
+    if isinstance(req.tool_choice, NamedToolChoice):
+        declared = [t.function.name for t in req.tools or []]
+        if req.tool_choice.function.name not in declared:
+            raise APIError(400, f"tool_choice names function {req.tool_choice.function.name!r}, which is not in "
+                           f"'tools' ({', '.join(map(repr, declared))})", param="tool_choice.function.name",
+                           code="invalid_value")
     if req.response_format and req.response_format.get("type", "text") != "text":
         raise APIError(400, f"response_format type {req.response_format.get('type')!r} is not supported; "
                        "only 'text'", param="response_format.type", code="unsupported_value")
 
 
-def to_messages(req: ChatCompletionRequest) -> list[dict]:
-    """The request's messages as plain ``{"role", "content"}`` dicts for the chat template.
+def _arguments(call: MessageToolCall, i: int, j: int) -> dict:
+    args: Any = call.function.arguments
+    if isinstance(args, str):
+        text = args
+        try:
+            args = json.loads(text) if text.strip() else {}
+        except ValueError as e:
+            raise APIError(400, f"messages[{i}].tool_calls[{j}].function.arguments is not valid JSON ({e}): "
+                           f"{text[:80]!r}", param=f"messages.{i}.tool_calls.{j}.function.arguments",
+                           code="invalid_value") from None
+    if not isinstance(args, dict):
+        raise APIError(400, f"messages[{i}].tool_calls[{j}].function.arguments must be a JSON object; got "
+                       f"{type(args).__name__}", param=f"messages.{i}.tool_calls.{j}.function.arguments",
+                       code="invalid_value")
+    return args
 
-    "developer" (OpenAI's newer name for system) becomes "system"; text parts are joined.
+
+def to_messages(req: ChatCompletionRequest) -> list[dict]:
+    """The request's messages as plain dicts for the chat template (the conversation shape of
+    `chattune.data.tools`).
+
+    "developer" (OpenAI's newer name for system) becomes "system"; text parts are joined. An assistant
+    message's ``tool_calls`` keep their ids, arguments parsed to objects, content "" when it only calls; a
+    ``tool`` message keeps ``tool_call_id`` and gets the called function's ``name`` (templates that show
+    results by name read it).
 
     Raises:
-        APIError: 400 for tool/function messages or non-text content parts.
+        APIError: 400 for function messages or function_call, a tool message answering no earlier call,
+            arguments that are not a JSON object, non-text content parts.
     """
-    out = []
+    out: list[dict] = []
+    called: dict[str, str] = {}  # tool call id -> function name, of the calls made so far
     for i, m in enumerate(req.messages):
-        if m.role in ("tool", "function"):
-            raise APIError(400, f"messages[{i}]: role {m.role!r} is not supported (no tool calling)",
-                           param=f"messages.{i}.role", code="unsupported_value")
-        if (m.model_extra or {}).get("tool_calls") or (m.model_extra or {}).get("function_call"):
-            raise APIError(400, f"messages[{i}]: tool calls are not supported (no tool calling)",
-                           param=f"messages.{i}.tool_calls", code="unsupported_value")
+        if m.role == "function" or (m.model_extra or {}).get("function_call"):
+            raise APIError(400, f"messages[{i}]: the legacy function role/function_call is not supported; use "
+                           "assistant tool_calls and role 'tool'", param=f"messages.{i}.role", code="unsupported_value")
         role = "system" if m.role == "developer" else m.role
-        out.append({"role": role, "content": _content_text(m.content, i)})
+        msg: dict[str, Any] = {"role": role, "content": _content_text(m.content, i)}
+        if m.tool_calls:
+            if role != "assistant":
+                raise APIError(400, f"messages[{i}]: only assistant messages carry tool_calls; this one is {role!r}",
+                               param=f"messages.{i}.tool_calls", code="invalid_value")
+            msg["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.function.name, "arguments": _arguments(c, i, j)}}
+                                 for j, c in enumerate(m.tool_calls)]
+            called.update({c.id: c.function.name for c in m.tool_calls})
+        if role == "tool":
+            if m.tool_call_id not in called:
+                known = ", ".join(map(repr, called)) or "none yet"
+                raise APIError(400, f"messages[{i}]: a 'tool' message must answer a tool call of an earlier assistant "
+                               f"message; tool_call_id {m.tool_call_id!r} matches none (calls so far: {known})",
+                               param=f"messages.{i}.tool_call_id", code="invalid_value")
+            msg["tool_call_id"] = m.tool_call_id
+            msg["name"] = called[m.tool_call_id]
+        out.append(msg)
     return out
 
 
@@ -195,13 +278,16 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def completion_body(cid: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
-                    completion_tokens: int, reasoning: str | None = None) -> dict:
+def completion_body(cid: str, model: str, text: str | None, finish_reason: str, prompt_tokens: int,
+                    completion_tokens: int, reasoning: str | None = None, tool_calls: list[dict] | None = None) -> dict:
     """A non-streaming ``chat.completion`` object; `reasoning` (the think block) goes out as
-    ``message.reasoning_content``, as vLLM and DeepSeek's API send it."""
-    message = {"role": "assistant", "content": text, "refusal": None}
+    ``message.reasoning_content``, as vLLM and DeepSeek's API send it; `tool_calls` as ``message.tool_calls``
+    (content is then None when the model wrote nothing else, as OpenAI sends it)."""
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
     if reasoning is not None:
         message["reasoning_content"] = reasoning
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": message,
                          "logprobs": None, "finish_reason": finish_reason}],
