@@ -36,6 +36,7 @@ def test_openai_rows_become_the_one_shape(tmp_path):
                 {"id": "call_1", "type": "function",
                  "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
             {"role": "tool", "tool_call_id": "call_1", "content": {"temp_c": 21}},
+            {"role": "tool", "content": [{"type": "text", "text": "parts "}, {"type": "text", "text": "joined"}]},
             {"role": "assistant", "content": "21°C."}]},
         # arguments as an object, no id, no content key; a trailing call is a training target of its own
         {"messages": [{"role": "user", "content": "Rome?"},
@@ -48,6 +49,7 @@ def test_openai_rows_become_the_one_shape(tmp_path):
         {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}, "id": "call_1"}]}
     assert a.messages[2] == {"role": "tool", "content": '{"temp_c": 21}', "tool_call_id": "call_1",
                              "name": "get_weather"}  # name filled from the call it answers
+    assert a.messages[3]["content"] == "parts joined"  # OpenAI text parts, as for any message
     assert b.messages[-1]["tool_calls"][0]["function"]["arguments"] == {"city": "Rome"}
     # per-dataset tools: the source's list, unless the row declares its own
     a2, b2 = _load(tmp_path / "t.jsonl", tools=[{"type": "function", "function": {"name": "other"}}])

@@ -102,3 +102,21 @@ def test_preview_shows_calls_trained_and_results_not(qwen3_tokenizer):
     assert trained[0].startswith('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Lisbon"')
     assert trained[1] == "Lisbon on 14 May 2025: sunny, 22 °C.<|im_end|>"
     assert '<tool_response>\n{"city": "Lisbon", "date": "2025-05-14", "temp_c": 22' in prompt
+
+
+def test_a_template_that_cannot_render_tools_stops_training_and_fails_the_check(tmp_path):
+    """Training would otherwise skip the tool rows one by one; it refuses, naming the template and a row."""
+    from tests.conftest import real_tokenizer_dir
+    from transformers import AutoTokenizer
+
+    from chattune.errors import TemplateError
+
+    tok = AutoTokenizer.from_pretrained(real_tokenizer_dir("deepseek_v3"))
+    cfg = config_from_dict({"data": {"train": str(OPENAI), "cache_dir": str(tmp_path / "c")}})
+    with pytest.raises(TemplateError, match=r"8 conversation\(s\) use tools the chat template cannot render, e\.g\. "
+                                            r".*tools_openai\.jsonl, line/row 1: the chat template of '.*deepseek_v3' "
+                                            r"ignores `tools`"):
+        build_datasets(cfg, tok)
+    rep = check_data([str(OPENAI)], tokenizer=tok, sample=2)
+    assert rep["exit_code"] == 2 and "use tools the chat template cannot render (training refuses them)" in \
+        rep["errors"][0]

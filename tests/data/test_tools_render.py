@@ -183,6 +183,9 @@ def test_templates_that_would_drop_tools_are_refused_by_name(toks):
     with pytest.raises(TemplateError, match=r"'.*llama3_1' drops the text of an assistant message that also calls"):
         render_conversation(PARALLEL[:1] + [{**PARALLEL[1], "tool_calls": PARALLEL[1]["tool_calls"][:1]}],
                             toks["llama3_1"], tools=TOOLS)
+    # Llama-3.1 takes one call per turn: its own raise_exception is that row's error, named
+    two = [PARALLEL[0], {**PARALLEL[1], "content": ""}] + PARALLEL[2:]
+    assert "single tool-calls" in render_batch([two], toks["llama3_1"], tools=[TOOLS])[0].error
     # in a batch the refusal is that row's error; the other rows render
     res = render_batch([ROUND_TRIP[:5], plain], ds, tools=[TOOLS, None])
     assert "ignores `tools`" in res[0].error and res[1].sequences

@@ -107,8 +107,10 @@ def message_list(row: Row) -> list[dict]:
                 if split:
                     out += split
                     continue
-                msg = {"role": role, "content": row.text(key, result_content(m.get(ck)), use_value=True,
-                                                         where=f"{where}.{ck}")}
+                parts = m.get(ck)
+                text = _content(row, key, m, ck, where) if isinstance(parts, list) and parts and all(
+                    isinstance(p, dict) and p.get("type") == "text" for p in parts) else result_content(parts)
+                msg = {"role": role, "content": row.text(key, text, use_value=True, where=f"{where}.{ck}")}
                 for k in ("tool_call_id", "name"):
                     if m.get(k) not in (None, ""):
                         msg[k] = str(m[k])

@@ -25,6 +25,7 @@ from .render import (
     row_thinking,
     template_kwargs,
     thinking_split,
+    untemplatable_tools,
     with_tools,
 )
 from .template_policy import control_tokens, control_tokens_in, reads_date, today
@@ -228,6 +229,10 @@ def _token_report(report: dict, convs: list, tokenizer, d: DataConfig, sample: i
         report["warnings"].append(f"the chat template writes today's date; checked as {d.date}. Training pins the "
                                   "day it starts (or data.date) and inference renders with that same day")
     _control_token_report(report, convs, tokenizer)
+    refused = untemplatable_tools(convs, tokenizer, d.thinking, d.date)
+    if refused:
+        report["errors"].append(f"{len(refused)} conversation(s) use tools the chat template cannot render (training "
+                                f"refuses them), e.g. {refused[0]}")
     lengths, first_trained, trained, errors, skipped_turns, n_seq = [], [], 0, [], 0, 0
     eot = end_of_turn_ids(tokenizer)
     render = functools.partial(render_batch, tokenizer=tokenizer, eot_ids=eot, loss=d.loss, thinking=d.thinking,
@@ -270,6 +275,8 @@ def _token_report(report: dict, convs: list, tokenizer, d: DataConfig, sample: i
     failed = []
     results = render([msgs[i] for i in picked], tools=[tools[i] for i in picked])
     for i, res in zip(picked, results):
+        if res.error:  # reported above as a render error; nothing to verify
+            continue
         problems = verify_sequences(msgs[i], res.sequences, tokenizer, thinking=d.thinking, loss=d.loss,
                                     eot=eot[0], date=d.date, tools=tools[i])
         if problems:

@@ -19,10 +19,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, DataConfig
-from ..errors import DataError
+from ..errors import DataError, TemplateError
 from ..fsutil import atomic_path, atomic_write_text, cache_root
 from .hub import source_identity
-from .render import describe_kwargs, end_of_turn_ids, inference_thinking, render_batch, template_kwargs, thinking_split
+from .render import (
+    describe_kwargs,
+    end_of_turn_ids,
+    inference_thinking,
+    render_batch,
+    template_kwargs,
+    thinking_split,
+    untemplatable_tools,
+)
 from .template_policy import uses_tools
 from .tools import located_problems
 
@@ -329,6 +337,10 @@ def build_datasets(cfg: Config, tokenizer) -> tuple[datasets.Dataset, datasets.D
         _refuse_tool_errors(eval_convs)
     else:
         convs, eval_convs = split_eval(convs, d.eval_ratio, cfg.train.seed)
+    refused = untemplatable_tools([*convs, *eval_convs], tokenizer, d.thinking, d.date)
+    if refused:
+        raise TemplateError(f"{len(refused)} conversation(s) use tools the chat template cannot render, e.g. "
+                            f"{refused[0]}")
     train, train_stats = tokenize_conversations(convs, tokenizer, d, d.num_proc)
     if train_stats["examples"] == 0:
         raise DataError(f"no trainable example in {len(convs)} conversations (errors: {train_stats['errors']}, "

@@ -54,7 +54,7 @@ from .tools import parsed_arguments
 
 __all__ = ["IGNORE", "THINKING_POLICIES", "Rendered", "RenderResult", "apply_template_override", "describe_kwargs",
            "end_of_turn_ids", "inference_thinking", "prepare_messages", "prompt_ids", "render_batch",
-           "render_conversation", "row_thinking", "template_kwargs", "thinking_split", "with_tools"]
+           "render_conversation", "row_thinking", "template_kwargs", "thinking_split", "untemplatable_tools", "with_tools"]
 LOSS_POLICIES = ("assistant", "last", "all")
 MULTI_TURN_POLICIES = ("split", "consistent")
 
@@ -166,6 +166,25 @@ def with_tools(tokenizer, messages: list[dict], tools: Sequence[dict] | None, kw
     if not uses_tools(messages, tools):
         return messages
     return tool_messages(messages, tools, tool_support(tokenizer, kw))
+
+
+def untemplatable_tools(conversations: Sequence, tokenizer, thinking: str, date: str | None = None) -> list[str]:
+    """Conversations whose tools the chat template would drop, as ``"file, line/row N: why"`` (no rendering: the
+    template's tool support is probed once). Training refuses them rather than skip them row by row.
+
+    Args:
+        conversations: `chattune.data.types.Conversation` objects.
+        tokenizer, thinking, date: as for `render_batch`.
+    """
+    out = []
+    for c in conversations:
+        if uses_tools(c.messages, c.tools):
+            form = row_thinking(c.messages, thinking)
+            try:
+                with_tools(tokenizer, prepare_messages(c.messages, form), c.tools, template_kwargs(tokenizer, form, date))
+            except TemplateError as e:
+                out.append(f"{c.source}, line/row {c.row}: {e}")
+    return out
 
 
 def _tools_kw(tools: Sequence[dict] | None) -> dict:
