@@ -18,6 +18,7 @@ from .tool_calls import ToolCallFormat, tool_call_format
 # with TEXT (DeepSeek's chat-prefix convention). The server forces a tool call this way: the tokens of the
 # call's opening follow the generation prompt, so every engine gets it from the one renderer.
 PREFIX = "prefix"
+_PROBE_TOOL = {"type": "function", "function": {"name": "probe", "parameters": {"type": "object", "properties": {}}}}
 
 
 @dataclass
@@ -75,12 +76,18 @@ class PromptRenderer:
     def tool_format(self) -> ToolCallFormat:
         """The parser for tool calls this model writes (decided once from its chat template).
 
+        Both halves must hold: its calls read back (`tool_calls.tool_call_format`) and its prompts render
+        declared tools (`data.render.prompt_ids` refuses templates that would drop them; DeepSeek-V3's
+        writes calls but never shows the model its tools).
+
         Raises:
-            TemplateError: the template has no tool support (`tool_calls.tool_call_format`).
+            TemplateError: the template has no tool support; the message says which half is missing.
         """
         if self._tool_format is None:
             try:
-                self._tool_format = tool_call_format(self.tokenizer)
+                fmt = tool_call_format(self.tokenizer)
+                self.prompt_ids([{"role": "user", "content": "Hi."}], tools=[_PROBE_TOOL])
+                self._tool_format = fmt
             except ChattuneError as e:
                 self._tool_format = e
         if isinstance(self._tool_format, Exception):
