@@ -11,11 +11,17 @@ PINS := transformers==5.23.0 peft==0.21.2 trl==1.16.0 datasets==5.2.0 accelerate
 # both are installed.
 BROWSER_PKGS := chromium fonts-wqy-microhei
 
-.PHONY: setup browser golang lint test test-fast demo clean
+.PHONY: setup browser golang vllm lint test test-fast demo clean
 # What mypy checks (typed end to end); grow this list, never shrink it.
 TYPED := src/chattune/config.py src/chattune/config_doc.py src/chattune/rundir src/chattune/data
 
-setup: $(VENV)/.setup-done browser golang
+setup: $(VENV)/.setup-done browser golang vllm
+
+# vLLM's CPU build in its own venv (~/.cache/chattune/vllm-venv; it pins torch/transformers chattune must not
+# share) for `chattune export --to vllm`'s check and its CI test. The script is a no-op once the pinned vLLM is
+# complete there; pip's cache makes a rebuild fast.
+vllm:
+	PY=$(PY) bash scripts/setup_vllm.sh
 
 # `chattune export --to ollama` proves its Modelfile TEMPLATE with Go's own text/template (Debian's Go).
 golang:

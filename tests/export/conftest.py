@@ -30,9 +30,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def make_run(run_dir: Path, base_dir: Path | str, *, thinking: str = "off", method: str = "lora", seed: int = 1,
-             system: str | None = None, train: list[dict] = TRAIN, held_out: list[dict] = HELD_OUT) -> Path:
+             system: str | None = None, train: list[dict] = TRAIN, held_out: list[dict] | None = HELD_OUT,
+             held_out_as: str = "eval") -> Path:
     """A run dir as `chattune train` leaves it (manifest, tokenizer, template, generation config, weights),
-    with LoRA B set non-zero so the adapter really changes the answers."""
+    with LoRA B set non-zero so the adapter really changes the answers.
+
+    `held_out` is the run's data.eval file (held_out_as="eval") or the split a data.eval_ratio held out,
+    which the run dir keeps as heldout.jsonl (held_out_as="split"); None: the run has no held-out data.
+    """
     from tests.conftest import cpu_plan
 
     from chattune.config import config_from_dict
@@ -43,12 +48,19 @@ def make_run(run_dir: Path, base_dir: Path | str, *, thinking: str = "off", meth
 
     run_dir.mkdir(parents=True)
     tr = write_jsonl(run_dir.parent / f"{run_dir.name}-train.jsonl", train)
-    ev = write_jsonl(run_dir.parent / f"{run_dir.name}-eval.jsonl", held_out)
+    report: dict = {"conversations": len(train)}
+    data: dict = {"thinking": thinking, "train": [str(tr)], "system": system, "max_length": 512}
+    if held_out is not None and held_out_as == "eval":
+        data["eval"] = [str(write_jsonl(run_dir.parent / f"{run_dir.name}-eval.jsonl", held_out))]
+    elif held_out is not None:  # as the dataset cache hands it to write_manifest
+        cache = run_dir.parent / f"{run_dir.name}-data-cache"
+        cache.mkdir()
+        write_jsonl(cache / "heldout.jsonl", held_out)
+        data["eval_ratio"] = 0.2
+        report.update(heldout={"file": "heldout.jsonl", "conversations": len(held_out)}, cache_path=str(cache))
     cfg = config_from_dict({"model": {"name_or_path": str(base_dir)}, "method": {"type": method, "lora": {"r": 4}},
-                            "data": {"thinking": thinking, "train": [str(tr)], "eval": [str(ev)], "system": system,
-                                     "max_length": 512},
-                            "output_dir": str(run_dir)})
-    write_manifest(run_dir, cfg, {"conversations": len(train)})
+                            "data": data, "output_dir": str(run_dir)})
+    write_manifest(run_dir, cfg, report)
     tok = load_tokenizer(cfg.model)
     base = load_base(cfg.model, tokenizer=tok, device="cpu")
     model, _ = apply_method(base.model, cfg, cpu_plan(cfg), added_rows=base.resized_embeddings)

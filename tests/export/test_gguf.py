@@ -42,8 +42,8 @@ def test_gguf_f16_from_an_adapter_run_is_token_for_token(tmp_path, qwen3_adapter
     assert par["tokenization"]["matched"] == par["tokenization"]["total"] == N_CONVS
     # 11 prompts: every user turn of every conversation (multi-turn, with system, unicode, tabs)
     assert par["template (llama.cpp)"]["matched"] == par["template (llama.cpp)"]["total"] == 11
-    greedy = par["greedy answers"]
-    assert greedy["ok"] and greedy["total"] == len(HELD_OUT) and greedy["name"].endswith("(held-out (data.eval))")
+    greedy = par["greedy answers"]  # prompts from --eval FILE when given
+    assert greedy["ok"] and greedy["total"] == len(HELD_OUT) and greedy["name"].endswith("(held-out (run-eval.jsonl))")
     assert greedy["detail"]["identical"] + greedy["detail"]["ties"] == len(HELD_OUT)
     assert rep["metric"]["n"] == len(HELD_OUT) and rep["metric"]["engine"] == rep["metric"]["hf"]
     assert "tokenization" in res.output and "llama-server -m model-f16.gguf --jinja" in res.output

@@ -41,8 +41,8 @@ def _check_args(to: str, quant: str, out: Path, run_dir: Path) -> None:
         raise ChattuneError(f"{out} exists and is not a previous export (no {REPORT_JSON}); choose another --out")
 
 
-def _data(cfg) -> tuple[list[list[dict]], list[list[dict]], str]:
-    """(all conversations for tokenization/template parity, held-out prompts, where the prompts came from)."""
+def _conversations(cfg) -> list[list[dict]]:
+    """Every conversation of the run's data (train + data.eval) for tokenization/template parity."""
     from ..data.formats import load_conversations
 
     train = load_conversations(cfg.data.train, cfg.data)[0] if cfg.data.train else []
@@ -51,13 +51,43 @@ def _data(cfg) -> tuple[list[list[dict]], list[list[dict]], str]:
     if not convs:
         raise ChattuneError("the run's data files are gone; verification renders the run's own conversations "
                             "(restore them, or export with --no-verify)")
-    pool, source = (held, "held-out (data.eval)") if held else (train[-N_PROMPTS:], "last training rows")
-    prompts = []
-    for c in pool:
-        last = max((i for i, m in enumerate(c.messages) if m["role"] == "assistant"), default=0)
-        if last:
-            prompts.append(list(c.messages[:last]))
-    return convs, prompts[:N_PROMPTS], source
+    return convs
+
+
+def heldout_prompts(run_dir: Path, cfg, eval_file: str | Path | None = None,
+                    limit: int = N_PROMPTS) -> tuple[list[list[dict]], str]:
+    """The held-out prompts greedy parity compares on: never rows the run trained on.
+
+    From `eval_file` when given, else the run's `data.eval` files, else the split `data.eval_ratio` held out
+    (the run dir's heldout.jsonl); each conversation up to its last assistant turn, read with the run's data
+    settings as `chattune eval` reads them.
+
+    Returns:
+        (up to `limit` prompts, where they came from).
+
+    Raises:
+        ChattuneError: the run has no held-out data and no `eval_file` was given (says what to pass).
+    """
+    from ..infer.evaluate import data_config_for, load_examples
+    from ..rundir.layout import HELDOUT_FILE
+
+    if eval_file is not None:
+        sources, label = [Path(eval_file)], f"held-out ({Path(eval_file).name})"
+    elif cfg.data.eval:
+        sources, label = list(cfg.data.eval), "held-out (data.eval)"
+    elif (Path(run_dir) / HELDOUT_FILE).is_file():
+        sources, label = [Path(run_dir) / HELDOUT_FILE], f"held-out ({HELDOUT_FILE})"
+    else:
+        raise ChattuneError(f"{run_dir}: the run has no held-out data (neither data.eval nor a data.eval_ratio "
+                            f"split in {HELDOUT_FILE}) and greedy parity must not be judged on training rows: "
+                            "pass --eval FILE (conversations the run did not train on), or export with --no-verify")
+    prompts: list[list[dict]] = []
+    for src in sources:
+        if len(prompts) >= limit:
+            break
+        ex = load_examples(src, data_config_for(run_dir, src), limit=limit - len(prompts), need_reference=False)
+        prompts += [e.messages for e in ex]
+    return prompts, label
 
 
 def _metric(facts, cfg, eval_file: Path, generator, gguf: Path, n: int | None) -> dict:
@@ -91,7 +121,8 @@ def export(run_dir: str | Path, *, to: str, quant: str = "q8_0", out: str | Path
         out: export folder (default: beside the run dir, see `default_out`).
         lora_only: export the adapter as an adapter (GGUF LoRA / vLLM --lora-modules) instead of merging.
         verify: run the parity checks (tokenization, template, greedy answers).
-        eval_file: held-out data for the task metric next to HF's (GGUF targets).
+        eval_file: held-out data: the greedy parity prompts (default: the run's held-out data, see
+            `heldout_prompts`) and, for GGUF targets, the task metric next to HF's.
         eval_limit: first N rows of eval_file.
 
     Returns:
@@ -110,6 +141,8 @@ def export(run_dir: str | Path, *, to: str, quant: str = "q8_0", out: str | Path
     facts, tok, cfg = read_facts(run_dir)
     if lora_only and not facts.is_adapter:
         raise ChattuneError(f"--lora-only: {run_dir} holds full weights (method {facts.method}), not an adapter")
+    # before any work: greedy parity needs prompts the run did not train on
+    held = heldout_prompts(facts.run_dir, cfg, eval_file) if verify else ([], "")
     if to != "vllm":
         from .llamacpp import require_binding, require_converter
 
@@ -119,10 +152,10 @@ def export(run_dir: str | Path, *, to: str, quant: str = "q8_0", out: str | Path
         tmp.mkdir()
         work = Path(work)
         if to == "vllm":
-            rep = _vllm(facts, tok, cfg, tmp, work, lora_only=lora_only, verify=verify)
+            rep = _vllm(facts, tok, tmp, work, lora_only=lora_only, verify=verify, held=held)
         else:
             rep = _gguf(facts, tok, cfg, tmp, work, to=to, quant=quant, lora_only=lora_only, verify=verify,
-                        eval_file=eval_file, eval_limit=eval_limit)
+                        eval_file=eval_file, eval_limit=eval_limit, held=held)
         rep = replace(rep, out_dir=str(out), files=file_sizes(tmp), seconds=round(time.time() - t0, 1))
         write_report(tmp, rep)
     return rep
@@ -136,7 +169,7 @@ def _fail_on(parity) -> None:
 
 
 def _gguf(facts, tok, cfg, tmp: Path, work: Path, *, to: str, quant: str, lora_only: bool, verify: bool,
-          eval_file, eval_limit) -> ExportReport:
+          eval_file, eval_limit, held) -> ExportReport:
     from . import gguf as G
     from .stage import stage_hf_folder
 
@@ -177,9 +210,9 @@ def _gguf(facts, tok, cfg, tmp: Path, work: Path, *, to: str, quant: str, lora_o
         usage = [f"ollama create {facts.run_dir.name} -f Modelfile", f"ollama run {facts.run_dir.name}"]
     parity, metric = [], None
     if verify and not lora_only:
-        parity, metric = _verify_gguf(facts, tok, cfg, model, meta, template, eval_file, eval_limit)
+        parity, metric = _verify_gguf(facts, tok, cfg, model, meta, template, eval_file, eval_limit, held)
     elif verify:  # the base GGUF holds the base's template; prompts come from the run's (chat_template.jinja)
-        parity = [_behaviour(facts, cfg, model, lora=tmp / "adapter-f16.gguf")]
+        parity = [_behaviour(facts, model, held, lora=tmp / "adapter-f16.gguf")]
     return ExportReport(run_dir=str(facts.run_dir), out_dir="", target=to, quant=quant, lora_only=lora_only,
                         files={}, seconds=0.0, verified=verify, parity=parity, metric=metric,
                         usage=usage, notes=notes)
@@ -192,11 +225,11 @@ def _finish_gguf(G, f16: Path, dest: Path, quant: str) -> None:
         G.quantize(f16, dest, quant, threads=os.cpu_count() or 1)
 
 
-def _verify_gguf(facts, tok, cfg, model: Path, meta, template, eval_file, eval_limit):
+def _verify_gguf(facts, tok, cfg, model: Path, meta, template, eval_file, eval_limit, held):
     from ..infer.generate import Generator
     from .verify_llamacpp import prompt_prefixes, template_parity, tokenization_parity
 
-    convs, _, _ = _data(cfg)
+    convs = _conversations(cfg)
     parity = [tokenization_parity(model, tok, facts, convs[:MAX_TOKENIZE])]
     prefixes = prompt_prefixes(convs)[:MAX_TEMPLATE]
     parity.append(template_parity(meta.chat_template, tok, facts, prefixes, bos=meta.bos_text, eos=meta.eos_text))
@@ -206,18 +239,18 @@ def _verify_gguf(facts, tok, cfg, model: Path, meta, template, eval_file, eval_l
         parity.append(ollama_template_parity(template, tok, facts, prefixes))
     _fail_on(parity)  # no point comparing answers when the prompts already differ
     gen = Generator.from_path(facts.run_dir, dtype="float32")
-    parity.append(_behaviour(facts, cfg, model, generator=gen))
+    parity.append(_behaviour(facts, model, held, generator=gen))
     metric = _metric(facts, cfg, Path(eval_file), gen, model, eval_limit) if eval_file else None
     return parity, metric
 
 
-def _behaviour(facts, cfg, model: Path, *, generator=None, lora: Path | None = None):
+def _behaviour(facts, model: Path, held, *, generator=None, lora: Path | None = None):
     """Greedy parity on the run's held-out prompts; required for f16, reported for quantized weights (they
     move logits by more than rounding)."""
     from ..infer.generate import Generator
     from .verify_llamacpp import behaviour_parity
 
-    _, prompts, source = _data(cfg)
+    prompts, source = held
     gen = generator or Generator.from_path(facts.run_dir, dtype="float32")
     par, _, _ = behaviour_parity(model, gen, prompts, lora=lora)
     par = replace(par, name=f"{par.name} ({source})")
@@ -226,31 +259,31 @@ def _behaviour(facts, cfg, model: Path, *, generator=None, lora: Path | None = N
     return par
 
 
-def _vllm(facts, tok, cfg, tmp: Path, work: Path, *, lora_only: bool, verify: bool) -> ExportReport:
+def _vllm(facts, tok, tmp: Path, work: Path, *, lora_only: bool, verify: bool, held) -> ExportReport:
     from .stage import stage_hf_folder
-    from .vllm import ADAPTER_DIR, MODEL_DIR, check_lora_servable, max_lora_rank, write_bundle
+    from .vllm import write_bundle
+    from .vllm_launch import SERVER_MODULE, VLLM_PYTHON_ENV, server_args
 
     if verify:  # before any work: the check needs vLLM's venv
-        from .verify_vllm import vllm_python
+        from .vllm_launch import vllm_python
 
         vllm_python()
     hf = None if lora_only else stage_hf_folder(facts, work / "hf")
-    cmd = write_bundle(facts, tok, hf, tmp, name=facts.run_dir.name)
-    parity = []
+    spec = write_bundle(facts, tok, hf, tmp, name=facts.run_dir.name)
+    parity, notes = [], []
+    if facts.system:
+        notes.append(f"vLLM does not add the run's default system prompt ({facts.system!r}); clients send it as the "
+                     "first message (the verification does)")
     if verify:
         from ..infer.generate import Generator
         from .verify_vllm import vllm_parity
 
-        _, prompts, _ = _data(cfg)
+        prompts, source = held
         gen = Generator.from_path(facts.run_dir, dtype="float32")
-        if lora_only:
-            lora = {"name": facts.run_dir.name, "path": str(tmp / ADAPTER_DIR),
-                    "rank": max_lora_rank(check_lora_servable(facts, tok))}
-            parity = vllm_parity(facts.base_source, facts, gen, prompts, lora=lora,
-                                 generation_config=str(tmp / ADAPTER_DIR))
-        else:
-            parity = vllm_parity(str(tmp / MODEL_DIR), facts, gen, prompts, generation_config=str(tmp / MODEL_DIR))
+        parity = vllm_parity(tmp, spec, facts, gen, prompts)
+        parity = [replace(p, name=f"{p.name} ({source})") for p in parity]
         _fail_on(parity)
     return ExportReport(run_dir=str(facts.run_dir), out_dir="", target="vllm", quant=None, lora_only=lora_only,
-                        files={}, seconds=0.0, verified=verify, parity=parity,
-                        usage=["./serve.sh", " ".join(cmd)])
+                        files={}, seconds=0.0, verified=verify, parity=parity, notes=notes,
+                        usage=[f"{VLLM_PYTHON_ENV}=<python of a venv with vLLM> ./serve.sh",
+                               f"python -m {SERVER_MODULE} " + " ".join(server_args(spec))])

@@ -1,4 +1,4 @@
-"""vLLM: a folder `vllm serve` takes as is, and serve.sh with the exact command.
+"""vLLM: a folder vLLM serves as is, and serve.sh with the exact command (`vllm_launch` knows how to start vLLM).
 
 Merged (default): `model/` is a plain HF folder (the product's merge, or the full-weights run) with the
 run's chat_template.jinja and generation_config.json (the end-of-turn EOS list). LoRA (`--lora-only`):
@@ -16,6 +16,7 @@ from pathlib import Path
 from ..errors import ChattuneError
 from ..rundir.layout import ADAPTER_FILES
 from .stage import RunFacts
+from .vllm_launch import SERVER_MODULE, VLLM_PYTHON_ENV, ServerSpec, server_args
 
 SERVE_SCRIPT = "serve.sh"
 MODEL_DIR = "model"
@@ -52,27 +53,33 @@ def max_lora_rank(rank: int) -> int:
     return next(r for r in _VLLM_RANKS if r >= rank)
 
 
-def serve_command(facts: RunFacts, *, lora_rank: int | None, name: str, base: str | None = None) -> list[str]:
-    """The exact `vllm serve` command, relative to the export folder."""
-    model = base if lora_rank else f"./{MODEL_DIR}"
+def server_spec(facts: RunFacts, *, lora_rank: int | None, name: str, base: str | None = None) -> ServerSpec:
+    """What serve.sh serves, with paths relative to the export folder."""
     cfg_dir = f"./{ADAPTER_DIR}" if lora_rank else f"./{MODEL_DIR}"
-    cmd = ["vllm", "serve", model, "--served-model-name", name, "--chat-template", f"{cfg_dir}/chat_template.jinja",
-           "--generation-config", cfg_dir, "--max-model-len", str(facts.max_length), "--host", "127.0.0.1"]
-    if facts.template_kwargs:  # the thinking policy as trained, for every request that does not override it
-        cmd += ["--default-chat-template-kwargs", json.dumps(facts.template_kwargs)]
-    if facts.thinking == "keep" and "<think>" in facts.template:
-        cmd += ["--reasoning-parser", "qwen3"]
-    if lora_rank:
-        cmd += ["--enable-lora", "--lora-modules", f"{name}=./{ADAPTER_DIR}",
-                "--max-lora-rank", str(max_lora_rank(lora_rank))]
-    return cmd
+    thinking = facts.thinking == "keep" and "<think>" in facts.template
+    return ServerSpec(model=(base or "") if lora_rank else f"./{MODEL_DIR}", name=name, max_model_len=facts.max_length,
+                      chat_template=f"{cfg_dir}/chat_template.jinja", generation_config=cfg_dir,
+                      # the thinking policy as trained, for every request that does not override it
+                      template_kwargs=facts.template_kwargs, reasoning_parser="qwen3" if thinking else None,
+                      lora_path=f"./{ADAPTER_DIR}" if lora_rank else None,
+                      lora_rank=max_lora_rank(lora_rank) if lora_rank else None)
 
 
-def write_bundle(facts: RunFacts, tokenizer, hf_dir: Path | None, out: Path, *, name: str) -> list[str]:
+def serve_script(spec: ServerSpec) -> str:
+    """serve.sh: the exact server command; vLLM's Python from $VLLM_PYTHON (default python3), extra
+    options (e.g. --port, --dtype) appended by the caller."""
+    return ("#!/usr/bin/env bash\n# Serves this export with vLLM as chattune verified it (127.0.0.1 only; add "
+            f"--host/--api-key to bind elsewhere).\n# ${VLLM_PYTHON_ENV}: the Python of a venv with vLLM "
+            "(default python3); arguments are appended to vLLM's.\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\n"
+            f'exec "${{{VLLM_PYTHON_ENV}:-python3}}" -m {SERVER_MODULE} ' + shlex.join(server_args(spec))
+            + ' "$@"\n')
+
+
+def write_bundle(facts: RunFacts, tokenizer, hf_dir: Path | None, out: Path, *, name: str) -> ServerSpec:
     """Lay out the bundle in `out` (a fresh temp folder). `hf_dir` is the staged model (None for --lora-only).
 
     Returns:
-        the serve command (also written to serve.sh).
+        what serve.sh serves.
     """
     rank = None
     if hf_dir is None:
@@ -93,10 +100,8 @@ def write_bundle(facts: RunFacts, tokenizer, hf_dir: Path | None, out: Path, *, 
         doc["pad_token_id"] = facts.pad_id
     gen.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     # the resolved base: a hub id, or the local folder an alias/GGUF base was converted into
-    cmd = serve_command(facts, lora_rank=rank, name=name, base=facts.base_source)
+    spec = server_spec(facts, lora_rank=rank, name=name, base=facts.base_source)
     script = out / SERVE_SCRIPT
-    script.write_text("#!/usr/bin/env bash\n# Serves this export with vLLM as chattune verified it "
-                      "(127.0.0.1 only; add --api-key to bind elsewhere).\nset -euo pipefail\n"
-                      'cd "$(dirname "$0")"\nexec ' + shlex.join(cmd) + ' "$@"\n', encoding="utf-8")
+    script.write_text(serve_script(spec), encoding="utf-8")
     script.chmod(0o755)
-    return cmd
+    return spec
