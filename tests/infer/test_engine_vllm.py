@@ -1,0 +1,159 @@
+"""The vllm engine: `chattune serve RUN1 RUN2 --engine vllm` runs one vLLM server (vLLM's CPU build in its own
+venv) with both adapter runs as LoRA modules of their shared base; the official `openai` client gets greedy
+answers equal to each run's `Generator`, streamed or not. The fast tests check the layout rules without vLLM.
+
+vLLM's CPU start costs minutes, so one server serves the whole module; its venv missing fails the slow tests
+with how to install it (never a skip).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import shutil
+
+import openai
+import pytest
+
+from chattune.config import ServeConfig
+from chattune.errors import ChattuneError
+from chattune.infer.engine_vllm import VLLMEngine
+from chattune.infer.generate import Generator
+from chattune.infer.vllm_server import SETUP_HINT, server_args
+from tests.conftest import build_tiny_qwen3
+from tests.export.conftest import make_run
+
+KEY = "sk-vllm-test"
+PROMPTS = [[{"role": "user", "content": "hello there"}],
+           [{"role": "user", "content": "Übersetze: 你好，世界 🌍"}],
+           [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "what is two plus two"},
+            {"role": "assistant", "content": "four"}, {"role": "user", "content": "and three plus three?"}]]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, qwen3_tokenizer_dir):
+    """Two LoRA runs (different weights) on one tiny Qwen3 base whose head size vLLM's CPU attention takes."""
+    root = tmp_path_factory.mktemp("vllm_engine")
+    base = build_tiny_qwen3(root / "base", qwen3_tokenizer_dir, head_dim=32)
+    return [make_run(root / "runA", base, seed=1), make_run(root / "runB", base, seed=2)]
+
+
+# --- without vLLM: layout and refusals --------------------------------------------------------------------
+
+def test_two_adapter_runs_become_two_lora_modules_of_one_server(runs):
+    eng = VLLMEngine.from_paths([str(r) for r in runs], ServeConfig())
+    assert list(eng.models) == ["runA", "runB"] and eng.caps.lora_switching and eng.caps.continuous_batching
+    launch = eng.launch
+    assert launch.loras == {"runA": str(runs[0].resolve()), "runB": str(runs[1].resolve())}
+    assert launch.max_lora_rank == 8 and launch.max_model_len == 512 and launch.dtype == "float32"  # r=4, max_length
+    args = server_args(launch, 1234)
+    assert args[:2] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert args[args.index("--model") + 1] == str(runs[0].parent / "base")
+    assert args[args.index("--lora-modules") + 1:][:2] == [f"runA={runs[0].resolve()}", f"runB={runs[1].resolve()}"]
+    assert args[args.index("--host") + 1] == "127.0.0.1" and args[args.index("--generation-config") + 1] == "vllm"
+
+
+def test_runs_on_different_bases_and_rejected_adapters_are_refused(runs, tiny_qwen3_dir, tmp_path):
+    other = make_run(tmp_path / "other", tiny_qwen3_dir)
+    with pytest.raises(ChattuneError, match="one vLLM server serves one model's weights"):
+        VLLMEngine.from_paths([str(runs[0]), str(other)], ServeConfig())
+    bad = tmp_path / "bad"
+    shutil.copytree(runs[0], bad)
+    cfg = json.loads((bad / "adapter_config.json").read_text())
+    cfg["modules_to_save"] = ["lm_head"]
+    (bad / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ChattuneError, match=r"trained \['lm_head'\].*without --lora-only \(merged weights\)"):
+        VLLMEngine.from_paths([str(bad)], ServeConfig())
+    with pytest.raises(ChattuneError, match="CPU build"):
+        VLLMEngine.from_paths([str(runs[0])], ServeConfig(), device="cuda")
+
+
+def test_missing_vllm_says_how_to_install_it(runs, monkeypatch, tmp_path):
+    monkeypatch.setenv("CHATTUNE_VLLM_PYTHON", str(tmp_path / "no-python"))
+    eng = VLLMEngine.from_paths([str(runs[0])], ServeConfig())
+    with pytest.raises(ChattuneError, match="scripts/setup_vllm.sh"):
+        eng.start()
+    assert eng.server.proc is None
+
+
+# --- one real vLLM server for the module --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(runs):
+    from chattune.export.verify_vllm import vllm_python
+    from chattune.infer.engines import build_engine
+    from chattune.infer.serve import BackgroundServer, create_app
+    from chattune.infer.serve_bind import bind_socket
+
+    try:
+        vllm_python()
+    except ChattuneError as e:
+        pytest.fail(f"vLLM is needed here: {e}. {SETUP_HINT}", pytrace=False)
+    cfg = ServeConfig(api_key=KEY, max_queue=16)
+    engine = build_engine("vllm", [str(r) for r in runs], cfg)  # what `chattune serve A B --engine vllm` builds
+    try:
+        engine.start()  # vLLM's CPU start outlasts BackgroundServer's wait; the app's own start is then a no-op
+        app = create_app(engine, cfg)
+        with BackgroundServer(app, bind_socket("127.0.0.1", 0)) as srv:
+            srv.engine = engine
+            yield srv
+    finally:
+        engine.stop()
+    assert not engine.server.running()
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def expected(runs) -> dict[str, list[str]]:
+    """Each run's greedy answers from its own `Generator` (what `chattune chat` says)."""
+    return {r.name: [c.text for c in Generator.from_path(r).generate(PROMPTS, max_new_tokens=24)] for r in runs}
+
+
+def _stream(client, model: str, messages: list[dict]) -> tuple[str, str | None]:
+    parts, reason = [], None
+    for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=24, temperature=0,
+                                                stream=True):
+        if chunk.choices:
+            parts.append(chunk.choices[0].delta.content or "")
+            reason = chunk.choices[0].finish_reason or reason
+    return "".join(parts), reason
+
+
+@pytest.mark.slow
+def test_models_lists_both_runs(client):
+    assert [m.id for m in client.models.list().data] == ["runA", "runB"]
+
+
+@pytest.mark.slow
+def test_greedy_answers_equal_each_runs_generator(client, expected):
+    assert expected["runA"] != expected["runB"]  # two adapters, two different answers
+    for model, want in expected.items():
+        for messages, text in zip(PROMPTS, want):
+            r = client.chat.completions.create(model=model, messages=messages, max_tokens=24, temperature=0)
+            assert r.choices[0].message.content == text, (model, messages)
+            assert r.model == model and r.usage.completion_tokens > 0
+            assert _stream(client, model, messages)[0] == text
+
+
+@pytest.mark.slow
+def test_concurrent_streams_on_both_adapters(client, expected):
+    """Requests for both runs at once (vLLM batches them, a LoRA per sequence): every answer still its run's."""
+    jobs = [(m, i) for m in expected for i in range(len(PROMPTS))] * 2
+    with cf.ThreadPoolExecutor(len(jobs)) as pool:
+        got = list(pool.map(lambda job: _stream(client, job[0], PROMPTS[job[1]])[0], jobs))
+    assert got == [expected[m][i] for m, i in jobs]
+
+
+@pytest.mark.slow
+def test_context_and_unknown_model_errors(client, server):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="runA", messages=[{"role": "user", "content": "hi " * 600}],
+                                       max_tokens=8)
+    assert e.value.code == "context_length_exceeded"
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="runC", messages=PROMPTS[0], max_tokens=4)
+    snap = server.engine.snapshot()
+    assert snap["queued"] == 0 and snap["vllm_alive"]
