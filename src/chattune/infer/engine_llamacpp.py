@@ -223,7 +223,7 @@ class LlamaCppEngine:
     def _answer(self, job: Job) -> None:
         llm = self.llms[job.model]
         renderer = self.models[job.model].renderer
-        ids = renderer.prompt_ids(job.messages)
+        ids = renderer.prompt_ids(job.messages, job.tools)
         s = fit_context(len(ids), job.sampling, llm.n_ctx())
         text = IdsToText(renderer, len(ids), s)
         if job.stream:

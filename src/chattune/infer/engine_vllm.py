@@ -225,7 +225,7 @@ class VLLMEngine:
         renderer = self.models[job.model].renderer
         try:
             try:
-                ids = renderer.prompt_ids(job.messages)
+                ids = renderer.prompt_ids(job.messages, job.tools)
                 sampling = fit_context(len(ids), job.sampling, self.launch.max_model_len)
                 text = IdsToText(renderer, len(ids), sampling)
                 await self._stream(job, self._body(job, ids, sampling.max_new_tokens), text)
