@@ -134,9 +134,10 @@ def test_tool_choice_none_renders_no_tools_and_parses_nothing(client, gen):
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_a_follow_up_with_tool_results_continues_the_conversation(client, gen, stream):
-    _, _, calls, _, _, _ = ask(client, NO_TRIGGER, tools=TOOLS, tool_choice=WEATHER)
-    history = [*NO_TRIGGER, {"role": "assistant", "content": None, "tool_calls": calls},
-               {"role": "tool", "tool_call_id": calls[0]["id"], "content": "alpha: 21 C and sunny"}]
+    m = client.chat.completions.create(model="m", messages=NO_TRIGGER, tools=TOOLS, tool_choice=WEATHER,
+                                       temperature=0).choices[0].message
+    # The client's own message object goes back as is (as the README shows).
+    history = [*NO_TRIGGER, m, {"role": "tool", "tool_call_id": m.tool_calls[0].id, "content": "alpha: 21 C and sunny"}]
     content, _, more, finish, used, _ = ask(client, history, stream, tools=TOOLS)
     assert (content, more, finish) == (SCRIPTS["alpha"], [], "stop")  # the model read the tool's answer
     rendered = [*NO_TRIGGER, {"role": "assistant", "content": "", "tool_calls": [
