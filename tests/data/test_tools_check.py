@@ -120,3 +120,4 @@ def test_a_template_that_cannot_render_tools_stops_training_and_fails_the_check(
     rep = check_data([str(OPENAI)], tokenizer=tok, sample=2)
     assert rep["exit_code"] == 2 and "use tools the chat template cannot render (training refuses them)" in \
         rep["errors"][0]
+    assert rep["fidelity"]["checked"] == 0  # nothing rendered, nothing verified

@@ -274,9 +274,9 @@ def _token_report(report: dict, convs: list, tokenizer, d: DataConfig, sample: i
     picked = sorted(rng.sample(range(len(convs)), min(sample, len(convs))))
     failed = []
     results = render([msgs[i] for i in picked], tools=[tools[i] for i in picked])
+    picked = [i for i, res in zip(picked, results) if not res.error]  # render errors are reported above
+    results = [res for res in results if not res.error]
     for i, res in zip(picked, results):
-        if res.error:  # reported above as a render error; nothing to verify
-            continue
         problems = verify_sequences(msgs[i], res.sequences, tokenizer, thinking=d.thinking, loss=d.loss,
                                     eot=eot[0], date=d.date, tools=tools[i])
         if problems:
