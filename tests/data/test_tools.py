@@ -93,8 +93,9 @@ def test_tool_problems_errors_and_warnings():
     tools = parse_tools([WEATHER])
     msgs = [{"role": "user", "content": "q"},
             {"role": "assistant", "content": "", "tool_calls": [
-                {"type": "function", "function": {"name": "get_weather", "arguments": {"date": "x", "unit": "C"}}},
-                {"type": "function", "function": {"name": "get_time", "arguments": "{city: Paris"}}]},
+                {"id": "c1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": {"date": "x", "unit": "C"}}},
+                {"id": "c2", "type": "function", "function": {"name": "get_time", "arguments": "{city: Paris"}}]},
             {"role": "tool", "content": "1", "name": "get_weather"},
             {"role": "tool", "content": "2", "tool_call_id": "nope"},
             {"role": "assistant", "content": "ok"}]
@@ -147,3 +148,14 @@ def test_convert_keeps_tools_and_refuses_shapes_that_cannot_hold_them(tmp_path):
     assert [(c.messages, c.tools) for c in after] == [(c.messages, c.tools) for c in before]
     with pytest.raises(DataError, match=r"tools_sharegpt\.json.*declares tools, which the alpaca shape cannot hold"):
         convert_file(src, tmp_path / "a.json", to="alpaca")
+
+
+def test_results_pair_by_id_then_name_then_order():
+    calls = [{"type": "function", "function": {"name": n, "arguments": {}}} for n in ("a", "b")]
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": calls},
+            {"role": "tool", "content": "1", "tool_call_id": "call_x", "name": "b"},  # calls carry no ids: by name
+            {"role": "tool", "content": "2"}]                                          # the one still open
+    assert pair_calls(msgs).answers == {2: (1, 1), 3: (1, 0)}
+    with_ids = [{**c, "id": f"id{i}"} for i, c in enumerate(calls)]
+    msgs[1] = {**msgs[1], "tool_calls": with_ids}
+    assert pair_calls(msgs).answers == {2: None, 3: (1, 0)}  # ids given and none matches: a wrong answer

@@ -148,9 +148,18 @@ class Pairing:
     unanswered: list[tuple[int, int]]
 
 
+def _match(messages: Sequence[dict], open_calls: list[tuple[int, int]], tid: Any, name: Any) -> tuple[int, int] | None:
+    calls = [(a, c, messages[a]["tool_calls"][c]) for a, c in open_calls]
+    if tid and any(call.get("id") for *_, call in calls):  # ids on both sides: only the same id answers
+        return next(((a, c) for a, c, call in calls if call.get("id") == tid), None)
+    if name:
+        return next(((a, c) for a, c, call in calls if call["function"]["name"] == name), None)
+    return open_calls[0] if open_calls else None
+
+
 def pair_calls(messages: Sequence[dict]) -> Pairing:
-    """Pair every tool result with a call of the assistant message before it: by ``tool_call_id``, else by
-    ``name``, else the first call still open (in order, as OpenAI and LLaMA-Factory write them)."""
+    """Pair every tool result with a call of the assistant message before it: by ``tool_call_id`` when the calls
+    carry ids, else by ``name``, else the first call still open (in order, as OpenAI and LLaMA-Factory write them)."""
     answers: dict[int, tuple[int, int] | None] = {}
     unanswered: list[tuple[int, int]] = []
     open_calls: list[tuple[int, int]] = []
@@ -160,15 +169,7 @@ def pair_calls(messages: Sequence[dict]) -> Pairing:
             unanswered += open_calls
             open_calls = [(i, c) for c in range(len(m.get("tool_calls") or []))]
         elif role == "tool":
-            match = None
-            tid, name = m.get("tool_call_id"), m.get("name")
-            for a, c in open_calls:
-                call = messages[a]["tool_calls"][c]
-                if (tid and call.get("id") == tid) or (not tid and name and call["function"]["name"] == name):
-                    match = (a, c)
-                    break
-            if match is None and not tid and not name and open_calls:
-                match = open_calls[0]
+            match = _match(messages, open_calls, m.get("tool_call_id"), m.get("name"))
             if match is not None:
                 open_calls.remove(match)
             answers[i] = match
