@@ -196,9 +196,9 @@ class TrainConfig(_Strict):
 class EvalConfig(_Strict):
     """Task evaluation (generation) settings."""
 
-    metrics: list[Literal["json_fields", "exact", "contains", "rouge_l", "bleu4", "loss"]] = Field(
-        default=["exact"], description="Scores of each answer against the reference; loss = "
-        "the reference's per-token loss under the model.")
+    metrics: list[Literal["json_fields", "exact", "contains", "rouge_l", "bleu4", "loss", "tool_calls"]] = Field(
+        default=["exact"], description="Scores of each answer against the reference; loss = the reference's "
+        "per-token loss under the model; tool_calls = the functions called and their arguments.")
     max_new_tokens: int = Field(128, ge=1, description="Longest generated answer.")
     batch_size: int = Field(16, ge=1, description="Prompts generated together.")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N examples.")

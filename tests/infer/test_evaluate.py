@@ -119,7 +119,7 @@ def fake_run_dir(path: Path, weights_dir: Path, base: str, system: str) -> Path:
 
 
 def test_compare_base_vs_tuned_run_dir(tmp_path, scripted_dir, tiny_qwen3_dir):
-    from chattune.infer.evaluate import compare
+    from chattune.infer.compare import compare
 
     run = fake_run_dir(tmp_path / "run", scripted_dir, str(tiny_qwen3_dir), "Be brief.")
     data = write_jsonl(tmp_path / "test.jsonl", ROWS)

@@ -91,3 +91,60 @@ def test_score_row_and_aggregate_means():
     assert agg["rouge_l"] == pytest.approx(0.9)
     with pytest.raises(ValueError, match="unknown metric"):
         M.check_metrics(["exact", "acc"])
+
+
+WEATHER = {"role": "assistant", "content": "", "tool_calls": [
+    {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "大连市", "date": "03-07"}}}]}
+ANSWER = {"role": "assistant", "content": "大连市在辽宁省。"}
+
+
+def test_reference_calls_read_objects_and_json_text_and_refuse_the_rest():
+    assert M.reference_calls(WEATHER) == [("get_weather", {"city": "大连市", "date": "03-07"})]
+    as_text = {"tool_calls": [{"type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}]}
+    assert M.reference_calls(as_text) == [("f", {"x": 1})]
+    assert M.reference_calls(ANSWER) == []
+    with pytest.raises(ValueError, match="JSON object of arguments"):
+        M.reference_calls({"tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "[1]"}}]})
+
+
+def test_tool_calls_rows_and_aggregate():
+    ref = M.reference_calls(WEATHER)
+    cases = [  # (predicted calls, reference calls, malformed)
+        ([("get_weather", {"city": "大连市", "date": "03-07"})], ref, False),   # all right
+        ([("get_weather", {"city": "大连市", "date": "3-7"})], ref, False),     # name, city right; date wrong
+        ([("get_time", {"city": "大连市", "date": "03-07"})], ref, False),      # wrong function: args count wrong
+        ([], ref, False),                                                       # answered: missed the call
+        ([], ref, True),                                                        # a call it could not write
+        ([], [], False),                                                        # answered, as it should
+        ([("get_weather", {"city": "x", "date": "y"})], [], False),             # called, should have answered
+    ]
+    rows = [M.score_row("", "", ["tool_calls"], calls=p, expected_calls=r, malformed=m) for p, r, m in cases]
+    assert [r["tool_calls"] for r in rows] == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert [r["tool_names"] for r in rows] == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert rows[1]["tool_arg_scores"] == {"get_weather.city": 1.0, "get_weather.date": 0.0}
+    assert rows[2]["tool_arg_scores"] == {"get_weather.city": 0.0, "get_weather.date": 0.0}
+    assert rows[5]["tool_arg_scores"] == {} == rows[6]["tool_arg_scores"]
+    agg = M.aggregate(rows)
+    assert agg["tool_calls"] == pytest.approx(2 / 7)
+    assert agg["tool_names"] == pytest.approx(3 / 7)
+    assert agg["tool_call_name_acc"] == pytest.approx(2 / 5)  # rows 1, 2 of the five that should call
+    assert (agg["tool_expected"], agg["tool_missed"], agg["tool_spurious"], agg["tool_malformed"]) == (5, 2, 1, 1)
+    assert agg["tool_arg/get_weather.city"] == pytest.approx(2 / 5)  # rows 1, 2
+    assert agg["tool_arg/get_weather.date"] == pytest.approx(1 / 5)  # row 1
+    assert agg["tool_arg_acc"] == pytest.approx(3 / 10)
+
+
+def test_tool_calls_order_and_argument_types_count():
+    ref = [("a", {"n": 1}), ("b", {"s": "x"})]
+    swapped = M.tool_calls_detail([("b", {"s": "x"}), ("a", {"n": 1})], ref)
+    assert swapped["names"] == 0.0 and swapped["args"] == {"a.n": 0.0, "b.s": 0.0}
+    typed = M.tool_calls_detail([("a", {"n": "1"}), ("b", {"s": "x"})], ref)  # "1" is not 1
+    assert (typed["calls"], typed["names"], typed["args"]) == (0.0, 1.0, {"a.n": 0.0, "b.s": 1.0})
+    extra = M.tool_calls_detail([("a", {"n": 1.0, "unit": "c"}), ("b", {"s": "x"})], ref)  # 1.0 == 1; extra key
+    assert (extra["calls"], extra["args"]) == (0.0, {"a.n": 1.0, "b.s": 1.0})
+
+
+def test_tool_calls_needs_parsed_calls_and_is_a_known_metric():
+    assert M.check_metrics(["tool_calls", "exact"]) == ["tool_calls", "exact"]
+    with pytest.raises(ValueError, match="parsed from the prediction"):
+        M.score_row("<tool_call>", "", ["tool_calls"])

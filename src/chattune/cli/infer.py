@@ -59,7 +59,7 @@ def eval_cmd(
     data: Path = typer.Option(..., "--data", help="Test data, any supported format; the last assistant turn is "
                               "the reference answer."),
     metrics: str = typer.Option("exact", "--metrics", help="Comma list: exact, contains, json_fields, rouge_l, "
-                                "bleu4, loss."),
+                                "bleu4, loss, tool_calls."),
     compare: str | None = typer.Option(None, "--compare", help="Also evaluate this base model ('base' = the run "
                                           "dir's base) and write a before/after report."),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default: RUN_DIR/eval/<data name>, "
@@ -71,7 +71,7 @@ def eval_cmd(
     dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16 (default: the run's)."),
 ) -> None:
     """Generate answers for a test file (batched greedy) and score them; optionally before/after a base model."""
-    from ..infer.evaluate import compare as run_compare
+    from ..infer.compare import compare as run_compare
     from ..infer.evaluate import evaluate
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]

@@ -4,8 +4,7 @@
   generation in left-padded batches that stop at end-of-turn; metrics from `metrics.py`; "loss" is the
   token-weighted mean NLL of the reference answers rendered exactly as training renders them
   (`render_conversation(loss="last")`), with its perplexity. Writes predictions.jsonl + metrics.json.
-* `compare`: the same data through a base and a tuned model; compare.md/compare.json with a metric
-  table and an example table.
+* `chattune.infer.compare`: the same data through a base and a tuned model, before/after.
 * `predict`: batch generation over any data file, the reference (if any) kept beside the output.
 
 The data is read with the run dir's own data settings (cleaning) and the system prompt training rendered
@@ -56,7 +55,7 @@ def data_config_for(model_path, data_path=None) -> DataConfig:
     if model_path is not None and is_run_dir(model_path):
         run = read_run(model_path)
         cfg = run.config.data
-        system = run.system_prompts.for_file(_source(data_path).path) if data_path is not None else \
+        system = run.system_prompts.for_file(as_source(data_path).path) if data_path is not None else \
             run.system_prompts.default
     else:
         merged = read_merge_report(model_path) if model_path is not None and Path(str(model_path)).is_dir() else None
@@ -64,7 +63,8 @@ def data_config_for(model_path, data_path=None) -> DataConfig:
     return cfg.model_copy(update={"clean": cfg.clean.model_copy(update={"dedupe": False}), "system": system})
 
 
-def _source(data) -> DataSource:
+def as_source(data) -> DataSource:
+    """A path or `DataSource` as a `DataSource`."""
     return data if isinstance(data, DataSource) else DataSource(path=str(data))
 
 
@@ -89,7 +89,7 @@ def load_examples(data, data_cfg: DataConfig | None = None, *, limit: int | None
     if data_cfg is None:
         data_cfg = data_config_for(None)
     # Without need_reference, prompt-only rows (no answer field, or a trailing user turn) are kept.
-    convs, _ = load_conversations([_source(data)], data_cfg, require_answer=need_reference)
+    convs, _ = load_conversations([as_source(data)], data_cfg, require_answer=need_reference)
     out = []
     for c in convs[:limit] if limit else convs:
         msgs = list(c.messages)
@@ -101,7 +101,7 @@ def load_examples(data, data_cfg: DataConfig | None = None, *, limit: int | None
         else:
             out.append(Example(msgs, None, msgs, c.source, c.row))
     if not out:
-        raise DataError("no examples to evaluate", file=_source(data).path)
+        raise DataError("no examples to evaluate", file=as_source(data).path)
     return out
 
 
@@ -169,7 +169,8 @@ def reference_nll(gen, conversations: Sequence[list[dict]], *, batch_size: int =
 
 # --------------------------------------------------------------------------------------- evaluate
 
-def _check(metrics: Sequence[str]) -> list[str]:
+def check_metric_names(metrics: Sequence[str]) -> list[str]:
+    """`metrics.check_metrics` with the error a user sees (names the --metrics option)."""
     try:
         return M.check_metrics(metrics)
     except ValueError as e:
@@ -213,7 +214,7 @@ def evaluate(model_path, data_path, *, metrics: Sequence[str] = ("exact",), max_
     """
     from .generate import Generator
 
-    metrics = _check(metrics)
+    metrics = check_metric_names(metrics)
     if data_cfg is None:
         data_cfg = data_config_for(model_path, data_path)
     examples = load_examples(data_path, data_cfg, limit=limit)
@@ -246,7 +247,7 @@ def evaluate(model_path, data_path, *, metrics: Sequence[str] = ("exact",), max_
     timing = {"generation_seconds": round(gen_s, 3), "new_tokens": new_tokens,
               "tokens_per_second": round(new_tokens / gen_s, 2) if gen_s > 0 else None,
               "finished_by_length": sum(c.finish_reason == "length" for c in comps)}
-    doc = {"model": str(model_path) if model_path is not None else gen.name, "data": str(_source(data_path).path),
+    doc = {"model": str(model_path) if model_path is not None else gen.name, "data": str(as_source(data_path).path),
            "n": len(rows), "metrics": result, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
            "thinking": gen.thinking, "timing": timing}
     pred_path = met_path = None
@@ -255,101 +256,6 @@ def evaluate(model_path, data_path, *, metrics: Sequence[str] = ("exact",), max_
     return {"metrics": result, "n": len(rows), "predictions_path": str(pred_path) if pred_path else None,
             "metrics_path": str(met_path) if met_path else None, "rows": rows, "model": doc["model"],
             "timing": timing}
-
-
-# ---------------------------------------------------------------------------------------- compare
-
-def _cell(text, width: int = 80) -> str:
-    s = "" if text is None else str(text)
-    s = s.replace("|", "\\|").replace("\r", "").replace("\n", "⏎")
-    return s if len(s) <= width else s[:width - 1] + "…"
-
-
-def _mark(score: dict, primary: str | None) -> str:
-    if primary is None:
-        return ""
-    v = score.get(primary)
-    if primary in ("rouge_l", "bleu4"):
-        return f"{v:.2f}"
-    return "✓" if v == 1.0 else "✗"
-
-
-def _fmt(v) -> str:
-    return "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
-
-
-def compare_markdown(res: dict, *, examples: int = 20) -> str:
-    """The before/after report: a metric table and the first `examples` rows side by side."""
-    base, tuned = res["base"], res["tuned"]
-    lines = [f"# Before / after: {res['base_model']} → {res['tuned_model']}", "",
-             f"Data: {res['data']} ({res['n']} examples)", "", "| metric | base | tuned | Δ |", "|---|---|---|---|"]
-    for k in dict.fromkeys([*base, *tuned]):
-        b, t = base.get(k), tuned.get(k)
-        if isinstance(b, int) and isinstance(t, int):
-            delta = f"{t - b:+d}"  # counts (json_invalid)
-        elif isinstance(b, (int, float)) and isinstance(t, (int, float)):
-            delta = f"{t - b:+.4f}"
-        else:
-            delta = ""
-        lines.append(f"| {k} | {_fmt(b)} | {_fmt(t)} | {delta} |")
-    p = res.get("primary")
-    lines += ["", f"## Examples ({p or 'outputs'})", "",
-              "| # | input | reference | base | ok | tuned | ok |", "|---|---|---|---|---|---|---|"]
-    for r in res["rows"][:examples]:
-        lines.append(f"| {r['index']} | {_cell(r['input'])} | {_cell(r['reference'])} | {_cell(r['base_output'])} | "
-                     f"{r['base_ok']} | {_cell(r['tuned_output'])} | {r['tuned_ok']} |")
-    return "\n".join(lines) + "\n"
-
-
-def compare(base_path, tuned_path, data_path, *, out_dir=None, metrics: Sequence[str] = ("exact",),
-            max_new_tokens: int = 128, batch_size: int = 16, limit: int | None = None,
-            progress: Progress | None = None, device: str | None = None, dtype: str | None = None) -> dict:
-    """Evaluate a base and a tuned model on the same data and tabulate before/after.
-
-    Args:
-        base_path: the model before tuning; "base" means the tuned run dir's base model.
-        tuned_path: the tuned run dir (or any model).
-        data_path, metrics, max_new_tokens, batch_size, limit, progress, device, dtype: as in `evaluate`.
-        out_dir: writes base/ and tuned/ (predictions + metrics), compare.md and compare.json.
-
-    Returns:
-        ``{"base": metrics, "tuned": metrics, "n", "rows": [{index, input, reference, base_output,
-        tuned_output, base_ok, tuned_ok}], "primary", "base_model", "tuned_model", "data"}``.
-    """
-    import gc
-
-    from ..rundir.layout import is_run_dir
-    from ..rundir.read import read_run
-    from .generate import Generator
-
-    metrics = _check(metrics)
-    if str(base_path) == "base":
-        if not is_run_dir(tuned_path):
-            raise ConfigError("--compare base needs a run dir to find the base model; pass the base model path")
-        base_path = read_run(tuned_path).base_model
-    # Both models see identical prompts: the tuned run's data settings and thinking policy.
-    data_cfg = data_config_for(tuned_path, data_path)
-    tuned_gen = Generator.from_path(tuned_path, device=device, dtype=dtype)
-    thinking = tuned_gen.thinking
-    out = Path(out_dir) if out_dir is not None else None
-    kw = dict(metrics=metrics, max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit,
-              data_cfg=data_cfg, progress=progress, device=device, dtype=dtype)
-    tuned = evaluate(tuned_path, data_path, generator=tuned_gen, out_dir=out / "tuned" if out else None, **kw)
-    del tuned_gen
-    gc.collect()
-    base = evaluate(base_path, data_path, thinking=thinking, out_dir=out / "base" if out else None, **kw)
-    primary = next((m for m in metrics if m != "loss"), None)
-    rows = [{"index": b["index"], "input": b["input"], "reference": b["reference"], "base_output": b["output"],
-             "tuned_output": t["output"], "base_ok": _mark(b["scores"], primary),
-             "tuned_ok": _mark(t["scores"], primary)} for b, t in zip(base["rows"], tuned["rows"])]
-    res = {"base": base["metrics"], "tuned": tuned["metrics"], "n": tuned["n"], "rows": rows, "primary": primary,
-           "base_model": str(base_path), "tuned_model": str(tuned_path), "data": str(_source(data_path).path),
-           "timing": {"base": base["timing"], "tuned": tuned["timing"]}}
-    if out is not None:
-        atomic_write_text(out / "compare.json", json.dumps(res, indent=2, ensure_ascii=False) + "\n")
-        atomic_write_text(out / "compare.md", compare_markdown(res))
-        res["report_path"] = str(out / "compare.md")
-    return res
 
 
 # ---------------------------------------------------------------------------------------- predict

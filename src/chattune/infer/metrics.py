@@ -4,6 +4,10 @@
 * `contains`: the trimmed reference occurs in the prediction.
 * `json_fields`: the prediction parses as a JSON object (surrounding whitespace and one ```json fence
   tolerated); per-field exact match against the reference object, all-fields match, invalid count.
+* `tool_calls`: the calls a model made (function names and parsed arguments, in order) against the reference
+  assistant turn's calls: exact match, names only, per-argument accuracy like `json_fields`, and the two
+  wrong decisions (answered when it should have called; called when it should have answered). The text is
+  parsed into calls by `chattune.infer.tool_calls` (the evaluator does it, with the template's format).
 * `rouge_l`: ROUGE-L F1 (LCS-based, beta = 1, as rouge-score and Lin 2004 with equal weights).
 * `bleu4`: sentence BLEU-4, uniform weights, brevity penalty against the one reference, smoothed with
   NIST geometric smoothing (NLTK `SmoothingFunction().method3`, which LLaMA-Factory and ms-swift
@@ -22,7 +26,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 _FENCE = re.compile(r"^```[A-Za-z0-9_-]*[ \t]*\n?(.*?)\n?[ \t]*```$", re.DOTALL)
 _CJK = re.compile(r"[\u2e80-\u2fff\u3000-\u303f\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
@@ -105,6 +109,77 @@ def json_fields(prediction: str, reference: str) -> float:
     return json_fields_detail(prediction, reference)["all"]
 
 
+# ------------------------------------------------------------------------------------- tool calls
+
+Call = tuple[str, dict]  # (function name, arguments object)
+
+
+def reference_calls(message: dict) -> list[Call]:
+    """The calls of a reference assistant message in the conversation shape (`chattune.data.tools`).
+
+    Raises:
+        ValueError: a call whose arguments are not a JSON object (the evaluator names the file and row).
+    """
+    out = []
+    for tc in message.get("tool_calls") or []:
+        fn = tc.get("function", tc) if isinstance(tc, dict) else {}
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            args = parse_json_object(args) if args.strip() else {}
+        if not isinstance(fn.get("name"), str) or not isinstance(args, dict):
+            raise ValueError(f"tool_calls needs reference calls with a name and a JSON object of arguments, "
+                             f"found {json.dumps(tc, ensure_ascii=False, default=str)[:120]}")
+        out.append((fn["name"], args))
+    return out
+
+
+def tool_calls_detail(predicted: Sequence[Call], reference: Sequence[Call], *, malformed: bool = False) -> dict:
+    """Compare the calls a model made with the reference turn's calls.
+
+    Args:
+        predicted: the parsed calls, in order (empty: the model answered in prose).
+        reference: the reference turn's calls (empty: it should answer without a tool).
+        malformed: the model began a call that could not be read (it then counts as no call).
+
+    Returns:
+        ``{"calls": 1.0 when names and arguments all equal (no call on both sides counts equal), "names": the
+        same on names only, "expected": reference calls, "called": model called, "malformed",
+        "args": {"<name>.<argument>": 1.0|0.0 for each reference argument, the call at the same position}}``.
+    """
+    names = [n for n, _ in predicted] == [n for n, _ in reference]
+    args = {}
+    for i, (name, ref_args) in enumerate(reference):
+        got = predicted[i] if i < len(predicted) else None
+        for k, v in ref_args.items():
+            right = got is not None and got[0] == name and k in got[1] and _same(got[1][k], v)
+            args[f"{name}.{k}"] = float(right)
+    exact = names and all(_same(p[1], r[1]) for p, r in zip(predicted, reference))
+    return {"calls": float(exact), "names": float(names), "expected": float(bool(reference)),
+            "called": float(bool(predicted)), "malformed": float(malformed), "args": args}
+
+
+def _aggregate_tools(rows: list[dict]) -> dict:
+    expected = [r for r in rows if r["tool_expected"]]
+    out: dict = {
+        "tool_calls": sum(r["tool_calls"] for r in rows) / len(rows),
+        "tool_names": sum(r["tool_names"] for r in rows) / len(rows),
+        # The headline of "does it call the right function": over the rows that should call.
+        "tool_call_name_acc": sum(r["tool_names"] for r in expected) / len(expected) if expected else None,
+        "tool_expected": len(expected),
+        "tool_missed": sum(1 for r in expected if not r["tool_called"]),     # answered, should have called
+        "tool_spurious": sum(1 for r in rows if r["tool_called"] and not r["tool_expected"]),  # the reverse
+        "tool_malformed": sum(1 for r in rows if r["tool_malformed"]),
+    }
+    per: dict[str, list[float]] = {}
+    for r in rows:
+        for k, v in r["tool_arg_scores"].items():
+            per.setdefault(k, []).append(v)
+    total = sum(len(v) for v in per.values())
+    out["tool_arg_acc"] = sum(sum(v) for v in per.values()) / total if total else None
+    out.update({f"tool_arg/{k}": sum(v) / len(v) for k, v in per.items()})
+    return out
+
+
 # ------------------------------------------------------------------------------------ ROUGE / BLEU
 
 def has_cjk(text: str) -> bool:
@@ -181,24 +256,35 @@ def bleu4(prediction: str, reference: str) -> float:
 METRICS: dict[str, Callable[[str, str], float]] = {
     "exact": exact, "contains": contains, "json_fields": json_fields, "rouge_l": rouge_l, "bleu4": bleu4,
 }
+# Scored from more than two strings: "loss" by the evaluator's model, "tool_calls" from parsed calls.
+STRUCTURED = ("loss", "tool_calls")
 
 
 def check_metrics(names: Iterable[str]) -> list[str]:
-    """Validate metric names ("loss" is computed by the evaluator, not here); raise ValueError on unknown."""
+    """Validate metric names; raise ValueError on unknown."""
     names = list(names)
-    bad = [n for n in names if n not in METRICS and n != "loss"]
+    bad = [n for n in names if n not in METRICS and n not in STRUCTURED]
     if bad:
-        raise ValueError(f"unknown metric(s) {bad}; choose from {sorted([*METRICS, 'loss'])}")
+        raise ValueError(f"unknown metric(s) {bad}; choose from {sorted([*METRICS, *STRUCTURED])}")
     return names
 
 
-def score_row(prediction: str, reference: str, metrics: Iterable[str]) -> dict:
-    """Every requested metric for one example (json_fields adds ``json_valid`` and ``json_field_scores``)."""
+def score_row(prediction: str, reference: str, metrics: Iterable[str], *, calls: Sequence[Call] | None = None,
+              expected_calls: Sequence[Call] = (), malformed: bool = False) -> dict:
+    """Every requested metric for one example (json_fields adds ``json_valid`` and ``json_field_scores``;
+    tool_calls needs `calls`, the model's parsed calls, and `expected_calls`/`malformed` as in
+    `tool_calls_detail`, and adds ``tool_*`` keys)."""
     out: dict = {}
     for name in metrics:
         if name == "loss":
             continue
-        if name == "json_fields":
+        if name == "tool_calls":
+            if calls is None:
+                raise ValueError("tool_calls needs the calls parsed from the prediction")
+            t = tool_calls_detail(calls, expected_calls, malformed=malformed)
+            out.update({"tool_calls": t["calls"], "tool_names": t["names"], "tool_expected": t["expected"],
+                        "tool_called": t["called"], "tool_malformed": t["malformed"], "tool_arg_scores": t["args"]})
+        elif name == "json_fields":
             d = json_fields_detail(prediction, reference)
             out["json_fields"] = d["all"]
             out["json_valid"] = float(d["valid"])
@@ -216,15 +302,21 @@ def aggregate(rows: list[dict]) -> dict:
 
     Returns:
         ``{metric: mean}``, plus with json_fields: ``json_invalid`` (count), ``json_field_acc`` (share of
-        all reference fields right) and ``json_field/<name>`` (accuracy of each field).
+        all reference fields right) and ``json_field/<name>`` (accuracy of each field); with tool_calls:
+        ``tool_calls`` (exact), ``tool_names``, ``tool_call_name_acc`` (names right among the rows that should
+        call; None without such rows), counts ``tool_expected``, ``tool_missed`` (answered when it should
+        have called), ``tool_spurious`` (called when it should have answered), ``tool_malformed``, and
+        ``tool_arg_acc`` / ``tool_arg/<function>.<argument>`` (per-argument accuracy).
     """
     if not rows:
         return {}
     out: dict = {}
     for key in rows[0]:
-        if key == "json_field_scores":
+        if key == "json_field_scores" or key.startswith("tool_"):
             continue
         out[key] = sum(r[key] for r in rows) / len(rows)
+    if "tool_calls" in rows[0]:
+        out.update(_aggregate_tools(rows))
     if "json_valid" in out:
         out["json_invalid"] = sum(1 for r in rows if not r["json_valid"])
         per: dict[str, list[float]] = {}
