@@ -1,4 +1,4 @@
-"""CLI commands: ``data synth city-date`` and ``data convert`` (joined to the ``data`` group in cli/__init__.py)."""
+"""CLI commands: ``data synth city-date|weather-tool`` and ``data convert`` (joined to the ``data`` group in cli/__init__.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,6 +33,30 @@ def city_date(
         raise fail(ChattuneError(f"--prompt {prompt!r}: expected short or steps"))
     try:
         counts = make_city_date_files(out, n, seed, prompt=prompt, n_test=split, test_out=test_out)
+    except ChattuneError as e:
+        raise fail(e) from None
+    console.print(f"wrote {counts['train']} train rows to {out}")
+    if test_out is not None:
+        console.print(f"wrote {counts['test']} test rows to {test_out}")
+
+
+@synth_app.command("weather-tool")
+def weather_tool(
+    n: int = typer.Option(1000, "--n", min=0, help="Number of train rows."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same rows)."),
+    out: Path = typer.Option(..., "--out", help="Train file (.jsonl or .json): messages with tool calls + tools."),
+    split: int = typer.Option(0, "--split", min=0, help="Number of held-out test rows (no sentence in both); "
+                              "they end at the decision turn (a call, or an answer without a tool)."),
+    test_out: Path | None = typer.Option(None, "--test-out", help="Test file, needed with --split."),
+    answer_share: float = typer.Option(0.3, "--answer-share", min=0.0, max=1.0,
+                                       help="Share of rows to answer without calling the tool."),
+) -> None:
+    """Weather tool calling: get_weather(city, date) calls taken from the city + date sentences, and rows to
+    answer without a tool."""
+    from ..data.synth import make_weather_tool_files
+
+    try:
+        counts = make_weather_tool_files(out, n, seed, n_test=split, test_out=test_out, answer_share=answer_share)
     except ChattuneError as e:
         raise fail(e) from None
     console.print(f"wrote {counts['train']} train rows to {out}")
