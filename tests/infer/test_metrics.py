@@ -117,18 +117,20 @@ def test_tool_calls_rows_and_aggregate():
         ([], ref, True),                                                        # a call it could not write
         ([], [], False),                                                        # answered, as it should
         ([("get_weather", {"city": "x", "date": "y"})], [], False),             # called, should have answered
+        ([], [], True),                                                         # tried to call, should have answered
     ]
     rows = [M.score_row("", "", ["tool_calls"], calls=p, expected_calls=r, malformed=m) for p, r, m in cases]
-    assert [r["tool_calls"] for r in rows] == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    assert [r["tool_names"] for r in rows] == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert [r["tool_calls"] for r in rows] == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    assert [r["tool_names"] for r in rows] == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
     assert rows[1]["tool_arg_scores"] == {"get_weather.city": 1.0, "get_weather.date": 0.0}
     assert rows[2]["tool_arg_scores"] == {"get_weather.city": 0.0, "get_weather.date": 0.0}
     assert rows[5]["tool_arg_scores"] == {} == rows[6]["tool_arg_scores"]
     agg = M.aggregate(rows)
-    assert agg["tool_calls"] == pytest.approx(2 / 7)
-    assert agg["tool_names"] == pytest.approx(3 / 7)
+    assert agg["tool_calls"] == pytest.approx(2 / 8)
+    assert agg["tool_names"] == pytest.approx(3 / 8)
     assert agg["tool_call_name_acc"] == pytest.approx(2 / 5)  # rows 1, 2 of the five that should call
-    assert (agg["tool_expected"], agg["tool_missed"], agg["tool_spurious"], agg["tool_malformed"]) == (5, 2, 1, 1)
+    # missed: row 4 only (row 5 tried); spurious: rows 7 and 8 (a malformed call is still a call)
+    assert (agg["tool_expected"], agg["tool_missed"], agg["tool_spurious"], agg["tool_malformed"]) == (5, 1, 2, 2)
     assert agg["tool_arg/get_weather.city"] == pytest.approx(2 / 5)  # rows 1, 2
     assert agg["tool_arg/get_weather.date"] == pytest.approx(1 / 5)  # row 1
     assert agg["tool_arg_acc"] == pytest.approx(3 / 10)

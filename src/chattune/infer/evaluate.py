@@ -31,13 +31,15 @@ Progress = Callable[[int, int], None]
 
 @dataclass
 class Example:
-    """One eval item: the prompt messages, the reference answer (None if the data has none), its origin."""
+    """One eval item: the prompt messages, the reference answer (None if the data has none), its origin, and
+    the functions its prompt declares."""
 
     messages: list[dict]
     reference: str | None
     conversation: list[dict]  # prompt + reference turn (what the loss is computed on)
     source: str = ""
     row: int = 0
+    tools: list[dict] | None = None
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -108,18 +110,21 @@ def load_examples(data, data_cfg: DataConfig | None = None, *, limit: int | None
 # ------------------------------------------------------------------------------------- generation
 
 def generate_all(gen, prompts: Sequence[list[dict]], *, batch_size: int = 16, max_new_tokens: int = 128,
-                 progress: Progress | None = None) -> list:
+                 progress: Progress | None = None, tools: Sequence[list[dict] | None] | None = None) -> list:
     """Greedy completions for many prompts, in batches of similar length (returned in input order).
 
     Sorting by prompt length cuts padding; it cannot change results because batched greedy output
-    equals unbatched output (tests/test_generate.py).
+    equals unbatched output (tests/test_generate.py). `tools`: per prompt, the functions it declares.
     """
-    lengths = [len(gen.prompt_ids(p)) for p in prompts]
+    per = list(tools) if tools is not None and any(tools) else None
+    lengths = [len(gen.prompt_ids(p, per[i] if per else None)) for i, p in enumerate(prompts)]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     out: list = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        for i, c in zip(idx, gen.generate([prompts[i] for i in idx], max_new_tokens=max_new_tokens)):
+        batch_tools = [per[i] for i in idx] if per else None
+        for i, c in zip(idx, gen.generate([prompts[i] for i in idx], max_new_tokens=max_new_tokens,
+                                          tools=batch_tools)):
             out[i] = c
         if progress:
             progress(min(start + batch_size, len(order)), len(order))
@@ -185,6 +190,17 @@ def _write(out_dir: Path, rows: list[dict], doc: dict) -> tuple[Path, Path]:
     return pred_path, met_path
 
 
+def _calls_kw(answer: str, reference: dict, fmt) -> dict:
+    """`metrics.score_row`'s tool_calls inputs: the answer parsed as the template writes calls, and the
+    reference turn's calls (a reference that cannot be read raises ValueError, named by the caller)."""
+    from .tool_calls import parse_tool_calls
+
+    expected = M.reference_calls(reference)
+    parsed = parse_tool_calls(answer, fmt)
+    return {"calls": [(c.name, c.arguments) for c in parsed.calls], "expected_calls": expected,
+            "malformed": parsed.malformed}
+
+
 def _last_user(messages: list[dict]) -> str:
     return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
@@ -198,7 +214,8 @@ def evaluate(model_path, data_path, *, metrics: Sequence[str] = ("exact",), max_
     Args:
         model_path: run dir, model folder, alias, .gguf or Hub id (used for loading unless `generator`).
         data_path: test data (any supported format); each conversation's last assistant turn is the reference.
-        metrics: any of exact, contains, json_fields, rouge_l, bleu4, loss.
+        metrics: any of exact, contains, json_fields, rouge_l, bleu4, loss, tool_calls (the answer's calls,
+            parsed with the template's tool-call format, against the reference turn's ``tool_calls``).
         max_new_tokens: generation limit per answer.
         batch_size: generation (and loss) batch size.
         limit: evaluate only the first N examples.
@@ -219,14 +236,16 @@ def evaluate(model_path, data_path, *, metrics: Sequence[str] = ("exact",), max_
         data_cfg = data_config_for(model_path, data_path)
     examples = load_examples(data_path, data_cfg, limit=limit)
     gen = generator or Generator.from_path(model_path, thinking=thinking, device=device, dtype=dtype)
+    fmt = gen.renderer.tool_format() if "tool_calls" in metrics else None  # no tool support: refused here
     t0 = time.perf_counter()
     comps = generate_all(gen, [e.messages for e in examples], batch_size=batch_size,
-                         max_new_tokens=max_new_tokens, progress=progress)
+                         max_new_tokens=max_new_tokens, progress=progress, tools=[e.tools for e in examples])
     gen_s = time.perf_counter() - t0
     rows, scores = [], []
     for i, (e, c) in enumerate(zip(examples, comps)):
-        try:  # a reference json_fields cannot parse is bad data: name its file and row
-            s = M.score_row(c.content, e.reference, metrics)  # the answer, not the think block
+        try:  # a reference json_fields (or tool_calls) cannot parse is bad data: name its file and row
+            calls = _calls_kw(c.content, e.conversation[-1], fmt) if fmt is not None else {}
+            s = M.score_row(c.content, e.reference, metrics, **calls)  # the answer, not the think block
         except ValueError as err:
             raise DataError(str(err), file=e.source, row=e.row) from None
         scores.append(s)
@@ -234,6 +253,9 @@ def evaluate(model_path, data_path, *, metrics: Sequence[str] = ("exact",), max_
                      "messages": e.messages, "reference": e.reference, "output": c.content,
                      "reasoning": c.reasoning,
                      "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens, "scores": s})
+        if fmt is not None:
+            rows[-1]["tool_calls"] = [{"name": n, "arguments": a} for n, a in calls["calls"]]
+            rows[-1]["reference_tool_calls"] = [{"name": n, "arguments": a} for n, a in calls["expected_calls"]]
     result = M.aggregate(scores)
     if "loss" in metrics:
         nll = reference_nll(gen, [e.conversation for e in examples], batch_size=batch_size)
@@ -280,7 +302,7 @@ def predict(model_path, data_path, out_path, *, batch_size: int = 16, max_new_to
     gen = generator or Generator.from_path(model_path, device=device, dtype=dtype)
     t0 = time.perf_counter()
     comps = generate_all(gen, [e.messages for e in examples], batch_size=batch_size,
-                         max_new_tokens=max_new_tokens, progress=progress)
+                         max_new_tokens=max_new_tokens, progress=progress, tools=[e.tools for e in examples])
     secs = time.perf_counter() - t0
     rows = []
     for i, (e, c) in enumerate(zip(examples, comps)):

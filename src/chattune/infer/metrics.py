@@ -139,14 +139,15 @@ def tool_calls_detail(predicted: Sequence[Call], reference: Sequence[Call], *, m
     Args:
         predicted: the parsed calls, in order (empty: the model answered in prose).
         reference: the reference turn's calls (empty: it should answer without a tool).
-        malformed: the model began a call that could not be read (it then counts as no call).
+        malformed: the model began a call that could not be read: it called (wrongly), never right.
 
     Returns:
         ``{"calls": 1.0 when names and arguments all equal (no call on both sides counts equal), "names": the
-        same on names only, "expected": reference calls, "called": model called, "malformed",
-        "args": {"<name>.<argument>": 1.0|0.0 for each reference argument, the call at the same position}}``.
+        same on names only, "expected": reference calls, "called": the model called (malformed included),
+        "malformed", "args": {"<name>.<argument>": 1.0|0.0 for each reference argument, the call at the same
+        position}}``.
     """
-    names = [n for n, _ in predicted] == [n for n, _ in reference]
+    names = not malformed and [n for n, _ in predicted] == [n for n, _ in reference]
     args = {}
     for i, (name, ref_args) in enumerate(reference):
         got = predicted[i] if i < len(predicted) else None
@@ -155,7 +156,7 @@ def tool_calls_detail(predicted: Sequence[Call], reference: Sequence[Call], *, m
             args[f"{name}.{k}"] = float(right)
     exact = names and all(_same(p[1], r[1]) for p, r in zip(predicted, reference))
     return {"calls": float(exact), "names": float(names), "expected": float(bool(reference)),
-            "called": float(bool(predicted)), "malformed": float(malformed), "args": args}
+            "called": float(bool(predicted) or malformed), "malformed": float(malformed), "args": args}
 
 
 def _aggregate_tools(rows: list[dict]) -> dict:
@@ -167,6 +168,7 @@ def _aggregate_tools(rows: list[dict]) -> dict:
         "tool_call_name_acc": sum(r["tool_names"] for r in expected) / len(expected) if expected else None,
         "tool_expected": len(expected),
         "tool_missed": sum(1 for r in expected if not r["tool_called"]),     # answered, should have called
+        # a malformed call counts as a call: on a row that should answer, it is the wrong decision
         "tool_spurious": sum(1 for r in rows if r["tool_called"] and not r["tool_expected"]),  # the reverse
         "tool_malformed": sum(1 for r in rows if r["tool_malformed"]),
     }
