@@ -19,6 +19,7 @@ from chattune.infer.generate import Generator
 from chattune.infer.serve import BackgroundServer, create_app
 from chattune.infer.serve_bind import bind_socket
 from tests.infer.test_generate import SCRIPTS, build_scripted_qwen3
+from tests.infer.test_tool_calls import CHATML
 
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Forecast for a city over some days",
@@ -188,9 +189,7 @@ def test_tools_on_a_template_without_tool_support_get_400(gen):
     import copy
 
     tok = copy.deepcopy(gen.tokenizer)
-    # ChatML without tools, as SmolLM2 ships it: it would drop tools silently.
-    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tok.chat_template = CHATML
     with serve(Generator(gen.model, tok, name="no-tools")) as srv:
         r = httpx.post(srv.url + "/v1/chat/completions", json={"messages": NO_TRIGGER, "tools": TOOLS}, timeout=30)
         assert r.status_code == 400

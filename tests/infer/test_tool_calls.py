@@ -19,6 +19,9 @@ from tests.conftest import real_tokenizer_dir
 WEATHER = {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}
 TIME = {"name": "get_time", "arguments": {"tz": "Europe/Paris", "24h": True, "note": "a \"quoted\" {brace}"}}
 USER = {"role": "user", "content": "Weather and time in Paris?"}
+# ChatML without tools (SmolLM2's shape): it would drop tools and calls silently.
+CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 @cache
@@ -114,6 +117,14 @@ def test_a_template_that_only_mentions_the_markup_is_refused():
                          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     with pytest.raises(TemplateError, match="looks like the hermes tool-call format, but a tool call it renders"):
         tool_call_format(tok)
+
+
+def test_named_templates_are_probed_with_the_one_tools_select():
+    # Hermes-style repos ship {"default": ..., "tool_use": ...}; transformers renders with "tool_use" when
+    # tools are given, so the probe must declare tools as inference does.
+    tok = copy.deepcopy(tokenizer("qwen3"))
+    tok.chat_template = {"default": CHATML, "tool_use": tokenizer("qwen3").chat_template}
+    assert tool_call_format(tok).name == "hermes"
 
 
 @pytest.mark.parametrize("name", ["qwen3", "llama3_1"])

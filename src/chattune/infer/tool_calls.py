@@ -269,7 +269,10 @@ def _probe_answers(tokenizer) -> list[str]:
     from ..data.render import template_kwargs
     from .reasoning import split_reasoning
 
-    kw = template_kwargs(tokenizer, "off")
+    # Rendered with tools declared, as inference renders them: a tokenizer with named templates picks its
+    # "tool_use" one only when tools are given.
+    kw = {**template_kwargs(tokenizer, "off"), "tools": [{"type": "function", "function": {
+        "name": _PROBE_CALL["name"], "parameters": {"type": "object", "properties": {}}}}]}
     user = {"role": "user", "content": "What is the weather in Paris for two days?"}
     fn: dict[str, Any] = dict(_PROBE_CALL)
     # Templates differ in what they accept: arguments as an object (Qwen3, Llama-3.1) or a JSON string
