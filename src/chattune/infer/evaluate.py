@@ -96,12 +96,12 @@ def load_examples(data, data_cfg: DataConfig | None = None, *, limit: int | None
     for c in convs[:limit] if limit else convs:
         msgs = list(c.messages)
         if msgs and msgs[-1]["role"] == "assistant":
-            out.append(Example(msgs[:-1], msgs[-1]["content"], msgs, c.source, c.row))
+            out.append(Example(msgs[:-1], msgs[-1]["content"], msgs, c.source, c.row, tools=c.tools))
         elif need_reference:
             raise DataError("evaluation needs a reference answer: the conversation must end with an "
                             "assistant message", file=c.source, row=c.row)
         else:
-            out.append(Example(msgs, None, msgs, c.source, c.row))
+            out.append(Example(msgs, None, msgs, c.source, c.row, tools=c.tools))
     if not out:
         raise DataError("no examples to evaluate", file=as_source(data).path)
     return out
@@ -131,7 +131,8 @@ def generate_all(gen, prompts: Sequence[list[dict]], *, batch_size: int = 16, ma
     return out
 
 
-def reference_nll(gen, conversations: Sequence[list[dict]], *, batch_size: int = 16) -> list[tuple[float, int]]:
+def reference_nll(gen, conversations: Sequence[list[dict]], *, batch_size: int = 16,
+                  tools: Sequence[list[dict] | None] | None = None) -> list[tuple[float, int]]:
     """Sum of NLL and token count of each conversation's last assistant turn, as training scores it.
 
     Rendering is `render_batch(loss="last", thinking=gen.thinking)`: the trained tokens (answer +
@@ -149,7 +150,8 @@ def reference_nll(gen, conversations: Sequence[list[dict]], *, batch_size: int =
     # One batched render: what `render_conversation` gives per conversation, without probing the
     # template again for every one.
     seqs = []
-    for res in render_batch(conversations, gen.tokenizer, loss="last", thinking=gen.thinking, date=gen.date):
+    for res in render_batch(conversations, gen.tokenizer, loss="last", thinking=gen.thinking, date=gen.date,
+                            tools=tools):
         if res.error:
             raise TemplateError(res.error)
         seqs.append([(r.input_ids, r.labels) for r in res.sequences])
@@ -258,7 +260,8 @@ def evaluate(model_path, data_path, *, metrics: Sequence[str] = ("exact",), max_
             rows[-1]["reference_tool_calls"] = [{"name": n, "arguments": a} for n, a in calls["expected_calls"]]
     result = M.aggregate(scores)
     if "loss" in metrics:
-        nll = reference_nll(gen, [e.conversation for e in examples], batch_size=batch_size)
+        nll = reference_nll(gen, [e.conversation for e in examples], batch_size=batch_size,
+                            tools=[e.tools for e in examples])
         for r, (s, n) in zip(rows, nll):
             r["loss"], r["loss_tokens"] = (s / n if n else None), n
         total_n = sum(n for _, n in nll)
