@@ -337,3 +337,14 @@ def test_cut_inside_a_character_drops_the_partial_bytes(scripted):
     assert (c.text, c.finish_reason) == ("你好，世界！", "length")
     parts = list(scripted.stream(user("gamma"), max_new_tokens=5))
     assert "".join(parts[:-1]) == c.text and parts[-1] == c
+
+
+def test_with_thinking_is_a_view_rendering_the_other_policy(random_gen):
+    view = random_gen.with_thinking("keep")
+    msgs = user("hi")
+    assert view.model is random_gen.model and random_gen.thinking == "off" and view.thinking == "keep"
+    off = random_gen.tokenizer.decode(random_gen.prompt_ids(msgs))
+    on = view.tokenizer.decode(view.prompt_ids(msgs))
+    # Qwen3's template writes the empty think block only when thinking is off
+    assert "<think>\n\n</think>" in off and "<think>" not in on
+    assert random_gen.tokenizer.decode(random_gen.prompt_ids(msgs)) == off  # the original is unchanged

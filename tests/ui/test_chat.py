@@ -13,6 +13,13 @@ class _Gen:
     def __init__(self):
         self.calls = []
 
+    def with_thinking(self, thinking):  # Generator.with_thinking's contract: a view, the original untouched
+        import copy
+
+        view = copy.copy(self)
+        view.thinking = thinking
+        return view
+
     def stream(self, messages, **kw):
         self.calls.append((self.thinking, messages, kw["max_new_tokens"]))
         yield "你"
