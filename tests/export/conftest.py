@@ -73,8 +73,9 @@ def make_run(run_dir: Path, base_dir: Path | str, *, thinking: str = "off", meth
     return run_dir
 
 
-def build_tiny(out_dir: Path, tokenizer_dir: Path, arch: str = "llama", seed: int = 0) -> Path:
-    """A 2-layer random Llama/Gemma3-text model (hidden 64) with a real tokenizer."""
+def build_tiny(out_dir: Path, tokenizer_dir: Path, arch: str = "llama", seed: int = 0, **overrides) -> Path:
+    """A 2-layer random Llama/Gemma3-text model (hidden 64) with a real tokenizer; `overrides` change its
+    config."""
     from transformers import AutoTokenizer, GenerationConfig
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -85,11 +86,14 @@ def build_tiny(out_dir: Path, tokenizer_dir: Path, arch: str = "llama", seed: in
     if arch == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        model = LlamaForCausalLM(LlamaConfig(**common))
+        model = LlamaForCausalLM(LlamaConfig(**common, **overrides))
     else:
         from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, sliding_window=64))
+        # query_pre_attn_scalar = head_dim, as in Google's Gemma-3 checkpoints: transformers' default (256)
+        # is another model for llama.cpp, which scales by 1/sqrt(head_dim) (gguf.check_same_model)
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**{**common, "sliding_window": 64, "query_pre_attn_scalar": 16,
+                                                               **overrides}))
     model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)

@@ -90,3 +90,39 @@ def test_default_out_is_beside_the_run():
 
     assert default_out(Path("/x/run"), "gguf", "f16") == Path("/x/run-gguf-f16")
     assert default_out(Path("/x/run"), "vllm", None) == Path("/x/run-vllm")
+
+
+def test_gemma3_attention_scale_rule(tmp_path):
+    """What llama.cpp computes: 1/sqrt(head_dim), or 1/sqrt(hidden/heads) for the 62-layer 27B."""
+    from chattune.export.gguf import check_same_model
+
+    def cfg(**kw):
+        (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3_text", "hidden_size": 5376,
+                                                          "num_attention_heads": 32, "head_dim": 128,
+                                                          "num_hidden_layers": 62, **kw}))
+        return tmp_path
+
+    check_same_model(cfg(query_pre_attn_scalar=168))  # Gemma-3 27B: 5376 / 32
+    check_same_model(cfg(query_pre_attn_scalar=128, num_hidden_layers=34))  # head_dim elsewhere
+    with pytest.raises(ChattuneError, match=r"query_pre_attn_scalar is 128.*1/sqrt\(168\)"):
+        check_same_model(cfg(query_pre_attn_scalar=128))
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"model_type": "gemma3", "hidden_size": 64,
+        "num_attention_heads": 4, "head_dim": 16, "num_hidden_layers": 2, "query_pre_attn_scalar": 256}}))
+    with pytest.raises(ChattuneError, match=r"query_pre_attn_scalar is 256.*1/sqrt\(16\)"):
+        check_same_model(tmp_path)  # the text model inside a multimodal config
+
+
+@pytest.mark.slow
+def test_gemma3_llama_cpp_would_compute_differently_is_refused(tmp_path):
+    """transformers' default query_pre_attn_scalar (256) with head_dim 16 is another model for llama.cpp,
+    which scales Gemma-3 attention by 1/sqrt(head_dim): its f16 logits moved by 0.2-0.5 (a third of their
+    range) against 1e-3 with the matching value, so the export refuses instead of shipping it."""
+    from tests.conftest import real_tokenizer_dir
+    from tests.export.conftest import build_tiny, make_run
+
+    base = build_tiny(tmp_path / "base", real_tokenizer_dir("gemma3"), arch="gemma3", query_pre_attn_scalar=256)
+    run = make_run(tmp_path / "run", base, method="full")
+    out = tmp_path / "x"
+    with pytest.raises(ChattuneError, match=r"config.json: query_pre_attn_scalar is 256.*1/sqrt\(16\).*--to vllm"):
+        export(run, to="gguf", quant="f16", out=out, verify=False)
+    _nothing_beside(out)

@@ -75,22 +75,18 @@ def test_ollama_q8_0_modelfile_and_go_template(tmp_path, qwen3_adapter_run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,arch,quant", [("llama3_1", "llama", "f16"), ("gemma3", "gemma3", "q8_0")])
-def test_real_llama_and_gemma_tokenizers(tmp_path, name, arch, quant):
-    """Full-weights runs on the real Llama-3.1 / Gemma-3 tokenizers: tokenization and template parity.
-
-    The tiny random Gemma-3 is exported at q8_0, where greedy answers are reported rather than required: in
-    f16 one of its 5 answers differs from transformers at the first token (an open finding; the tokenizer
-    and template, which this test is about, agree everywhere)."""
+@pytest.mark.parametrize("name,arch", [("llama3_1", "llama"), ("gemma3", "gemma3")])
+def test_real_llama_and_gemma_tokenizers(tmp_path, name, arch):
+    """Full-weights runs on the real Llama-3.1 / Gemma-3 tokenizers: tokenization, template and f16 greedy
+    parity (the tiny Gemma-3 has query_pre_attn_scalar = head_dim, as llama.cpp computes Gemma-3)."""
     base = build_tiny(tmp_path / "base", real_tokenizer_dir(name), arch=arch)
     run = make_run(tmp_path / "run", base, method="full")
     out = tmp_path / "exp"
-    _cli(run, "--to", "gguf", "--quant", quant, "--out", out)
+    _cli(run, "--to", "gguf", "--quant", "f16", "--out", out)
     par = _parity(json.loads((out / REPORT_JSON).read_text()))
     assert par["tokenization"]["ok"] and par["tokenization"]["total"] == N_CONVS, par["tokenization"]
     assert par["template (llama.cpp)"]["ok"], par["template (llama.cpp)"]
-    if quant == "f16":
-        assert par["greedy answers"]["ok"], par["greedy answers"]
+    assert par["greedy answers"]["ok"], par["greedy answers"]
 
 
 @pytest.mark.slow

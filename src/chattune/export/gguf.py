@@ -52,8 +52,38 @@ def prepare_for_converter(hf_dir: Path, facts: RunFacts) -> None:
     (hf_dir / "chat_template.jinja").write_text(facts.template, encoding="utf-8")
 
 
+def check_same_model(hf_dir: Path) -> None:
+    """Refuse a config llama.cpp's converter accepts but llama.cpp computes differently.
+
+    Gemma-3: llama.cpp ignores `query_pre_attn_scalar` and scales attention by 1/sqrt(head_dim) (by
+    1/sqrt(hidden/heads) for its 62-layer 27B), which is what Google's checkpoints use. A config with another
+    value (transformers' default is 256, whatever the head_dim) converts without a word and answers
+    differently: logits move by a third of their range on a tiny random model, against f16 rounding's 1e-3.
+
+    Raises:
+        ChattuneError: naming config.json's field, its value and what llama.cpp uses.
+    """
+    path = hf_dir / "config.json"
+    cfg = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    text = cfg.get("text_config") or cfg
+    if text.get("model_type") not in ("gemma3", "gemma3_text") or text.get("query_pre_attn_scalar") is None:
+        return
+    hidden, heads = int(text["hidden_size"]), int(text["num_attention_heads"])
+    head_dim = int(text.get("head_dim") or hidden // heads)
+    used = hidden // heads if int(text["num_hidden_layers"]) == 62 else head_dim
+    if float(text["query_pre_attn_scalar"]) != float(used):
+        raise ChattuneError(f"config.json: query_pre_attn_scalar is {text['query_pre_attn_scalar']}, but llama.cpp "
+                            f"scales Gemma-3 attention by 1/sqrt({used}) (its head_dim rule), so the GGUF would "
+                            f"answer differently from the run; export --to vllm instead")
+
+
 def convert(hf_dir: Path, out_file: Path, *, outtype: str = "f16") -> str:
-    """`convert_hf_to_gguf.py HF_DIR --outfile OUT --outtype f16`; returns the converter's log."""
+    """`convert_hf_to_gguf.py HF_DIR --outfile OUT --outtype f16`; returns the converter's log.
+
+    Raises:
+        ChattuneError: the converter failed, or `check_same_model` refused the config.
+    """
+    check_same_model(hf_dir)
     return run_converter("convert_hf_to_gguf.py", [str(hf_dir), "--outfile", str(out_file), "--outtype", outtype],
                          what="GGUF conversion")
 
