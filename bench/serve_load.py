@@ -1,19 +1,21 @@
 """Bounded load check for `chattune serve`: N concurrent clients with the official `openai` AsyncOpenAI.
 
     .venv/bin/python bench/serve_load.py                          # SmolLM2 alias, 64 streaming clients
-    .venv/bin/python bench/serve_load.py runs/demo --clients 32   # a run dir
+    .venv/bin/python bench/serve_load.py runs/demo --clients 1 16 64   # a run dir, one stream row per count
+    .venv/bin/python bench/serve_load.py runs/demo --engine vllm  # another engine (chattune serve --engine)
     .venv/bin/python bench/serve_load.py --url http://127.0.0.1:8000 --api-key KEY   # a running server
     .venv/bin/python bench/serve_load.py --smoke                  # tiny random model, 4 clients, seconds
 
 Starts `python -m chattune serve MODEL` on a free loopback port (unless --url), waits for /health,
 then runs these phases, one table row each:
   * single   — one streaming client alone (the latency floor),
-  * stream   — N concurrent streaming clients (the server runs streams one at a time),
-  * batch    — N concurrent non-streaming clients with equal settings (the server batches them).
+  * stream   — N concurrent streaming clients, once per N given to --clients,
+  * batch    — N concurrent non-streaming clients (the largest N).
 Every request must succeed (the script exits 1 on any error). Columns: requests/s, p50/p95 time to
 first token (first non-empty content chunk; for non-streaming, the whole answer), completion
 tokens/s over the phase's wall time. Greedy, max_tokens 32 by default: short on purpose.
-Times on a shared CPU are noisy: compare rows of one invocation.
+Times on a shared CPU are noisy: compare rows of one invocation; the machine's load average is printed
+before and after.
 """
 from __future__ import annotations
 
@@ -103,13 +105,15 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
-async def run(url: str, api_key: str, clients: int, max_tokens: int, timeout: float) -> int:
+async def run(url: str, api_key: str, clients: list[int], max_tokens: int, timeout: float) -> int:
     # Every concurrent client holds one connection: size the pool for all of them.
+    most = max(clients)
     client = AsyncOpenAI(base_url=url + "/v1", api_key=api_key, max_retries=0, timeout=timeout,
-                         http_client=DefaultAsyncHttpxClient(limits=httpx.Limits(max_connections=clients + 8)))
+                         http_client=DefaultAsyncHttpxClient(limits=httpx.Limits(max_connections=most + 8)))
     await one_plain(client, 0, 4)  # warm-up (first call pays one-time costs)
     rows, errors = [], 0
-    for name, n, stream in (("single", 1, True), ("stream", clients, True), ("batch", clients, False)):
+    phases = [("single", 1, True)] + [("stream", n, True) for n in clients] + [("batch", most, False)]
+    for name, n, stream in phases:
         results, wall = await phase(client, n, max_tokens, stream, timeout)
         ok = [r for r in results if r.ok]
         bad = [r for r in results if not r.ok]
@@ -132,9 +136,10 @@ def main() -> int:
     """Start the server (unless --url), run the three phases, print the table; exit 1 on any failed request."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", nargs="?", default="smollm2-135m-instruct", help="run dir, model folder or alias")
-    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--clients", type=int, nargs="+", default=[64], help="concurrent clients; one stream row each")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--url", help="use this running server instead of starting one")
+    ap.add_argument("--engine", default="hf", help="the server's engine (chattune serve --engine)")
     ap.add_argument("--api-key", default="bench-key")
     ap.add_argument("--max-batch-size", type=int, default=None, help="server's batch limit (default: its own)")
     ap.add_argument("--threads", type=int, default=None,
@@ -145,7 +150,7 @@ def main() -> int:
                     "the bench runs; its numbers mean nothing)")
     args = ap.parse_args()
     if args.smoke:
-        args.model, args.clients, args.max_tokens, args.threads = str(_smoke.tiny_model_dir()), 4, 4, 1
+        args.model, args.clients, args.max_tokens, args.threads = str(_smoke.tiny_model_dir()), [4], 4, 1
 
     proc = None
     url = args.url
@@ -155,8 +160,8 @@ def main() -> int:
         env = {**os.environ, "CHATTUNE_API_KEY": args.api_key, "HF_HUB_OFFLINE": "1"}
         if args.threads:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
-        cmd = [sys.executable, "-m", "chattune", "serve", args.model, "--port", str(port),
-               "--max-queue", str(max(64, args.clients + 1)), "--max-tokens-cap", str(max(args.max_tokens, 64))]
+        cmd = [sys.executable, "-m", "chattune", "serve", args.model, "--port", str(port), "--engine", args.engine,
+               "--max-queue", str(max(64, max(args.clients) + 1)), "--max-tokens-cap", str(max(args.max_tokens, 64))]
         if args.max_batch_size:
             cmd += ["--max-batch-size", str(args.max_batch_size)]
         # A file, not a pipe: the access log of many requests would fill a pipe nobody reads and stall the server.
@@ -178,9 +183,12 @@ def main() -> int:
                 print("server did not come up", file=sys.stderr)
                 return 1
             time.sleep(0.5)
-        print(f"server up in {time.monotonic() - t0:.1f}s: {args.model} at {url} "
-              f"(threads {args.threads or 'default'}, max batch {args.max_batch_size or 'default'})")
-        return asyncio.run(run(url, args.api_key, args.clients, args.max_tokens, args.timeout))
+        print(f"server up in {time.monotonic() - t0:.1f}s: {args.model} at {url} ({args.engine} engine, "
+              f"threads {args.threads or 'default'}, max batch {args.max_batch_size or 'default'})")
+        print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+        code = asyncio.run(run(url, args.api_key, args.clients, args.max_tokens, args.timeout))
+        print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+        return code
     finally:
         if proc is not None:
             proc.terminate()

@@ -215,8 +215,8 @@ class ServeConfig(_Strict):
                                 "max_tokens; a request above it gets 400 (never silently clamped).")
     max_queue: int = Field(defaults.SERVE_MAX_QUEUE, ge=1, description="Requests waiting beyond this get 429.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
-    max_batch_size: int = Field(defaults.SERVE_MAX_BATCH_SIZE, ge=1, description="Most queued requests with equal sampling "
-                                "settings answered by one batched generate call.")
+    max_batch_size: int = Field(defaults.SERVE_MAX_BATCH_SIZE, ge=1, description="Most requests generating together "
+                                "in one model's batch (hf engine: continuous batching); more wait in the queue.")
 
 
 class Config(_Strict):

@@ -61,12 +61,6 @@ def direct(server, gen, messages, **kw):
         return gen.generate([messages], **kw)[0]
 
 
-def server_direct_batch(server, gen, convs, **kw):
-    """Generator.generate on a batch, serialised with the server's engine."""
-    with server.engine.model_lock:
-        return gen.generate(convs, **kw)
-
-
 def health(server) -> dict:
     return httpx.get(server.url + "/health", timeout=10).json()
 
@@ -310,8 +304,8 @@ def test_queue_full_is_429_and_queued_requests_are_batched(server, client, gen):
         answers = [f.result(timeout=60).choices[0].message.content for f in futures]
     assert answers == [single] * (MAX_QUEUE + 1)
     after = health(server)
-    # The first request was taken before the others arrived; once the model was free it pulled every
-    # queued request with the same settings into its batch.
+    # The first request was taken before the others arrived; once the model was free every queued request
+    # joined its running batch.
     assert after["largest_batch"] == MAX_QUEUE + 1
     assert after["rejected"] == before["rejected"] + 1
 
@@ -354,13 +348,13 @@ def _stream_text(client, messages, **kw) -> tuple[str, object]:
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks[-1].usage
 
 
-def test_queued_streams_are_batched_and_match_generate(server, client, gen):
+def test_queued_streams_join_the_running_batch_and_match_generate_alone(server, client, gen):
     convs = [MSGS, MSGS[:2], [{"role": "user", "content": "Count to three, please."}]]  # different lengths
-    base = [c.text for c in server_direct_batch(server, gen, convs, max_new_tokens=16)]
-    k = next(i for i in range(len(base[0]) // 2, len(base[0]) - 3) if "\ufffd" not in base[0][i:i + 3])
-    stop = base[0][k:k + 3]
+    base = direct(server, gen, convs[0], max_new_tokens=16).text
+    k = next(i for i in range(len(base) // 2, len(base) - 3) if "\ufffd" not in base[i:i + 3])
+    stop = base[k:k + 3]
     for kw in ({}, {"stop": [stop]}):
-        want = server_direct_batch(server, gen, convs, max_new_tokens=16, **kw)
+        want = [direct(server, gen, c, max_new_tokens=16, **kw) for c in convs]  # each alone
         before = health(server)
         with cf.ThreadPoolExecutor(len(convs)) as pool, model_busy(server):
             futures = [pool.submit(_stream_text, client, convs[0], max_tokens=16, **kw)]
@@ -368,16 +362,20 @@ def test_queued_streams_are_batched_and_match_generate(server, client, gen):
             futures += [pool.submit(_stream_text, client, c, max_tokens=16, **kw) for c in convs[1:]]
             wait_for(server, lambda h: h["queued"] == len(convs) - 1, "the other streams to queue")
         got = [f.result(timeout=60) for f in futures]
-        assert health(server)["batches"] == before["batches"] + 1  # one batched generate for all three
+        after = health(server)
+        # The first stream was prefilled alone; the two that queued meanwhile were prefilled as one group and
+        # joined its running batch (three rows decoding together).
+        assert after["prefills"] == before["prefills"] + 2
+        assert after["completed"] == before["completed"] + 3
         for (text, use), w in zip(got, want):
             assert text == w.text
             assert (use.prompt_tokens, use.completion_tokens) == (w.prompt_tokens, w.completion_tokens)
-    assert want[0].finish_reason == "stop" and want[0].text == base[0][:base[0].find(stop)]
+    assert want[0].finish_reason == "stop" and want[0].text == base[:base.find(stop)]
 
 
 def test_cancelling_one_batched_stream_leaves_the_others_intact(server, client, gen):
     convs = [MSGS, MSGS[:2]]
-    want = server_direct_batch(server, gen, convs, max_new_tokens=200)[0]
+    want = direct(server, gen, convs[0], max_new_tokens=200)
     before = health(server)
 
     def leave_early():
@@ -399,6 +397,45 @@ def test_cancelling_one_batched_stream_leaves_the_others_intact(server, client, 
     assert text == want.text and use.completion_tokens == want.completion_tokens
     h = wait_for(server, lambda h: h["running"] == 0, "the batch to end")
     assert h["cancelled"] == before["cancelled"] + 1 and h["completed"] == before["completed"] + 1
+
+
+def test_a_burst_of_1000_requests_gets_429_beyond_the_queue_and_leaves_nothing_behind(server):
+    import asyncio
+    import gc
+
+    from chattune.infer.engine import Job
+
+    def jobs_alive() -> int:
+        gc.collect()
+        return sum(type(o) is Job for o in gc.get_objects())
+
+    baseline = jobs_alive()
+    body = {"messages": MSGS, "max_tokens": 2, "temperature": 0}
+
+    async def burst() -> list[int]:
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=120,
+                                     headers={"Authorization": f"Bearer {KEY}"}) as c:
+            async def one() -> int:
+                return (await c.post("/v1/chat/completions", json=body)).status_code
+
+            with model_busy(server):  # nothing finishes during the burst: the queue fills, the rest is refused
+                tasks = [asyncio.ensure_future(one()) for _ in range(1000)]
+                done = 0
+                while done < 1000 - (8 + MAX_QUEUE):  # 8 = max_batch_size taken into the batch at most
+                    await asyncio.sleep(0.2)
+                    done = sum(t.done() for t in tasks)
+            return list(await asyncio.gather(*tasks))
+
+    before = health(server)
+    codes = asyncio.run(burst())
+    assert set(codes) <= {200, 429} and codes.count(200) >= 1 + MAX_QUEUE
+    assert codes.count(200) <= 8 + MAX_QUEUE
+    h = wait_for(server, lambda h: h["running"] == 0 and h["queued"] == 0, "the accepted requests to finish")
+    assert h["rejected"] - before["rejected"] == codes.count(429)
+    assert h["completed"] - before["completed"] == codes.count(200)
+    assert jobs_alive() <= baseline  # no request is held anywhere once answered
+    assert server.engine.snapshot()["running"] == 0
 
 
 # --- binding -----------------------------------------------------------------------------------------

@@ -42,13 +42,13 @@ def build_engine(kind: str, paths: list[str], serve_cfg: ServeConfig, device: st
         return HfEngine.from_paths(paths, serve_cfg, device=device, dtype=dtype)
     if kind == "vllm":
         try:
-            from .engine_vllm import VLLMEngine  # type: ignore[import-not-found]
+            from .engine_vllm import VLLMEngine
         except ImportError as e:
             raise ConfigError(f"--engine vllm is not available in this installation ({e})") from None
         return VLLMEngine.from_paths(paths, serve_cfg, device=device, dtype=dtype)
     if kind == "llamacpp":
         try:
-            from .engine_llamacpp import LlamaCppEngine  # type: ignore[import-not-found]
+            from .engine_llamacpp import LlamaCppEngine
         except ImportError as e:
             raise ConfigError(f"--engine llamacpp is not available in this installation ({e})") from None
         return LlamaCppEngine.from_paths(paths, serve_cfg, device=device, dtype=dtype)

@@ -7,8 +7,7 @@
   `generate` appends after it never reaches the text.
 * `stream`: one conversation, text deltas as tokens arrive, then one `Completion`; a `threading.Event`
   cancels it promptly.
-* `stream_many`: several conversations in one left-padded batch, each row's deltas as they arrive
-  (what the server uses for concurrent streams).
+* `stream_many`: several conversations in one left-padded batch, each row's deltas as they arrive.
 
 All three decode the same way (full decode of the new ids, special tokens skipped, stop strings cut), so
 the concatenated stream deltas equal `generate()`'s text for greedy decoding (`stopping.py`).
@@ -20,43 +19,22 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ChattuneError, ModelError
+from .answer import Completion, RowStream
 from .prompt import PromptRenderer
 from .reasoning import ReasoningStream, split_reasoning
-from .stopping import CancelRows, QueueStreamer, StopStrings, cut_at_stop, held_back
+from .stopping import CancelRows, QueueStreamer, StopStrings, cut_at_stop
 
 if TYPE_CHECKING:
-    from ..rundir.load import LoadInfo
+    from ..rundir.load import LoadedModel, LoadInfo
 
 
-@dataclass
-class Completion:
-    """The result of one generation.
-
-    Attributes:
-        text: generated text without the end-of-turn token, cut before the first stop string.
-        prompt_tokens: number of prompt tokens (the rendered conversation).
-        completion_tokens: number of generated tokens counted up to and including the end-of-turn
-            token (or the token that completed a stop string).
-        finish_reason: "stop" (end-of-turn, a stop string or cancelled) or "length" (max_new_tokens hit).
-        reasoning: the think block's text (None: the model wrote none), see `reasoning.split_reasoning`.
-        content: the answer without the think block: what metrics score and clients get as ``content``.
-    """
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
-    reasoning: str | None = None
-    content: str | None = None
-
-    def __post_init__(self):
-        if self.content is None:
-            self.content = self.text
+def model_name(path) -> str:
+    """The name a loaded path is shown and served under: its folder's name, else the path (alias, Hub id)."""
+    return (Path(str(path)).name if Path(str(path)).exists() else "") or str(path)
 
 
 class Generator:
@@ -110,10 +88,19 @@ class Generator:
         """
         from ..rundir.load import load_run
 
-        loaded = load_run(path, device=device, dtype=dtype)  # in eval mode
-        name = Path(str(path)).name if Path(str(path)).exists() else str(path)
+        return cls.from_loaded(load_run(path, device=device, dtype=dtype), path, thinking=thinking)  # in eval mode
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel, path, *, thinking=None) -> Generator:
+        """A `Generator` over what `rundir.load` loaded from `path` (named after its folder).
+
+        Args:
+            loaded: from `load_run` (or `load_adapter_into`: several runs sharing one model).
+            path: what was loaded (its folder name becomes the generator's name).
+            thinking: as in `from_path`.
+        """
         return cls(loaded.model, loaded.tokenizer, eos_token_ids=list(loaded.info.eos_token_ids),
-                   name=name or str(path), thinking=thinking or loaded.info.thinking, info=loaded.info,
+                   name=model_name(path), thinking=thinking or loaded.info.thinking, info=loaded.info,
                    system=loaded.info.system, date=loaded.info.date)
 
     def with_thinking(self, thinking: str) -> Generator:
@@ -160,9 +147,17 @@ class Generator:
                 torch.manual_seed(int(seed))
         return kw
 
-    def _finish(self, new_ids: list[int], prompt_len: int, max_new_tokens: int,
+    def completion(self, new_ids: list[int], prompt_len: int, max_new_tokens: int,
                 stop: list[str] | None, cancelled: bool = False) -> Completion:
-        """Turn one row's generated ids into a Completion (cut at end-of-turn, then at stop strings)."""
+        """Turn one row's generated ids into a Completion (cut at end-of-turn, then at stop strings).
+
+        Args:
+            new_ids: the row's generated ids (anything after its first end-of-turn is ignored).
+            prompt_len: its prompt's token count.
+            max_new_tokens: its limit ("length" when reached without a stop).
+            stop: its stop strings.
+            cancelled: it was stopped early on purpose (finish_reason "stop").
+        """
         eos = set(self.eos_token_ids)
         n, hit_eos = len(new_ids), False
         for i, t in enumerate(new_ids):
@@ -222,7 +217,7 @@ class Generator:
         kw = self._gen_kwargs(max_new_tokens, temperature, top_p, seed)
         stop = [s for s in (stop or []) if s]
         rows = self._new_ids(prompts, kw, stop)
-        return [self._finish(r, len(p), max_new_tokens, stop) for r, p in zip(rows, prompts)]
+        return [self.completion(r, len(p), max_new_tokens, stop) for r, p in zip(rows, prompts)]
 
     def generate_ids(self, prompts: list[list[int]], *, max_new_tokens: int = 256) -> list[list[int]]:
         """Greedy continuations of already-rendered prompts, as token ids, each cut after its first
@@ -325,16 +320,12 @@ class Generator:
 
         thread = threading.Thread(target=work, name="chattune-stream", daemon=True)
         thread.start()
-        eos = set(self.eos_token_ids)
-        new_ids: list[list[int]] = [[] for _ in prompts]
-        sent = [""] * len(prompts)
-        done = [False] * len(prompts)
+        rows = [RowStream(self, len(p), max_new_tokens, stop) for p in prompts]
 
         def finish(i: int) -> Iterator[tuple[int, str | Completion]]:
-            done[i] = True
-            final = self._finish(new_ids[i], len(prompts[i]), max_new_tokens, stop, cancelled=events[i].is_set())
-            if final.text.startswith(sent[i]) and len(final.text) > len(sent[i]):
-                yield i, final.text[len(sent[i]):]
+            delta, final = rows[i].finish(cancelled=events[i].is_set())
+            if delta:
+                yield i, delta
             yield i, final
 
         try:
@@ -343,22 +334,12 @@ class Generator:
                 if kind == "end":
                     break
                 for i, t in enumerate(step):
-                    if done[i]:
+                    if rows[i].done:
                         continue  # generate() pads a finished row; those ids are not the answer
-                    new_ids[i].append(t)
-                    if t in eos:
-                        yield from finish(i)
-                        continue
-                    # Full decode of the row's ids: incremental by construction, so multi-byte
-                    # characters split across tokens come out whole (U+FFFD is held back).
-                    text = self.tokenizer.decode(new_ids[i], skip_special_tokens=True,
-                                                 clean_up_tokenization_spaces=False)
-                    text, hit = cut_at_stop(text, stop)
-                    ready = text if hit else text[:len(text) - held_back(text, stop)]
-                    if len(ready) > len(sent[i]) and ready.startswith(sent[i]):
-                        yield i, ready[len(sent[i]):]
-                        sent[i] = ready
-                    if hit or events[i].is_set() or len(new_ids[i]) >= max_new_tokens:
+                    delta, ended = rows[i].push(t)
+                    if delta:
+                        yield i, delta
+                    if ended or events[i].is_set():
                         yield from finish(i)
         finally:
             # A consumer that stops iterating (client went away) must not leave the model running.
@@ -367,5 +348,6 @@ class Generator:
         if errors:
             raise errors[0]
         for i in range(len(prompts)):
-            if not done[i]:
+            if not rows[i].done:
                 yield from finish(i)
+

@@ -37,7 +37,7 @@ class StopStrings:
     """Per-row stopping criterion for stop strings: decodes each row's new ids and checks the text.
 
     Own code rather than transformers' StopStringCriteria: we need the same text-level rule as the cut
-    in `Generator._finish` (and in streaming), and rows must stop independently.
+    in `Generator.completion` (and in streaming), and rows must stop independently.
     """
 
     def __init__(self, tokenizer, stop: list[str], prompt_len: int):

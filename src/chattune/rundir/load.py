@@ -7,7 +7,7 @@ not at all (peft only warns about adapter tensors it could not place, and then r
 from __future__ import annotations
 
 import warnings as warnings_module
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,7 @@ def _apply_generation_config(model, folder: Path) -> None:
             model.generation_config.pad_token_id = pad
 
 
-def check_adapter_loaded(model, run_dir: Path) -> None:
+def check_adapter_loaded(model, run_dir: Path, adapter_name: str = "default") -> None:
     """Every tensor of the run's adapter file is in the model, with the file's values, and nothing is missing.
 
     The expected names are what `save_pretrained` writes for this model (peft's
@@ -129,7 +129,7 @@ def check_adapter_loaded(model, run_dir: Path) -> None:
 
     path = run_dir / ADAPTER_FILE
     saved = load_file(path)
-    have = get_peft_model_state_dict(model, save_embedding_layers=False)
+    have = get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False)
     missing = sorted(set(have) - set(saved))
     unexpected = sorted(set(saved) - set(have))
     differ = sorted(k for k in set(saved) & set(have)
@@ -240,4 +240,50 @@ def load_run(path: str | Path, *, device: str | None = None, dtype: str | None =
                     chat_template=tok.chat_template if isinstance(tok.chat_template, str) else None,
                     config=cfg, quantised=loaded.quantised,
                     warnings=tuple(warnings), system=system, date=date)
+    return LoadedModel(model=model, tokenizer=tok, info=info)
+
+
+def shares_base(loaded: LoadedModel, path: str | Path) -> bool:
+    """Whether `path` is an adapter run dir trained on the same base as `loaded` (an adapter run loaded by
+    `load_run`), so `load_adapter_into` can add it to the same model."""
+    if loaded.info.kind != "adapter" or not is_run_dir(str(path)):
+        return False
+    run = read_run(path)
+    return (run.is_adapter and run.config.model.name_or_path == loaded.info.base
+            and (run.config.method.type == "qlora") == (loaded.info.method == "qlora"))
+
+
+def load_adapter_into(loaded: LoadedModel, path: str | Path, adapter_name: str) -> LoadedModel:
+    """Add the adapter of run dir `path` to `loaded`'s peft model, sharing its base weights (several runs
+    served by one model; a forward picks adapters per row with peft's ``adapter_names``).
+
+    Args:
+        loaded: an adapter run loaded by `load_run` (its model gains the adapter).
+        path: another adapter run dir of the same base (`shares_base`).
+        adapter_name: the name the adapter gets in the model (not "default", the first run's).
+
+    Returns:
+        A `LoadedModel` with the same model, and `path`'s own tokenizer, chat template and `LoadInfo`.
+
+    Raises:
+        ModelError: not an adapter run of that base, or its adapter file does not match its config.
+    """
+    from ..model.adapters import quiet_peft
+
+    if not shares_base(loaded, path):
+        raise ModelError(f"{path} is not a LoRA run of {loaded.info.base}: it cannot share that model's weights")
+    run_dir = Path(path)
+    run = read_run(run_dir)
+    cfg = run.config
+    tok = run_tokenizer(run_dir, cfg.model)
+    model = loaded.model
+    with quiet_peft(), warnings_module.catch_warnings():
+        warnings_module.filterwarnings("ignore", message="Found missing adapter keys")
+        model.load_adapter(run_dir, adapter_name=adapter_name, is_trainable=False)
+    check_adapter_loaded(model, run_dir, adapter_name)
+    model.eval()
+    info = replace(loaded.info, path=str(path), method=cfg.method.type, thinking=cfg.data.thinking or "off",
+                   eos_token_ids=tuple(stop_token_ids(model, tok)), pad_token_id=tok.pad_token_id,
+                   chat_template=tok.chat_template if isinstance(tok.chat_template, str) else None, config=cfg,
+                   warnings=(), system=run.system_prompts.default, date=cfg.data.date)
     return LoadedModel(model=model, tokenizer=tok, info=info)

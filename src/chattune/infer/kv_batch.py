@@ -1,0 +1,175 @@
+"""The tensors of continuous batching: rows that decode together over one KV cache, joining and leaving
+between steps.
+
+Own code rather than transformers' `ContinuousBatchingManager` (``generate_batch``, paged cache): it
+does run on CPU with a peft-wrapped model, but it fixes greedy vs sampling and the sampler's seed per
+manager (one RNG for every row), so a batch could not mix greedy and sampled requests nor honour a
+request's ``seed``; it packs every row into one flat sequence, so peft cannot pick a LoRA adapter per
+row (``adapter_names``) for several runs on one base; and its default paged cache sizes itself from
+free memory (about 11 GB allocated on a small CPU machine before the first token).
+
+Layout (the one `Generator.generate` uses): rows are left-padded, so every row's newest token is in
+the last column; ``mask`` marks real tokens; each row has its own position counter, so padding shifts
+no position. A newcomer is prefilled as its own small left-padded group (`Prefill`, in chunks of a
+token budget so running rows keep getting steps) and then joined: the shorter side is padded on the
+left and the caches are concatenated along the batch dimension. A row that leaves is dropped with
+`DynamicCache.batch_select_indices`; columns that have become padding for every row are cut off.
+Only plain full-attention caches (`DynamicLayer`) are rebuilt this way; the engine refuses others.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .batching import left_pad
+
+TRIM_AT = 32  # left columns that are padding for every row before they are cut (each cut copies the cache)
+
+
+def forward(model, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache, adapters: list[str] | None):
+    """Last-position logits (float32) of one forward over `ids` appended to `cache` (which grows)."""
+    kw = {"adapter_names": adapters} if adapters is not None else {}
+    try:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                    logits_to_keep=1, **kw)
+    except TypeError:  # an architecture without logits_to_keep
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                    **kw)
+    return out.logits[:, -1].float()
+
+
+def plain_layers(cache) -> bool:
+    """Whether every layer of `cache` is a plain full-attention `DynamicLayer` (what `Rows` can rebuild)."""
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _rebuild(kv: list[tuple[torch.Tensor, torch.Tensor]]):
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=kv)
+
+
+class Prefill:
+    """New rows being prefilled together (left-padded), a chunk of columns per `advance`.
+
+    Args:
+        model: the causal LM.
+        prompts: the rows' prompt ids.
+        pad: the pad token id.
+        adapters: per-row adapter names for a multi-adapter peft model, else None.
+    """
+
+    def __init__(self, model, prompts: Sequence[Sequence[int]], pad: int, adapters: list[str] | None):
+        from transformers import DynamicCache
+
+        device = next(model.parameters()).device
+        self.model, self.adapters = model, adapters
+        self.ids, self.mask = left_pad(prompts, pad, device)
+        self.pos = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.cache = DynamicCache()
+        self.col = 0
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def advance(self, budget: int) -> torch.Tensor | None:
+        """Run the next columns (about `budget` tokens in all); the rows' last logits once the prompts are done."""
+        rows, width = self.ids.shape
+        end = min(width, self.col + max(1, budget // rows))
+        logits = forward(self.model, self.ids[:, self.col:end], self.mask[:, :end], self.pos[:, self.col:end],
+                         self.cache, self.adapters)
+        self.col = end
+        return logits if end == width else None
+
+
+class Rows:
+    """The running rows: one KV cache, the attention mask, each row's next position and next input token."""
+
+    def __init__(self, model):
+        self.model = model
+        self.clear()
+
+    def clear(self) -> None:
+        """Drop every row (and the cache)."""
+        self.cache: Any = None
+        self.mask = torch.zeros(0, 0, dtype=torch.long)
+        self.pos = torch.zeros(0, dtype=torch.long)
+        self.last = torch.zeros(0, dtype=torch.long)
+        self.adapters: list[str] = []
+
+    def __len__(self) -> int:
+        return self.mask.shape[0]
+
+    def join(self, done: Prefill, first: torch.Tensor) -> None:
+        """Append the rows of a finished `Prefill`; `first` holds each new row's first generated token."""
+        if not plain_layers(done.cache):
+            raise TypeError("continuous batching needs a plain full-attention KV cache; this model's cache has "
+                            f"{sorted({type(la).__name__ for la in done.cache.layers})}")
+        new_pos = done.mask.sum(-1)
+        new_adapters = done.adapters or [""] * len(done)
+        if not len(self):
+            self.cache, self.mask, self.pos, self.last = done.cache, done.mask, new_pos, first
+            self.adapters = list(new_adapters)
+            return
+        width = max(self.mask.shape[1], done.mask.shape[1])
+
+        def pad(t: torch.Tensor, dim_from_end: int) -> torch.Tensor:
+            missing = width - t.shape[-dim_from_end]
+            return t if missing == 0 else F.pad(t, (0, 0) * (dim_from_end - 1) + (missing, 0))
+
+        kv = [(torch.cat([pad(k1, 2), pad(k2, 2)]), torch.cat([pad(v1, 2), pad(v2, 2)]))
+              for (k1, v1, *_), (k2, v2, *_) in zip(self.cache, done.cache)]
+        self.cache = _rebuild(kv)
+        self.mask = torch.cat([pad(self.mask, 1), pad(done.mask, 1)])
+        self.pos = torch.cat([self.pos, new_pos])
+        self.last = torch.cat([self.last, first])
+        self.adapters += new_adapters
+
+    def step(self, multi_adapter: bool) -> torch.Tensor:
+        """One decode step for every row; returns the next-token logits (float32, one row each)."""
+        mask = torch.cat([self.mask, self.mask.new_ones(len(self), 1)], dim=1)
+        logits = forward(self.model, self.last[:, None], mask, self.pos[:, None], self.cache,
+                         self.adapters if multi_adapter else None)
+        self.mask, self.pos = mask, self.pos + 1
+        return logits
+
+    def keep(self, index: list[int]) -> None:
+        """Keep only the rows at `index` (in that order); cut columns that became padding for all of them."""
+        if len(index) == len(self):
+            return
+        if not index:
+            self.clear()
+            return
+        sel = torch.tensor(index, dtype=torch.long, device=self.mask.device)
+        self.cache.batch_select_indices(sel)
+        self.mask, self.pos, self.last = self.mask[sel], self.pos[sel], self.last[sel]
+        self.adapters = [self.adapters[i] for i in index]
+        dead = int(self.mask.cumsum(-1).eq(0).sum(-1).min())  # leading all-padding columns
+        if dead >= TRIM_AT:
+            self.cache = _rebuild([(k[..., dead:, :], v[..., dead:, :]) for k, v, *_ in self.cache])
+            self.mask = self.mask[:, dead:]
+
+
+def pick(logits: torch.Tensor, temperature: list[float], top_p: list[float],
+         generators: list[torch.Generator | None]) -> torch.Tensor:
+    """The next token of each row: argmax at temperature 0 (as `generate` does), else a sample after
+    temperature and top-p (transformers' warpers, in that order) drawn from the row's own generator."""
+    out = logits.argmax(-1)
+    for i, temp in enumerate(temperature):
+        if temp == 0:
+            continue
+        scores = logits[i] / temp
+        if top_p[i] < 1:
+            order = scores.argsort()  # ascending, as TopPLogitsWarper
+            cum = scores[order].softmax(-1).cumsum(-1)
+            drop = cum <= 1 - top_p[i]
+            drop[-1] = False  # keep at least the most likely token
+            scores = scores.clone()
+            scores[order[drop]] = float("-inf")
+        out[i] = torch.multinomial(scores.softmax(-1), 1, generator=generators[i])[0]
+    return out
