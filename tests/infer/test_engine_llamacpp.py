@@ -152,3 +152,30 @@ def test_served_over_http_with_the_openai_client(exported, generator):
             chunks = client.chat.completions.create(model="run", messages=messages, max_tokens=16, temperature=0,
                                                     stream=True)
             assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == w.text
+
+
+def test_tools_render_and_force_like_the_hf_engine(exported, generator):
+    """A request with tools and a named tool_choice (the template's call opening forced as a prompt prefix):
+    the llamacpp engine answers exactly what the hf engine answers for the same run."""
+    import openai
+
+    from chattune.infer.engine_hf import HfEngine
+    from chattune.infer.engines import build_engine
+    from chattune.infer.serve import BackgroundServer, create_app
+    from chattune.infer.serve_bind import bind_socket
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    cfg = ServeConfig(api_key="sk-l")
+    answers = []
+    for engine in (HfEngine([generator], cfg), build_engine("llamacpp", [str(exported[0])], cfg)):
+        with BackgroundServer(create_app(engine, cfg), bind_socket("127.0.0.1", 0)) as srv:
+            client = openai.OpenAI(base_url=srv.url + "/v1", api_key="sk-l", max_retries=0, timeout=60)
+            r = client.chat.completions.create(model="run", messages=PROMPTS[0], max_tokens=16, temperature=0,
+                                               tools=tools, tool_choice={"type": "function",
+                                                                         "function": {"name": "get_weather"}})
+            answers.append((r.choices[0].message.model_dump(exclude={"tool_calls"}), r.choices[0].finish_reason,
+                            [c.function.model_dump() for c in r.choices[0].message.tool_calls or []],
+                            r.usage.prompt_tokens, r.usage.completion_tokens))
+    assert answers[0] == answers[1]
+    assert answers[0][3] > len(generator.prompt_ids(PROMPTS[0]))  # the tools were rendered into the prompt

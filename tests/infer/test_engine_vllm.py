@@ -16,9 +16,9 @@ import pytest
 
 from chattune.config import ServeConfig
 from chattune.errors import ChattuneError
-from chattune.infer.engine_vllm import VLLMEngine
+from chattune.infer.engine_vllm import VLLMEngine, server_spec
 from chattune.infer.generate import Generator
-from chattune.infer.vllm_server import SETUP_HINT, server_args
+from chattune.export.vllm_launch import server_args
 from tests.conftest import build_tiny_qwen3
 from tests.export.conftest import make_run
 
@@ -45,10 +45,10 @@ def test_two_adapter_runs_become_two_lora_modules_of_one_server(runs):
     launch = eng.launch
     assert launch.loras == {"runA": str(runs[0].resolve()), "runB": str(runs[1].resolve())}
     assert launch.max_lora_rank == 8 and launch.max_model_len == 512 and launch.dtype == "float32"  # r=4, max_length
-    args = server_args(launch, 1234)
-    assert args[:2] == ["-m", "vllm.entrypoints.openai.api_server"]
+    args = server_args(server_spec(launch, 1234))
     assert args[args.index("--model") + 1] == str(runs[0].parent / "base")
     assert args[args.index("--lora-modules") + 1:][:2] == [f"runA={runs[0].resolve()}", f"runB={runs[1].resolve()}"]
+    assert args[args.index("--max-loras") + 1] == "2" and args[args.index("--port") + 1] == "1234"
     assert args[args.index("--host") + 1] == "127.0.0.1" and args[args.index("--generation-config") + 1] == "vllm"
 
 
@@ -72,7 +72,7 @@ def test_missing_vllm_says_how_to_install_it(runs, monkeypatch, tmp_path):
     eng = VLLMEngine.from_paths([str(runs[0])], ServeConfig())
     with pytest.raises(ChattuneError, match="scripts/setup_vllm.sh"):
         eng.start()
-    assert eng.server.proc is None
+    assert eng.server is None and not eng.alive()
 
 
 # --- one real vLLM server for the module --------------------------------------------------------------
@@ -87,7 +87,7 @@ def server(runs):
     try:
         vllm_python()
     except ChattuneError as e:
-        pytest.fail(f"vLLM is needed here: {e}. {SETUP_HINT}", pytrace=False)
+        pytest.fail(f"these tests run vLLM: {e}", pytrace=False)  # the message says how to install it
     cfg = ServeConfig(api_key=KEY, max_queue=16)
     engine = build_engine("vllm", [str(r) for r in runs], cfg)  # what `chattune serve A B --engine vllm` builds
     try:
@@ -98,7 +98,7 @@ def server(runs):
             yield srv
     finally:
         engine.stop()
-    assert not engine.server.running()
+    assert not engine.alive()
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +157,36 @@ def test_context_and_unknown_model_errors(client, server):
         client.chat.completions.create(model="runC", messages=PROMPTS[0], max_tokens=4)
     snap = server.engine.snapshot()
     assert snap["queued"] == 0 and snap["vllm_alive"]
+
+
+
+def _vllm_metric(server, name: str) -> float:
+    """A counter or gauge from vLLM's own Prometheus /metrics (summed over its labels)."""
+    import httpx
+
+    text = httpx.get(server.engine.server.base_url + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+@pytest.mark.slow
+def test_a_cancelled_job_stops_its_sequence_in_vllm(server, runs):
+    """The job's cancel (set by the HTTP layer when its client leaves) closes the stream to vLLM, which
+    drops the sequence: vLLM generates far fewer tokens than the answer would have had."""
+    import time
+
+    from tests.infer.jobs import collect, greedy, run
+
+    n = 480  # the whole answer, never ended early by the random model (checked below)
+    assert Generator.from_path(runs[1]).generate([PROMPTS[0]], max_new_tokens=n)[0].completion_tokens == n
+    before, cancelled = _vllm_metric(server, "vllm:generation_tokens_total"), server.engine.snapshot()["cancelled"]
+    items = run(collect(server.engine, "runB", PROMPTS[0], stream=True, sampling=greedy(n), cancel_after=1))
+    assert not hasattr(items[-1], "finish_reason")  # answered no further: no Completion
+    deadline = time.monotonic() + 30
+    while _vllm_metric(server, "vllm:num_requests_running") > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _vllm_metric(server, "vllm:num_requests_running") == 0
+    generated = _vllm_metric(server, "vllm:generation_tokens_total") - before
+    assert 1 <= generated < n / 2  # counted (the delta the job got), and stopped long before the answer's end
+    snap = server.engine.snapshot()
+    assert snap["cancelled"] == cancelled + 1 and snap["running"] == 0

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from .stage import RunFacts
 from .verify_llamacpp import Parity, _hf_logits
-# vllm_env/vllm_python are imported from here by `chattune serve --engine vllm` too; they live in vllm_launch
 from .vllm_launch import VLLM_PYTHON_ENV, ServerSpec, VllmServer, free_port, vllm_env, vllm_python
 
 DTYPE = "float32"

@@ -104,7 +104,7 @@ class LlamaCppEngine:
     """
 
     kind = "llamacpp"
-    caps = EngineCaps(continuous_batching=False, tools=False, reasoning=True, lora_switching=False)
+    caps = EngineCaps(continuous_batching=False, tools=True, reasoning=True, lora_switching=False)
 
     def __init__(self, sources: dict[str, RunSource], llms: dict[str, Any], *, max_queue: int,
                  ggufs: dict[str, Path] | None = None):

@@ -14,9 +14,11 @@ watcher task closes the stream of any job whose ``cancel`` is set, also while it
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,13 +26,52 @@ from ..errors import ChattuneError
 from .engine import EngineCaps, Job, QueueFull, ServedModel, Started, as_api_error, unknown_model
 from .engine_ids import IdsToText, RunSource, fit_context, model_names, read_source
 from .serve_schema import APIError
-from .vllm_server import VLLMLaunch, VLLMServer
 
 if TYPE_CHECKING:
     from ..config import ServeConfig
+    from ..export.vllm_launch import ServerSpec, VllmServer
 
 log = logging.getLogger("chattune.serve")
 CANCEL_POLL_S = 0.05  # how often the watcher looks at cancel events (a job's stream closes within this)
+
+
+@dataclass(frozen=True)
+class VLLMLaunch:
+    """What the one vLLM server loads.
+
+    Attributes:
+        model: the folder (or hub id) vLLM loads: the shared base of adapter runs, or a merged/full model.
+        served_name: the name vLLM serves `model` under.
+        loras: adapter name → run dir, LoRA modules of `model` (switched per request).
+        max_lora_rank: the ``--max-lora-rank`` holding every adapter's rank (None without adapters).
+        max_model_len: context window (prompt + answer) per sequence.
+        dtype: the precision vLLM computes in ("float32" on CPU: what chattune's hf engine answers in).
+    """
+
+    model: str
+    served_name: str
+    loras: dict[str, str] = field(default_factory=dict)
+    max_lora_rank: int | None = None
+    max_model_len: int = 2048
+    dtype: str = "float32"
+
+
+def server_spec(launch: VLLMLaunch, port: int) -> ServerSpec:
+    """The `export.vllm_launch.ServerSpec` for `launch` on 127.0.0.1:`port`.
+
+    ``--generation-config vllm``: requests carry every sampling setting and the run's end-of-turn ids
+    themselves, so the base's generation_config (e.g. Qwen3's top_k 20) must not fill in defaults the hf
+    engine does not use. Several adapters go in `extra` (the spec's own LoRA field holds one).
+    """
+    from ..export.vllm_launch import ServerSpec
+
+    extra = ["--seed", "0", "--disable-uvicorn-access-log"]
+    if launch.loras:
+        extra += ["--enable-lora", "--max-loras", str(len(launch.loras)), "--max-lora-rank",
+                  str(launch.max_lora_rank or 16), "--lora-modules",
+                  *(f"{name}={path}" for name, path in launch.loras.items())]
+    return ServerSpec(model=launch.model, name=launch.served_name, max_model_len=launch.max_model_len,
+                      generation_config="vllm", dtype=launch.dtype, port=port, extra=tuple(extra))
 
 
 def plan_launch(sources: dict[str, RunSource], *, dtype: str) -> VLLMLaunch:
@@ -93,7 +134,7 @@ class VLLMEngine:
     """
 
     kind = "vllm"
-    caps = EngineCaps(continuous_batching=True, tools=False, reasoning=True, lora_switching=True)
+    caps = EngineCaps(continuous_batching=True, tools=True, reasoning=True, lora_switching=True)
 
     def __init__(self, sources: dict[str, RunSource], launch: VLLMLaunch, *, max_queue: int,
                  startup_timeout: float = 900.0):
@@ -102,7 +143,8 @@ class VLLMEngine:
                        for n, s in sources.items()}
         self.launch = launch
         self.max_queue = max_queue
-        self.server = VLLMServer(launch, startup_timeout=startup_timeout)
+        self.startup_timeout = startup_timeout
+        self.server: VllmServer | None = None
         self._target = {n: (n if n in launch.loras else launch.served_name) for n in sources}
         self._lock = threading.Lock()
         self._waiting: set[Job] = set()   # sent, no first token yet
@@ -142,18 +184,26 @@ class VLLMEngine:
         (a caller may start the slow vLLM launch before the app's lifespan calls `start` again)."""
         import httpx
 
-        if self.server.running() and self._thread is not None and self._thread.is_alive():
+        from ..export.vllm_launch import VllmServer, free_port, server_command
+
+        if self.alive() and self._thread is not None and self._thread.is_alive():
             return
+        port = free_port()
+        # raises with how to install vLLM when its venv is missing, before anything starts
+        argv = server_command(server_spec(self.launch, port))
+        self.server = VllmServer(argv, port=port, ready_timeout=self.startup_timeout)
         self.server.start()
+        atexit.register(self.server.close)  # a chattune that dies without stop() leaves no vLLM behind
         self._stopping = False
         ready = threading.Event()
+        server = self.server
 
         def run_loop() -> None:
             loop = asyncio.new_event_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
             # no connection cap: vLLM's scheduler, not the client pool, decides what runs together
-            self._client = httpx.AsyncClient(base_url=self.server.url, timeout=httpx.Timeout(30.0, read=None),
+            self._client = httpx.AsyncClient(base_url=server.base_url, timeout=httpx.Timeout(30.0, read=None),
                                              limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
             watcher = loop.create_task(self._watch_cancels())
             ready.set()
@@ -182,14 +232,16 @@ class VLLMEngine:
             loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(timeout)
-        self.server.stop()
+        if self.server is not None:
+            self.server.close()
+            atexit.unregister(self.server.close)
 
     def submit(self, job: Job) -> None:
         """Send `job` to vLLM. Raises `QueueFull` (max_queue jobs wait for a first token) or `APIError`."""
         if job.model not in self.models:
             raise unknown_model(job.model, self.models)
         with self._lock:
-            if self._stopping or self._loop is None or not self.server.running():
+            if self._stopping or self._loop is None or not self.alive():
                 raise APIError(503, "the server is shutting down" if self._stopping else
                                "the vLLM server is not running", code="shutting_down")
             if len(self._waiting) >= self.max_queue:
@@ -202,7 +254,11 @@ class VLLMEngine:
         """Queue depth and counters (for /health and /metrics)."""
         with self._lock:
             return {"queued": len(self._waiting), "running": len(self._running), **self.stats,
-                    "vllm_url": self.server.url, "vllm_alive": self.server.running()}
+                    "vllm_alive": self.alive()}
+
+    def alive(self) -> bool:
+        """Whether the vLLM server process runs."""
+        return self.server is not None and self.server.proc is not None and self.server.proc.poll() is None
 
     # --- one job ------------------------------------------------------------------------------------
     async def _watch_cancels(self) -> None:
