@@ -83,10 +83,13 @@ class Lane:
         self.rows = Rows(model)
         self.live: list[Live] = []  # in the order of self.rows
         self.stats = LaneStats()
+        # Jobs held (waiting, prefilling, decoding): one counter, so another thread reading it never sees a
+        # job between two lists (e.g. while its prefill group joins the running rows).
+        self.held = 0
 
     def __len__(self) -> int:
         """Jobs this lane holds (waiting for a prefill, being prefilled, decoding)."""
-        return len(self.waiting) + len(self.prefilling) + len(self.live)
+        return self.held
 
     # --- admission (engine thread, outside the model lock) ------------------------------------------
     def admit(self, job: Job, run: Run) -> None:
@@ -111,6 +114,7 @@ class Lane:
         if job.stream:
             job.deliver(Started(len(prompt)))
         self.waiting.append(live)
+        self.held += 1
 
     def _fit(self, n: int, s: Sampling) -> Sampling:
         """Check the prompt fits the context window; trim a defaulted max_tokens to what is left."""
@@ -148,6 +152,7 @@ class Lane:
         for live in [x for x in self.waiting if x.job.cancel.is_set()]:
             self.waiting.remove(live)
             self.stats.skipped += 1
+            self.held -= 1
         gone = [i for i, x in enumerate(self.live) if x.job.cancel.is_set()]
         if gone:
             for i in gone:
@@ -200,6 +205,7 @@ class Lane:
 
     def _end(self, live: Live, cancelled: bool) -> None:
         rest, final = live.text.finish(cancelled=cancelled)
+        self.held -= 1
         if cancelled:
             self.stats.cancelled += 1
             return  # nobody is listening
@@ -220,4 +226,5 @@ class Lane:
         self.waiting.clear()
         self.prefill, self.prefilling, self.live = None, [], []
         self.rows.clear()
+        self.held = 0
         return jobs
