@@ -121,6 +121,23 @@ def test_long_prefill_is_chunked_while_running_rows_keep_decoding(gen):
         assert_alone(gen, conv, text, c, max_new_tokens=m)
 
 
+def test_a_shared_prefix_is_prefilled_once_and_answers_stay_as_alone(gen):
+    system = {"role": "system", "content": "You are a careful assistant. Answer briefly and exactly."}
+    convs = [[system, {"role": "user", "content": q}] for q in ("hi", "What is two plus two?", "Name a colour.")]
+    cli, run = Client(), Run(gen)
+    lane = Lane(gen.model, gen.pad_token_id, multi_adapter=False, prefill_tokens=512)
+    jobs = [cli.job(gen.name, c, max_tokens=12) for c in convs]
+    for job in jobs:
+        lane.admit(job, run)
+    lane.turn()  # the group's first chunk: the prefix the three prompts share, for one row
+    ids = [gen.prompt_ids(c) for c in convs]
+    common = next(i for i in range(len(ids[0])) if len({tuple(x[:i + 1]) for x in ids}) > 1)
+    assert lane.prefill is not None and lane.prefill.shared == common > 10 and lane.prefill.col == common
+    drive(lane, {0: []})
+    for conv, job in zip(convs, jobs):
+        assert_alone(gen, conv, *answer(cli.items(job)), max_new_tokens=12)
+
+
 def test_a_cancelled_row_leaves_the_batch_at_once(gen):
     cli, run = Client(), Run(gen)
     lane = Lane(gen.model, gen.pad_token_id, multi_adapter=False, prefill_tokens=512)

@@ -6,13 +6,13 @@ does run on CPU with a peft-wrapped model, but it fixes greedy vs sampling and t
 manager (one RNG for every row), so a batch could not mix greedy and sampled requests nor honour a
 request's ``seed``; it packs every row into one flat sequence, so peft cannot pick a LoRA adapter per
 row (``adapter_names``) for several runs on one base; and its default paged cache sizes itself from
-free memory (about 11 GB allocated on a small CPU machine before the first token).
+free memory and allocates it all before the first token (slow on a CPU machine).
 
-Layout (the one `Generator.generate` uses): rows are left-padded, so every row's newest token is in
-the last column; ``mask`` marks real tokens; each row has its own position counter, so padding shifts
-no position. A newcomer is prefilled as its own small left-padded group (`Prefill`, in chunks of a
-token budget so running rows keep getting steps) and then joined: the shorter side is padded on the
-left and the caches are concatenated along the batch dimension. A row that leaves is dropped with
+Layout: each row's newest token is in the last column; ``mask`` marks real tokens; each row has its own
+position counter, so padding shifts no position. Newcomers are prefilled as their own small group
+(`Prefill`: their shared prefix once, the rest left-padded after it, in chunks of a token budget so
+running rows keep getting steps) and then joined: the shorter side is padded on the left and the
+caches are concatenated along the batch dimension. A row that leaves is dropped with
 `DynamicCache.batch_select_indices`; columns that have become padding for every row are cut off.
 Only plain full-attention caches (`DynamicLayer`) are rebuilt this way; the engine refuses others.
 """
@@ -55,7 +55,11 @@ def _rebuild(kv: list[tuple[torch.Tensor, torch.Tensor]]):
 
 
 class Prefill:
-    """New rows being prefilled together (left-padded), a chunk of columns per `advance`.
+    """New rows being prefilled together, a chunk of columns per `advance`.
+
+    The prefix every row shares (typically the system prompt and the template's header) is computed once,
+    for one row, and its cache repeated for all; the rest is left-padded after it, so a row reads
+    ``[shared prefix | padding | own tokens]`` (the mask hides the padding, positions skip it).
 
     Args:
         model: the causal LM.
@@ -69,7 +73,11 @@ class Prefill:
 
         device = next(model.parameters()).device
         self.model, self.adapters = model, adapters
-        self.ids, self.mask = left_pad(prompts, pad, device)
+        self.shared = shared_prefix(prompts) if adapters is None or len(set(adapters)) == 1 else 0
+        own, own_mask = left_pad([p[self.shared:] for p in prompts], pad, device)
+        head = torch.tensor([list(prompts[0][:self.shared])] * len(prompts), dtype=torch.long, device=device)
+        self.ids = torch.cat([head.view(len(prompts), -1), own], dim=1)
+        self.mask = torch.cat([torch.ones_like(head).view(len(prompts), -1), own_mask], dim=1)
         self.pos = (self.mask.cumsum(-1) - 1).clamp(min=0)
         self.cache = DynamicCache()
         self.col = 0
@@ -80,11 +88,32 @@ class Prefill:
     def advance(self, budget: int) -> torch.Tensor | None:
         """Run the next columns (about `budget` tokens in all); the rows' last logits once the prompts are done."""
         rows, width = self.ids.shape
+        if self.col < self.shared:  # the shared prefix: one row's worth of work
+            end = min(self.shared, self.col + max(1, budget))
+            forward(self.model, self.ids[:1, self.col:end], self.mask[:1, :end], self.pos[:1, self.col:end],
+                    self.cache, self.adapters[:1] if self.adapters else None)
+            self.col = end
+            if end == self.shared:
+                self.cache.batch_repeat_interleave(rows)
+            return None
         end = min(width, self.col + max(1, budget // rows))
         logits = forward(self.model, self.ids[:, self.col:end], self.mask[:, :end], self.pos[:, self.col:end],
                          self.cache, self.adapters)
         self.col = end
         return logits if end == width else None
+
+
+def shared_prefix(prompts: Sequence[Sequence[int]], least: int = 4) -> int:
+    """Tokens every prompt starts with (0 for one prompt or fewer than `least`); each row keeps at least
+    one token of its own, whose logits start its answer."""
+    if len(prompts) < 2:
+        return 0
+    n = 0
+    limit = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    while n < limit and all(p[n] == first[n] for p in prompts):
+        n += 1
+    return n if n >= least else 0
 
 
 class Rows:
