@@ -19,6 +19,7 @@ EXPECT = {
     "preprocess.py": ["chattune build_datasets, cold", "tutorial: per-example"],
     "serve_load.py": ["single |", "stream |", "batch |"],
     "gpu_throughput.py": ["hf-pad ", "packed "],
+    "cpu_memory.py": ["qlora ", "lora "],
 }
 
 

@@ -4,6 +4,7 @@ bitsandbytes."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,3 +104,36 @@ def test_qlora_without_bitsandbytes_says_how_to_install_it(tiny_qwen3_dir, monke
     monkeypatch.setattr(quant.importlib.metadata, "version", lambda name: "0.45.5")
     with pytest.raises(ChattuneError, match=r"bitsandbytes >= 0.50 \(installed: 0.45.5\)"):
         quant.require_bitsandbytes()
+
+
+def test_the_plan_estimates_qlora_on_cpu_in_the_cpu_compute_dtype():
+    """On CPU the 4-bit layers compute in fp32 (the plan's dtype there): activations and logits are fp32, as for
+    LoRA; only the base weights shrink. On a bf16 GPU the same run's activations take half the bytes."""
+    from chattune.plan import Capabilities, GiB, make_plan
+
+    def plan(method, caps):
+        return make_plan(config_from_dict({"method": {"type": method}, "train": {"batch_size": 4},
+                                           "data": {"max_length": 256}}), caps)  # SmolLM2 from the shape table
+
+    cpu = Capabilities(device="cpu", memory_bytes=16 * GiB)
+    qlora, lora = plan("qlora", cpu), plan("lora", cpu)
+    gpu = plan("qlora", Capabilities.for_card(memory=24 * GiB))
+    assert qlora.dtype == qlora.memory.dtype == "float32" and gpu.memory.dtype == "bfloat16"
+    assert qlora.memory.activations == lora.memory.activations == 2 * gpu.memory.activations
+    assert qlora.memory.logits == lora.memory.logits > 0
+    assert qlora.memory.weights < lora.memory.weights / 3
+
+
+def test_a_4bit_load_lets_the_checkpoint_file_go(tiny_qwen3_dir, tmp_path):
+    """Quantisation reads every page of the checkpoint; parameters left as views of its memory map would keep
+    the original weights resident next to their 4-bit copies (a QLoRA process bigger than a LoRA one on CPU)."""
+    import gc
+    import shutil
+
+    model_dir = shutil.copytree(tiny_qwen3_dir, tmp_path / "model")  # a file no other test has mapped
+    loaded, _ = _qlora(model_dir)
+    gc.collect()
+    mapped = Path("/proc/self/maps").read_text(encoding="utf-8")
+    assert str(model_dir / "model.safetensors") not in mapped
+    emb = loaded.model.get_input_embeddings().weight
+    assert emb.dtype == torch.float32 and emb is loaded.model.lm_head.weight  # still tied after the copy

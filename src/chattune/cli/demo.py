@@ -21,7 +21,8 @@ def demo_cmd(
                                           "(mirrored by examples/demo_city_date.yaml); data files and output_dir "
                                           "are filled in by the demo."),
     seed: int = typer.Option(0, "--seed", help="Data seed (same seed, same sentences)."),
-    overrides: list[str] | None = typer.Argument(None, help="key.sub=value overrides, e.g. train.lr=5e-4"),
+    overrides: list[str] | None = typer.Argument(None, help="key.sub=value overrides, e.g. train.lr=5e-4, or "
+                                                "method.type=qlora for the same recipe on a 4-bit base"),
 ) -> None:
     """Watch a model learn city + date → JSON: synthesise data, evaluate the base model, LoRA-train,
     evaluate again, and write report.md / report.html with the proof."""

@@ -344,9 +344,10 @@ def load_base(model_cfg: ModelConfig, *, plan=None, tokenizer=None, device: str 
         model.to(plan.device)
     quantised = None
     if plan.load_in_4bit:
-        from .quant import dequantize, pin_compute_path
+        from .quant import dequantize, pin_compute_path, release_checkpoint
 
         pin_compute_path(model)
+        release_checkpoint(model)
         quantised = "nf4"
         if plan.dequantise:
             model = dequantize(model, dtype)

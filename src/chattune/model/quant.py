@@ -88,6 +88,26 @@ def pin_compute_path(model) -> int:
     return n
 
 
+def release_checkpoint(model) -> int:
+    """Copy the full-precision parameters of a freshly loaded 4-bit `model` out of the checkpoint file.
+
+    transformers leaves parameters it did not convert (embeddings, norms; fp32 on CPU) as views of the
+    memory-mapped safetensors file, which keeps the whole mapping alive, and quantisation has read every
+    page of it: on CPU the original Linear weights then stay resident next to their 4-bit copies, and a
+    QLoRA process holds more memory than a LoRA one. Copying the few unconverted tensors lets the mapping
+    go (the memory model counts 4-bit Linears plus full-precision rest, which is what remains).
+
+    Returns:
+        How many parameter tensors were copied.
+    """
+    n = 0
+    for p in model.parameters():  # shared (tied) parameters are listed once and stay shared
+        if p.__class__.__name__ != "Params4bit":
+            p.data = p.data.clone()
+            n += 1
+    return n
+
+
 def dequantize(model, dtype):
     """Replace every 4-bit layer of a freshly loaded 4-bit `model` by a plain Linear holding its
     dequantised weights in `dtype` (transformers' `PreTrainedModel.dequantize`).
