@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from chattune.cli import app
 from chattune.export.report import REPORT_JSON, REPORT_MD
+from chattune.export.run import export
 from tests.conftest import real_tokenizer_dir
 from tests.export.conftest import HELD_OUT, TRAIN, build_tiny, make_run
 
@@ -110,3 +111,24 @@ def test_lora_only_gguf(tmp_path, qwen3_adapter_run):
     assert rep["usage"][0].startswith("llama-server -m base-f16.gguf --lora adapter-f16.gguf --jinja")
     greedy = _parity(rep)["greedy answers"]  # llama.cpp with the GGUF LoRA applied vs the adapter run
     assert greedy["ok"] and greedy["total"] == len(HELD_OUT)
+
+
+@pytest.mark.slow
+def test_greedy_differences_are_judged_where_the_generated_ids_differ(tmp_path, qwen3_adapter_run, tiny_qwen3_dir):
+    """A GGUF of another adapter against this run: every answer differs and none may pass as a tie. Each
+    difference is judged at the first step where the generated ids differ (HF's own ids: its text
+    re-tokenized is not them for random text, which judged a SmolLM2 run's differences at the wrong steps,
+    with margins down to -14 counted as ties), where HF's token leads (margin >= 0)."""
+    from chattune.export.verify_llamacpp import behaviour_parity
+    from chattune.infer.generate import Generator
+
+    other = make_run(tmp_path / "other", tiny_qwen3_dir, thinking="off", seed=7)
+    export(other, to="gguf", quant="f16", out=tmp_path / "g", verify=False)
+    gen = Generator.from_path(qwen3_adapter_run, dtype="float32")
+    prompts = [c["messages"][:-1] for c in HELD_OUT]
+    par, engine, hf = behaviour_parity(tmp_path / "g" / "model-f16.gguf", gen, prompts)
+    hf_ids = gen.generate_ids([gen.prompt_ids(p) for p in prompts], max_new_tokens=32)
+    assert not par.ok and par.detail["ties"] == 0 and len(par.detail["differences"]) == len(HELD_OUT)
+    for i, d in enumerate(par.detail["differences"]):
+        assert hf_ids[i][d["step"]] == d["hf_token"] != d["llama_cpp_token"] and d["margin"] >= 0
+        assert d["max_abs_logit_diff"] > 0.05 * d["logit_spread"]  # another model, not rounding

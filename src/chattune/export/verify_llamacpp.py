@@ -134,47 +134,59 @@ def _hf_logits(generator, ids: list[int]):
 
 
 def behaviour_parity(gguf: Path, generator, prompts: list[list[dict]], *, max_new_tokens: int = 32,
-                     tie_tolerance: float = 0.5, threads: int | None = None,
+                     tie_tolerance: float = 0.05, threads: int | None = None,
                      lora: Path | None = None) -> tuple[Parity, list[str], list[str]]:
     """Greedy answers of llama.cpp on the GGUF vs chattune's `Generator` (the run as trained).
+
+    Both sides are compared as generated token ids. At the first differing step k (same prefix on both
+    sides) llama.cpp can only have picked another token than HF if HF's margin there is within what the two
+    engines' logits differ by at that step: margin(HF) <= |d(hf token)| + |d(llama.cpp token)| <= 2 * max|d|.
+    Such a difference is a tie (rounding flipped a near-equal pair) when max|d| is also rounding-sized: at
+    most `tie_tolerance` of the spread of HF's logits there (f16 weights move a 30-layer model's logits by
+    under 1% of their spread; a model llama.cpp computes differently moves them by 15% and more).
 
     Args:
         lora: a GGUF LoRA applied on top of `gguf` (llama.cpp's `--lora`).
 
     Returns:
         (Parity whose matched counts identical answers plus differences explained by a logit tie,
-         llama.cpp answers, HF answers) — the answers feed the task metric.
+         llama.cpp answers, HF answers) — the answers (decoded the same way) feed the task metric.
     """
     llama_cpp = require_binding()
     ids = [generator.prompt_ids(p) for p in prompts]
     n_ctx = max(len(i) for i in ids) + max_new_tokens + 8
-    hf = generator.generate(prompts, max_new_tokens=max_new_tokens)
-    hf_ids = [generator.tokenizer(c.text, add_special_tokens=False)["input_ids"] for c in hf]
+    eos = set(generator.eos_token_ids)
+    # HF's own generated ids: its text re-tokenized is not always them (a random adapter's text splits
+    # differently), which put the step, margin and logits of a difference at the wrong position
+    # (both keep the end-of-turn token that ended them: stopping early is a choice like any other token)
+    hf_ids = generator.generate_ids(ids, max_new_tokens=max_new_tokens)
+
+    def decode(row: list[int]) -> str:
+        return generator.tokenizer.decode([t for t in row if t not in eos], skip_special_tokens=True)
+
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=max(n_ctx, 64), n_batch=max(n_ctx, 64), verbose=False,
                           seed=0, lora_path=str(lora) if lora else None,
                           **({"n_threads": threads} if threads else {}))
-    eos = set(generator.eos_token_ids)
     same = ties = 0
     rows, answers = [], []
     try:
-        for p_ids, c, want in zip(ids, hf, hf_ids):
+        for p_ids, want in zip(ids, hf_ids):
             got, steps = _llama_greedy(llm, llama_cpp, p_ids, eos, max_new_tokens)
-            text = generator.tokenizer.decode([t for t in got if t not in eos], skip_special_tokens=True)
-            answers.append(text)
-            if text == c.text:
+            answers.append(decode(got))
+            if got == want:
                 same += 1
                 continue
-            # first differing step: HF's margin there vs how far the two engines' logits differ there
             k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-            row = {"hf": c.text, "llama_cpp": text, "step": k, "tie": False}
-            if k < len(steps) and k < len(want):
+            row = {"hf": decode(want), "llama_cpp": answers[-1], "step": k, "tie": False}
+            if k < len(got) and k < len(want):  # else one side hit max_new_tokens sooner (cannot happen)
                 lh = _hf_logits(generator, p_ids + want[:k])
                 ll = steps[k]
                 n = min(len(lh), len(ll))
                 margin = float(lh[want[k]] - lh[got[k]])
                 local = float(abs(lh[:n] - ll[:n]).max())
-                row.update(margin=margin, max_abs_logit_diff=local,
-                           tie=margin <= 2 * local and local <= tie_tolerance)
+                spread = float(lh.max() - lh.min())
+                row.update(hf_token=want[k], llama_cpp_token=got[k], margin=margin, max_abs_logit_diff=local,
+                           logit_spread=spread, tie=margin <= 2 * local and local <= tie_tolerance * spread)
             ties += row["tie"]
             rows.append(row)
     finally:
@@ -185,4 +197,4 @@ def behaviour_parity(gguf: Path, generator, prompts: list[list[dict]], *, max_ne
         first = f"HF {bad[0]['hf']!r} vs llama.cpp {bad[0]['llama_cpp']!r} (step {bad[0]['step']})"
     par = Parity("greedy answers", len(prompts), same + ties, first,
                  {"identical": same, "ties": ties, "differences": rows, "max_new_tokens": max_new_tokens})
-    return par, answers, [c.text for c in hf]
+    return par, answers, [decode(w) for w in hf_ids]
