@@ -10,7 +10,8 @@ import pytest
 from chattune.config import ServeConfig
 from chattune.errors import ChattuneError
 from chattune.infer.engine import Started
-from chattune.infer.engine_ids import IdsToText, read_source
+from chattune.infer.answer import RowStream
+from chattune.infer.engine_ids import read_source
 from chattune.infer.engine_llamacpp import LlamaCppEngine, find_gguf
 from chattune.infer.generate import Generator
 from chattune.infer.serve_schema import APIError
@@ -58,7 +59,8 @@ def test_greedy_answers_equal_the_generator_streamed_or_not(engine, generator):
         assert isinstance(streamed[0], Started) and streamed[0].prompt_tokens == c.prompt_tokens
         assert (c.text, c.completion_tokens, c.finish_reason) == (w.text, w.completion_tokens, w.finish_reason)
         assert cs.text == c.text and deltas == c.text
-        assert all("\ufffd" not in d for d in streamed if isinstance(d, str))  # never half a character
+        if "\ufffd" not in c.text:  # (a random model may write bytes that never form a character)
+            assert all("\ufffd" not in d for d in streamed if isinstance(d, str))  # never half a character
         multibyte += any(ord(ch) > 0x7FF for ch in c.text)
     assert multibyte  # the random model writes CJK etc.: split UTF-8 characters were really exercised
 
@@ -117,19 +119,19 @@ def test_gguf_is_found_from_the_run_the_export_folder_or_the_file(exported, tmp_
         LlamaCppEngine.from_paths([str(bare)], ServeConfig())
 
 
-def test_ids_to_text_holds_back_split_characters(exported):
-    """Byte-level tokens that split a character: no delta carries U+FFFD, the deltas add up to the text."""
+def test_row_stream_over_the_renderer_holds_back_split_characters(exported):
+    """Byte-level tokens that split a character (what both engines hand back): no delta carries U+FFFD, the
+    deltas add up to the text the run's renderer makes of the ids."""
     renderer = read_source(exported[0]).renderer
     tok = renderer.tokenizer
     ids = tok("Übersetze: 你好，世界 🌍 ok", add_special_tokens=False)["input_ids"]
-    assert len(tok.decode(ids[:1])) < len(tok.decode(ids))
-    conv = IdsToText(renderer, 3, greedy(100))
-    deltas = [conv.feed([t]) for t in ids] + [conv.feed([renderer.eos_token_ids[0]])]
-    c = conv.completion()
-    assert "".join(deltas) == c.text == "Übersetze: 你好，世界 🌍 ok" and c.finish_reason == "stop"
+    row = RowStream(renderer, 3, 100, [])
+    deltas = [row.push(t)[0] for t in ids]
+    assert row.push(renderer.eos_token_ids[0]) == ("", True)
+    rest, c = row.finish()
+    assert "".join(deltas) + rest == c.text == "Übersetze: 你好，世界 🌍 ok" and c.finish_reason == "stop"
     assert all("\ufffd" not in d for d in deltas) and c.completion_tokens == len(ids) + 1
-    split = [tok.decode([t]) for t in ids]
-    assert any("\ufffd" in s for s in split)  # the 🌍 really arrives in pieces
+    assert any("\ufffd" in tok.decode([t]) for t in ids)  # the 🌍 really arrives in pieces
 
 
 def test_served_over_http_with_the_openai_client(exported, generator):

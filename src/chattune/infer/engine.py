@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ChattuneError
@@ -164,3 +164,25 @@ def unknown_model(name: str, served: dict[str, ServedModel]) -> APIError:
     """The 404 for a request naming a model this server does not serve."""
     return APIError(404, f"The model '{name}' does not exist; this server serves {', '.join(map(repr, served))}",
                     param="model", code="model_not_found")
+
+
+def fit_context(n_prompt: int, sampling: Sampling, limit: int | None) -> Sampling:
+    """Check a prompt of `n_prompt` tokens fits a context of `limit` (None: unknown, no check); trim a
+    defaulted max_tokens to fit (every engine's one rule).
+
+    Raises:
+        APIError: 400 context_length_exceeded (the prompt alone, or with an explicit max_tokens, is too long).
+    """
+    if limit is None:
+        return sampling
+    room = limit - n_prompt
+    if room < 1:
+        raise APIError(400, f"the prompt is {n_prompt} tokens; this model's context window is {limit} tokens",
+                       param="messages", code="context_length_exceeded")
+    if sampling.max_new_tokens > room:
+        if sampling.explicit_max:
+            raise APIError(400, f"the prompt ({n_prompt} tokens) plus max_tokens ({sampling.max_new_tokens}) "
+                           f"exceeds this model's context window of {limit} tokens", param="max_tokens",
+                           code="context_length_exceeded")
+        return replace(sampling, max_new_tokens=room)
+    return sampling

@@ -1,24 +1,18 @@
-"""What the engines that run outside transformers (vLLM, llama.cpp) share: the run's renderer without its
-weights, the context-window rule, and the one way their generated token ids become text.
+"""What the engines that run outside transformers (vLLM, llama.cpp) need from a run without loading its
+weights: its renderer (tokenizer, template, end-of-turn ids, system prompt) and a served name.
 
-Those engines hand back token ids, never text: the text is decoded here with the run's own tokenizer by
-the rule `Generator` applies (full decode of the new ids with special tokens skipped, cut at the first
-end-of-turn id and before the first stop string, an incomplete UTF-8 tail held back while streaming and
-dropped at a cut), so an engine's detokenizer can never make its answers differ from `chattune chat`.
+Those engines hand back token ids, never text: the text comes from `answer.RowStream` over this renderer,
+the rule `Generator` applies, so an engine's own detokenizer can never make its answers differ from
+`chattune chat`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 from ..errors import ConfigError
-from .engine import Sampling
-from .generate import Completion
 from .prompt import PromptRenderer
-from .reasoning import split_reasoning
-from .serve_schema import APIError
-from .stopping import cut_at_stop, held_back
 
 
 @dataclass(frozen=True)
@@ -101,84 +95,3 @@ def model_names(paths: list[str]) -> list[str]:
             raise ConfigError(f"two runs would both be served as {name!r}; rename one run dir")
         names.append(name)
     return names
-
-
-def fit_context(n_prompt: int, sampling: Sampling, limit: int | None) -> Sampling:
-    """Check a prompt of `n_prompt` tokens fits a context of `limit`; trim a defaulted max_tokens to fit.
-
-    Raises:
-        APIError: 400 context_length_exceeded (the prompt alone, or with an explicit max_tokens, is too long).
-    """
-    if limit is None:
-        return sampling
-    room = limit - n_prompt
-    if room < 1:
-        raise APIError(400, f"the prompt is {n_prompt} tokens; this model's context window is {limit} tokens",
-                       param="messages", code="context_length_exceeded")
-    if sampling.max_new_tokens > room:
-        if sampling.explicit_max:
-            raise APIError(400, f"the prompt ({n_prompt} tokens) plus max_tokens ({sampling.max_new_tokens}) "
-                           f"exceeds this model's context window of {limit} tokens", param="max_tokens",
-                           code="context_length_exceeded")
-        return replace(sampling, max_new_tokens=room)
-    return sampling
-
-
-class IdsToText:
-    """One answer's generated ids → streamed text deltas and the final `Completion` (see the module doc).
-
-    Feed ids as the engine produces them; `done` turns True at an end-of-turn id, a completed stop string
-    or max_new_tokens, and later ids are ignored (an engine may overshoot by a step).
-    """
-
-    def __init__(self, renderer: PromptRenderer, prompt_tokens: int, sampling: Sampling):
-        self.tok = renderer.tokenizer
-        self.eos = set(renderer.eos_token_ids)
-        self.opened = renderer.reasoning_opened
-        self.prompt_tokens = prompt_tokens
-        self.max_new = sampling.max_new_tokens
-        self.stop = [s for s in sampling.stop if s]
-        self.ids: list[int] = []
-        self.sent = ""
-        self.hit_eos = self.hit_stop = self.done = False
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def feed(self, ids: list[int]) -> str:
-        """Take new ids; return the text they make ready ("" when held back or done)."""
-        ready = None
-        for t in ids:
-            if self.done:
-                break
-            self.ids.append(int(t))
-            if t in self.eos:
-                self.hit_eos = self.done = True
-                break
-            # the full decode of the answer so far: multi-byte characters split across ids come out whole
-            text, hit = cut_at_stop(self._decode(self.ids), self.stop)
-            ready = text if hit else text[:len(text) - held_back(text, self.stop)]
-            self.hit_stop = hit
-            self.done = hit or len(self.ids) >= self.max_new
-        if ready is not None and len(ready) > len(self.sent) and ready.startswith(self.sent):
-            delta, self.sent = ready[len(self.sent):], ready
-            return delta
-        return ""
-
-    def completion(self, cancelled: bool = False) -> Completion:
-        """The final answer (what `Generator.generate` returns for the same ids)."""
-        n = len(self.ids)
-        kept = self.ids[:-1] if self.hit_eos else self.ids
-        text, hit_stop = cut_at_stop(self._decode(kept), self.stop)
-        if hit_stop:  # count the ids up to the one that completed the stop string
-            n = next(k for k in range(1, len(kept) + 1) if cut_at_stop(self._decode(kept[:k]), self.stop)[1])
-        reason = "stop" if (self.hit_eos or hit_stop or cancelled or n < self.max_new) else "length"
-        if not (self.hit_eos or hit_stop):
-            text = text.rstrip("\ufffd")  # cut mid-character: the incomplete tail streaming held back
-        split = split_reasoning(text, opened=self.opened)
-        return Completion(text=text, prompt_tokens=self.prompt_tokens, completion_tokens=n, finish_reason=reason,
-                          reasoning=split.reasoning, content=split.content)
-
-    def final_delta(self, c: Completion) -> str:
-        """The text of `c` not yet streamed (held back until the end)."""
-        return c.text[len(self.sent):] if c.text.startswith(self.sent) else ""

@@ -4,7 +4,7 @@ It serves what `chattune export RUN --to gguf` wrote (and verified token for tok
 path may be the run dir (its default export folder beside it is used, f16 first), an export folder, or a
 .gguf file inside one. Prompts are rendered by the run's `PromptRenderer` (never llama.cpp's own template
 handling) and fed as token ids; generation stops on the run's end-of-turn ids, temperature 0 is llama.cpp's
-greedy sampler, and `IdsToText` turns the ids into text by `Generator`'s rule (whole UTF-8 characters only).
+greedy sampler, and `RowStream` turns the ids into text by `Generator`'s rule (whole UTF-8 characters only).
 
 One worker thread answers one job at a time (a llama.cpp context holds one sequence here): no continuous
 batching. Each job starts from an empty KV cache, so an answer never depends on the request before it.
@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ChattuneError
 from ..export.report import REPORT_JSON as REPORT
-from .engine import EngineCaps, Job, QueueFull, ServedModel, Started, as_api_error, unknown_model
-from .engine_ids import IdsToText, RunSource, fit_context, model_names, read_source
+from .answer import RowStream
+from .engine import EngineCaps, Job, QueueFull, ServedModel, Started, as_api_error, fit_context, unknown_model
+from .engine_ids import RunSource, model_names, read_source
 from .serve_schema import APIError
 
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ class LlamaCppEngine:
         renderer = self.models[job.model].renderer
         ids = renderer.prompt_ids(job.messages, job.tools)
         s = fit_context(len(ids), job.sampling, llm.n_ctx())
-        text = IdsToText(renderer, len(ids), s)
+        row = RowStream(renderer, len(ids), s.max_new_tokens, list(s.stop))
         if job.stream:
             job.deliver(Started(len(ids)))
         # A request without a seed samples differently each time (llama.cpp would reuse its context's seed).
@@ -234,16 +235,16 @@ class LlamaCppEngine:
         # Only the request's settings shape sampling: llama.cpp's own defaults (top_k 40, min_p 0.05) are off.
         for token in llm.generate(ids, temp=s.temperature, top_p=s.top_p, top_k=0, min_p=0.0, typical_p=1.0,
                                   repeat_penalty=1.0, reset=False):
-            delta = text.feed([token])
+            delta, ended = row.push(token)
             if delta and job.stream and not job.cancel.is_set():
                 job.deliver(delta)
-            if text.done or job.cancel.is_set() or self._stopping:
+            if ended or job.cancel.is_set() or self._stopping:
                 break
         if job.cancel.is_set():
             self._count("cancelled")
             return
-        final = text.completion()
-        if job.stream and (rest := text.final_delta(final)):
+        rest, final = row.finish()
+        if job.stream and rest:
             job.deliver(rest)
         job.deliver(final)
         self._count("completed")

@@ -6,7 +6,7 @@ served as its folder. Each job is rendered here by the run's `PromptRenderer` an
 ``/v1/completions`` as prompt token ids, with the run's end-of-turn ids as the only stop ids, so vLLM
 never applies a chat template or a generation_config of its own. vLLM streams back token ids (always,
 also for plain requests, so one path serves both and a client that leaves closes its stream, which
-aborts the sequence in vLLM); `IdsToText` decodes them with the run's tokenizer by `Generator`'s rule.
+aborts the sequence in vLLM); `RowStream` decodes them with the run's tokenizer by `Generator`'s rule.
 
 Jobs run as tasks of the engine's own event loop thread (the HTTP layer's loop never waits on vLLM); one
 watcher task closes the stream of any job whose ``cancel`` is set, also while it waits for its first token.
@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ChattuneError
-from .engine import EngineCaps, Job, QueueFull, ServedModel, Started, as_api_error, unknown_model
-from .engine_ids import IdsToText, RunSource, fit_context, model_names, read_source
+from .answer import RowStream
+from .engine import EngineCaps, Job, QueueFull, ServedModel, Started, as_api_error, fit_context, unknown_model
+from .engine_ids import RunSource, model_names, read_source
 from .serve_schema import APIError
 
 if TYPE_CHECKING:
@@ -283,15 +284,15 @@ class VLLMEngine:
             try:
                 ids = renderer.prompt_ids(job.messages, job.tools)
                 sampling = fit_context(len(ids), job.sampling, self.launch.max_model_len)
-                text = IdsToText(renderer, len(ids), sampling)
-                await self._stream(job, self._body(job, ids, sampling.max_new_tokens), text)
+                row = RowStream(renderer, len(ids), sampling.max_new_tokens, list(sampling.stop))
+                await self._stream(job, self._body(job, ids, sampling.max_new_tokens), row)
             except asyncio.CancelledError:
                 pass  # the client left (or the server stops): answered no further
             if job.cancel.is_set():
                 self._count("cancelled")
                 return
-            final = text.completion()
-            if job.stream and (rest := text.final_delta(final)):
+            rest, final = row.finish()
+            if job.stream and rest:
                 job.deliver(rest)
             job.deliver(final)
             self._count("completed")
@@ -306,7 +307,7 @@ class VLLMEngine:
                 self._running.discard(job)
             self._tasks.pop(job, None)
 
-    async def _stream(self, job: Job, body: dict, text: IdsToText) -> None:
+    async def _stream(self, job: Job, body: dict, row: RowStream) -> None:
         async with self._client.stream("POST", "/v1/completions", json=body) as resp:
             if resp.status_code != 200:
                 raise self._error(resp.status_code, (await resp.aread()).decode("utf-8", "replace"))
@@ -321,11 +322,14 @@ class VLLMEngine:
                 chunk = json.loads(line[len("data: "):])
                 if "error" in chunk:
                     raise self._error(500, json.dumps(chunk))
-                for choice in chunk.get("choices", []):
-                    delta = text.feed(choice.get("token_ids") or [])
+                ended = False
+                for t in (t for choice in chunk.get("choices", []) for t in choice.get("token_ids") or []):
+                    delta, ended = row.push(t)
                     if delta and job.stream and not job.cancel.is_set():
                         job.deliver(delta)
-                if text.done or job.cancel.is_set():
+                    if ended:
+                        break  # vLLM may send a step more than the answer has (e.g. past a stop string)
+                if ended or job.cancel.is_set():
                     break  # leaving the block closes the stream: vLLM aborts the sequence
 
     def _error(self, status: int, raw: str) -> APIError:

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 from ..errors import ChattuneError, ModelError
 from .answer import Completion, RowStream
 from .prompt import PromptRenderer
-from .reasoning import ReasoningStream, split_reasoning
-from .stopping import CancelRows, QueueStreamer, StopStrings, cut_at_stop
+from .reasoning import ReasoningStream
+from .stopping import CancelRows, QueueStreamer, StopStrings
 
 if TYPE_CHECKING:
     from ..rundir.load import LoadedModel, LoadInfo
@@ -158,32 +158,7 @@ class Generator:
             stop: its stop strings.
             cancelled: it was stopped early on purpose (finish_reason "stop").
         """
-        eos = set(self.eos_token_ids)
-        n, hit_eos = len(new_ids), False
-        for i, t in enumerate(new_ids):
-            if t in eos:
-                n, hit_eos = i + 1, True
-                break
-        kept = new_ids[:n - 1] if hit_eos else new_ids[:n]
-        text = self.tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        text, hit_stop = cut_at_stop(text, stop)
-        if hit_stop:
-            # Count tokens only up to the one that completed the stop string: generate() pads a stopped
-            # row afterwards, and those pads are not part of the completion.
-            n = next(k for k in range(1, len(kept) + 1) if cut_at_stop(
-                self.tokenizer.decode(kept[:k], skip_special_tokens=True, clean_up_tokenization_spaces=False),
-                stop)[1])
-        if hit_eos or hit_stop or cancelled or n < max_new_tokens:
-            reason = "stop"
-        else:
-            reason = "length"
-        if not (hit_eos or hit_stop):
-            # Cut mid-character (length or cancel): drop the incomplete UTF-8 tail, which decodes as
-            # U+FFFD and which streaming held back anyway.
-            text = text.rstrip("\ufffd")
-        split = split_reasoning(text, opened=self.reasoning_opened)
-        return Completion(text=text, prompt_tokens=prompt_len, completion_tokens=n, finish_reason=reason,
-                          reasoning=split.reasoning, content=split.content)
+        return self.renderer.completion(new_ids, prompt_len, max_new_tokens, stop, cancelled=cancelled)
 
     @property
     def reasoning_opened(self) -> bool:

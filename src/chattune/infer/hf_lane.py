@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
-from .engine import Job, Sampling, Started
+from .engine import Job, Sampling, Started, fit_context
 from .answer import RowStream
 from .kv_batch import Prefill, Rows, pick
 from .serve_schema import APIError
@@ -118,19 +118,7 @@ class Lane:
 
     def _fit(self, n: int, s: Sampling) -> Sampling:
         """Check the prompt fits the context window; trim a defaulted max_tokens to what is left."""
-        if self.context_limit is None:
-            return s
-        room = self.context_limit - n
-        if room < 1:
-            raise APIError(400, f"the prompt is {n} tokens; this model's context window is {self.context_limit} "
-                           "tokens", param="messages", code="context_length_exceeded")
-        if s.max_new_tokens > room:
-            if s.explicit_max:
-                raise APIError(400, f"the prompt ({n} tokens) plus max_tokens ({s.max_new_tokens}) exceeds this "
-                               f"model's context window of {self.context_limit} tokens", param="max_tokens",
-                               code="context_length_exceeded")
-            s = replace(s, max_new_tokens=room)
-        return s
+        return fit_context(n, s, self.context_limit)
 
     # --- one turn (engine thread, under the model lock) ---------------------------------------------
     def turn(self) -> None:

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ChattuneError
-from .reasoning import ReasoningStream
+from .answer import Completion
+from .reasoning import ReasoningStream, split_reasoning
+from .stopping import cut_at_stop
 from .tool_calls import ToolCallFormat, tool_call_format
 
 # A last message {"role": "assistant", "content": TEXT, PREFIX: True} is not a turn: the answer must begin
@@ -106,3 +108,42 @@ class PromptRenderer:
     def reasoning_stream(self) -> ReasoningStream:
         """A splitter for this model's streamed text deltas (reasoning vs answer pieces)."""
         return ReasoningStream(opened=self.reasoning_opened)
+
+    def completion(self, new_ids: list[int], prompt_len: int, max_new_tokens: int,
+                   stop: list[str] | None, cancelled: bool = False) -> Completion:
+        """Turn one answer's generated ids into a Completion (cut at end-of-turn, then at stop strings): the
+        one rule for every engine, so an engine's own detokenizer never changes an answer.
+
+        Args:
+            new_ids: the answer's generated ids (anything after its first end-of-turn is ignored).
+            prompt_len: its prompt's token count.
+            max_new_tokens: its limit ("length" when reached without a stop).
+            stop: its stop strings.
+            cancelled: it was stopped early on purpose (finish_reason "stop").
+        """
+        eos = set(self.eos_token_ids)
+        n, hit_eos = len(new_ids), False
+        for i, t in enumerate(new_ids):
+            if t in eos:
+                n, hit_eos = i + 1, True
+                break
+        kept = new_ids[:n - 1] if hit_eos else new_ids[:n]
+        text = self.tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        text, hit_stop = cut_at_stop(text, stop)
+        if hit_stop:
+            # Count tokens only up to the one that completed the stop string: generate() pads a stopped
+            # row afterwards, and those pads are not part of the completion.
+            n = next(k for k in range(1, len(kept) + 1) if cut_at_stop(
+                self.tokenizer.decode(kept[:k], skip_special_tokens=True, clean_up_tokenization_spaces=False),
+                stop)[1])
+        if hit_eos or hit_stop or cancelled or n < max_new_tokens:
+            reason = "stop"
+        else:
+            reason = "length"
+        if not (hit_eos or hit_stop):
+            # Cut mid-character (length or cancel): drop the incomplete UTF-8 tail, which decodes as
+            # U+FFFD and which streaming held back anyway.
+            text = text.rstrip("\ufffd")
+        split = split_reasoning(text, opened=self.reasoning_opened)
+        return Completion(text=text, prompt_tokens=prompt_len, completion_tokens=n, finish_reason=reason,
+                          reasoning=split.reasoning, content=split.content)
