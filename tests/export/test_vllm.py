@@ -69,6 +69,30 @@ def test_lora_bundle_and_refusals(tmp_path, adapter_run, tiny_qwen3_dir):
     assert not (tmp_path / "bad-out").exists()
 
 
+def test_mixed_thinking_and_trained_tool_calls_reach_serve_sh(tmp_path, tiny_qwen3_dir):
+    from chattune.rundir.layout import DATA_FILE
+
+    run = make_run(tmp_path / "mixed", tiny_qwen3_dir, thinking="mixed")
+    # What training records when its rows carried tool calls (data/dataset.py: render.tool_rows).
+    rec = json.loads((run / DATA_FILE).read_text())
+    rec["render"] = {**rec.get("render", {}), "tool_rows": 3}
+    (run / DATA_FILE).write_text(json.dumps(rec))
+    out = tmp_path / "v"
+    export(run, to="vllm", out=out, lora_only=True, verify=False)
+    args = _serve_args(out)
+    # a mixed run answers with thinking on by default: vLLM must split the think block
+    assert args[args.index("--reasoning-parser") + 1] == "qwen3"
+    assert json.loads(args[args.index("--default-chat-template-kwargs") + 1]) == {"enable_thinking": True}
+    # Qwen3's template writes <tool_call> blocks: vLLM's hermes parser reads them back as tool_calls
+    assert "--enable-auto-tool-choice" in args and args[args.index("--tool-call-parser") + 1] == "hermes"
+
+
+def test_no_tool_parser_for_a_run_without_tool_rows(tmp_path, adapter_run):
+    out = tmp_path / "v"
+    export(adapter_run, to="vllm", out=out, lora_only=True, verify=False)
+    assert "--tool-call-parser" not in _serve_args(out) and "--enable-auto-tool-choice" not in _serve_args(out)
+
+
 def test_vllm_missing_or_failing_leaves_nothing(tmp_path, adapter_run, monkeypatch):
     # no vLLM venv: the export says how to install it, before any work
     monkeypatch.delenv("CHATTUNE_VLLM_PYTHON", raising=False)

@@ -31,7 +31,7 @@ class RunFacts:
         base: the base model as configured (what an adapter applies to).
         base_source: the base model's resolved local folder or hub id.
         architecture: config.json's architectures[0] of the base/full model.
-        thinking: "off" or "keep", as trained.
+        thinking: "off" or "keep": the policy inference renders with after training (a ``mixed`` run: "keep").
         template: the chat template training rendered with.
         template_kwargs: extra apply_chat_template kwargs for the thinking policy.
         eos_ids: end-of-turn token ids (the template's first), as generation_config.json lists them.
@@ -39,6 +39,8 @@ class RunFacts:
         pad_id, pad_token: the pad token the run used.
         max_length: the training max_length (context for deployment defaults).
         system: the default system prompt from the training config (None: none).
+        tool_format: the tool-call format the run trained its calls in (`chattune.infer.tool_calls`; its name is
+            vLLM's parser name), None when no training row carried tools.
     """
 
     run_dir: Path
@@ -56,6 +58,7 @@ class RunFacts:
     pad_token: str | None
     max_length: int
     system: str | None
+    tool_format: str | None = None
 
 
 def read_facts(run_dir: str | Path):
@@ -67,11 +70,12 @@ def read_facts(run_dir: str | Path):
     Raises:
         ModelError: not a run dir, no weights, or no chat template.
     """
-    from ..data.render import end_of_turn_ids, template_kwargs
+    from ..data.render import end_of_turn_ids, inference_thinking, template_kwargs
+    from ..infer.tool_calls import tool_call_format
     from ..model.load import resolve_source
     from ..rundir.layout import GENERATION_FILE
     from ..rundir.load import run_tokenizer
-    from ..rundir.read import read_run
+    from ..rundir.read import read_run, read_tool_rows
 
     run = read_run(run_dir)  # raises with the missing file named
     cfg = run.config
@@ -94,11 +98,12 @@ def read_facts(run_dir: str | Path):
     if cfg_json.is_file():
         arch = (json.loads(cfg_json.read_text(encoding="utf-8")).get("architectures") or ["unknown"])[0]
     facts = RunFacts(run_dir=run.path, is_adapter=run.is_adapter, method=cfg.method.type, base=cfg.model.name_or_path,
-                     base_source=str(base_source), architecture=arch, thinking=cfg.data.thinking,
+                     base_source=str(base_source), architecture=arch, thinking=inference_thinking(cfg.data.thinking),
                      template=tok.chat_template, template_kwargs=template_kwargs(tok, cfg.data.thinking),
                      eos_ids=tuple(eos), eos_tokens=tuple(tok.convert_ids_to_tokens(eos)),
                      pad_id=tok.pad_token_id, pad_token=tok.pad_token, max_length=cfg.data.max_length,
-                     system=cfg.data.system)
+                     system=cfg.data.system,
+                     tool_format=tool_call_format(tok).name if read_tool_rows(run.path) else None)
     return facts, tok, cfg
 
 

@@ -61,6 +61,8 @@ def server_spec(facts: RunFacts, *, lora_rank: int | None, name: str, base: str 
                       chat_template=f"{cfg_dir}/chat_template.jinja", generation_config=cfg_dir,
                       # the thinking policy as trained, for every request that does not override it
                       template_kwargs=facts.template_kwargs, reasoning_parser="qwen3" if thinking else None,
+                      # chattune's tool-call format names are vLLM's parser names (hermes, llama3_json, deepseek_v3)
+                      tool_call_parser=facts.tool_format,
                       lora_path=f"./{ADAPTER_DIR}" if lora_rank else None,
                       lora_rank=max_lora_rank(lora_rank) if lora_rank else None)
 

@@ -78,6 +78,7 @@ class ServerSpec:
         generation_config: folder of the generation_config.json whose EOS list and defaults vLLM uses.
         template_kwargs: chat template kwargs applied to every request that does not override them.
         reasoning_parser: e.g. "qwen3" (splits the think block into reasoning_content).
+        tool_call_parser: e.g. "hermes" (returns the model's tool calls as OpenAI tool_calls; None: tools off).
         lora_path: a PEFT adapter folder served as `name` on top of `model`.
         lora_rank: `--max-lora-rank` (one of the values vLLM accepts, see `export.vllm.max_lora_rank`).
         dtype: "float32", "bfloat16", ... (None: vLLM's choice from the model's config).
@@ -93,6 +94,7 @@ class ServerSpec:
     generation_config: str | None = None
     template_kwargs: Mapping[str, object] = field(default_factory=dict)
     reasoning_parser: str | None = None
+    tool_call_parser: str | None = None
     lora_path: str | None = None
     lora_rank: int | None = None
     dtype: str | None = None
@@ -114,6 +116,8 @@ def server_args(spec: ServerSpec) -> list[str]:
         args += ["--default-chat-template-kwargs", json.dumps(dict(spec.template_kwargs))]
     if spec.reasoning_parser:
         args += ["--reasoning-parser", spec.reasoning_parser]
+    if spec.tool_call_parser:
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", spec.tool_call_parser]
     if spec.lora_path is not None:
         args += ["--enable-lora", "--lora-modules", f"{spec.name}={spec.lora_path}",
                  "--max-lora-rank", str(spec.lora_rank or 16)]

@@ -152,3 +152,14 @@ def read_plan(run_dir: str | Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return plan if isinstance(plan, dict) else None
+
+
+def read_tool_rows(run_dir: str | Path) -> int:
+    """How many training conversations carried tools or tool calls (``data.json`` render.tool_rows; 0 for a run
+    dir from before the record, or without it)."""
+    try:
+        rec = json.loads((Path(run_dir) / DATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 0
+    rows = (rec.get("render") or {}).get("tool_rows") if isinstance(rec, dict) else None
+    return rows if isinstance(rows, int) else 0
