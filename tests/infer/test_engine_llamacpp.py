@@ -44,8 +44,16 @@ def generator(exported):
     return Generator.from_path(exported[0])
 
 
-def test_greedy_answers_equal_the_generator_streamed_or_not(engine, generator):
+def test_greedy_answers_equal_the_generator_streamed_or_not(engine, generator, exported):
+    from chattune.export.verify_llamacpp import behaviour_parity
+
     want = generator.generate(PROMPTS, max_new_tokens=24)
+    # A random model's logits are near-uniform, so f16 rounding can flip a near-tie between two tokens. The
+    # export's own verification judges each difference (llama.cpp directly on the same GGUF): a prompt it calls
+    # a tie must get llama.cpp's own answer from the engine; every other prompt must get the Generator's.
+    par, llama_answers, _ = behaviour_parity(find_gguf(exported[0])[0], generator, PROMPTS, max_new_tokens=24)
+    assert par.matched == par.total, par.detail
+    tied = {d["prompt"] for d in par.detail["differences"]}
 
     async def ask_all():
         return [[await collect(engine, "run", p, stream=s, sampling=greedy(24)) for s in (False, True)]
@@ -53,11 +61,14 @@ def test_greedy_answers_equal_the_generator_streamed_or_not(engine, generator):
 
     got = run(ask_all())
     multibyte = 0
-    for w, (plain, streamed) in zip(want, got):
+    for i, (w, (plain, streamed)) in enumerate(zip(want, got)):
         _, c = answer(plain)
         deltas, cs = answer(streamed)
         assert isinstance(streamed[0], Started) and streamed[0].prompt_tokens == c.prompt_tokens
-        assert (c.text, c.completion_tokens, c.finish_reason) == (w.text, w.completion_tokens, w.finish_reason)
+        if i in tied:
+            assert c.text == llama_answers[i]
+        else:
+            assert (c.text, c.completion_tokens, c.finish_reason) == (w.text, w.completion_tokens, w.finish_reason)
         assert cs.text == c.text and deltas == c.text
         if "\ufffd" not in c.text:  # (a random model may write bytes that never form a character)
             assert all("\ufffd" not in d for d in streamed if isinstance(d, str))  # never half a character

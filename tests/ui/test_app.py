@@ -210,15 +210,18 @@ def test_a_key_guards_the_api_and_open_addresses_need_one(ui_roots):
 def test_stop_then_resume_a_training_job(ui_client, ui_roots, tiny_qwen3_dir):
     """A real `chattune train` subprocess: stopped after its first checkpoint, interrupted and resumable,
     resumed to the end. (Stop is SIGINT to the job's process group: the trainer ends cleanly.)"""
+    # Enough steps after the first checkpoint that the stop always lands mid-run: an idle machine trains the tiny
+    # model at ~10 steps/s, and 12 steps used to finish before the stop arrived.
+    steps = 80
     values = {"data.train": [QA], "model.name_or_path": str(tiny_qwen3_dir), "output_dir": "sr",
-              "train.max_steps": "12", "train.save_steps": "2", "train.logging_steps": "1", "train.batch_size": "2",
-              "train.report_to": "[none]"}
+              "train.max_steps": str(steps), "train.save_steps": "2", "train.logging_steps": "1",
+              "train.batch_size": "2", "train.report_to": "[none]"}
     assert ui_client.post("/api/train/start", json={"values": values}).status_code == 200
     run = ui_roots.runs / "sr"
     deadline = time.monotonic() + 240
     while not (run / "checkpoint-2" / "trainer_state.json").is_file():
         assert time.monotonic() < deadline, ui_client.get("/api/runs/sr").json()["log"]
-        time.sleep(0.5)
+        time.sleep(0.05)
     assert ui_client.get("/api/runs/sr").json()["status"] == "running"
     assert ui_client.post("/api/runs/sr/stop").status_code == 200
     while (row := ui_client.get("/api/runs/sr").json())["status"] == "running":
@@ -230,4 +233,4 @@ def test_stop_then_resume_a_training_job(ui_client, ui_roots, tiny_qwen3_dir):
         assert time.monotonic() < deadline + 240
         time.sleep(1)
     assert row["status"] == "finished", row["log"]
-    assert row["step"] == 12 and "resuming from checkpoint-" in row["log"]
+    assert row["step"] == steps and "resuming from checkpoint-" in row["log"]

@@ -170,14 +170,14 @@ def behaviour_parity(gguf: Path, generator, prompts: list[list[dict]], *, max_ne
     same = ties = 0
     rows, answers = [], []
     try:
-        for p_ids, want in zip(ids, hf_ids):
+        for i, (p_ids, want) in enumerate(zip(ids, hf_ids)):
             got, steps = _llama_greedy(llm, llama_cpp, p_ids, eos, max_new_tokens)
             answers.append(decode(got))
             if got == want:
                 same += 1
                 continue
             k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-            row = {"hf": decode(want), "llama_cpp": answers[-1], "step": k, "tie": False}
+            row = {"prompt": i, "hf": decode(want), "llama_cpp": answers[-1], "step": k, "tie": False}
             if k < len(got) and k < len(want):  # else one side hit max_new_tokens sooner (cannot happen)
                 lh = _hf_logits(generator, p_ids + want[:k])
                 ll = steps[k]
