@@ -82,3 +82,11 @@ class RowStream:
         final = self.gen.completion(self.ids, self.prompt_len, self.max_new_tokens, self.stop, cancelled=cancelled)
         rest = final.text[len(self.sent):] if final.text.startswith(self.sent) else ""
         return rest, final
+
+    def answer(self, job: Any) -> None:
+        """End the row and hand `job` (an `engine.Job`) what is left: the held-back text (streams only), then
+        the final `Completion` — how every engine ends an answered job."""
+        rest, final = self.finish()
+        if rest and job.stream:
+            job.deliver(rest)
+        job.deliver(final)

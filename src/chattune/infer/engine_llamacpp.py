@@ -243,10 +243,7 @@ class LlamaCppEngine:
         if job.cancel.is_set():
             self._count("cancelled")
             return
-        rest, final = row.finish()
-        if job.stream and rest:
-            job.deliver(rest)
-        job.deliver(final)
+        row.answer(job)
         self._count("completed")
 
     def _count(self, key: str) -> None:

@@ -291,10 +291,7 @@ class VLLMEngine:
             if job.cancel.is_set():
                 self._count("cancelled")
                 return
-            rest, final = row.finish()
-            if job.stream and rest:
-                job.deliver(rest)
-            job.deliver(final)
+            row.answer(job)
             self._count("completed")
         except Exception as e:  # one failed request fails only its own job
             if not isinstance(e, APIError) or e.status >= 500:

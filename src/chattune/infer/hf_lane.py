@@ -192,14 +192,12 @@ class Lane:
             self._keep([i for i in range(len(self.live)) if i not in gone])
 
     def _end(self, live: Live, cancelled: bool) -> None:
-        rest, final = live.text.finish(cancelled=cancelled)
         self.held -= 1
         if cancelled:
+            live.text.finish(cancelled=True)
             self.stats.cancelled += 1
             return  # nobody is listening
-        if rest and live.job.stream:
-            live.job.deliver(rest)
-        live.job.deliver(final)
+        live.text.answer(live.job)
         self.stats.completed += 1
 
     def _keep(self, index: list[int]) -> None:
