@@ -158,18 +158,9 @@ def make_city_date_files(out: str | Path, n: int, seed: int = 0, *, prompt: str 
     """
     from ...errors import DataError
     from ..convert import OUT_SUFFIXES
+    from ._files import check_outputs
 
-    paths = [Path(out)] + ([Path(test_out)] if test_out is not None else [])
-    for p in paths:
-        if p.suffix.lower() not in OUT_SUFFIXES:
-            raise DataError(f"cannot write {p.suffix or 'a file without suffix'!r}; expected one of "
-                            f"{', '.join(OUT_SUFFIXES)}", file=str(p))
-    if n_test > 0 and test_out is None:
-        raise DataError(f"--split {n_test} needs --test-out PATH for the held-out rows", field="test_out")
-    if test_out is not None and n_test <= 0:
-        raise DataError("--test-out given without --split N (the number of test rows)", field="split")
-    if len(paths) == 2 and paths[0].resolve() == paths[1].resolve():
-        raise DataError("--out and --test-out are the same file", file=str(out))
+    check_outputs(out, test_out, n_test, OUT_SUFFIXES)
     try:
         train, test = generate_city_date(n, seed, prompt=prompt, n_test=n_test)
     except ValueError as e:

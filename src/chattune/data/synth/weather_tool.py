@@ -128,18 +128,9 @@ def make_weather_tool_files(out: str | Path, n: int, seed: int = 0, *, n_test: i
     """
     from ...errors import DataError
     from ..convert import write_records
+    from ._files import check_outputs
 
-    paths = [Path(out)] + ([Path(test_out)] if test_out is not None else [])
-    for p in paths:
-        if p.suffix.lower() not in (".jsonl", ".json"):
-            raise DataError(f"cannot write {p.suffix or 'a file without suffix'!r}: tool conversations need "
-                            ".jsonl or .json", file=str(p))
-    if n_test > 0 and test_out is None:
-        raise DataError(f"--split {n_test} needs --test-out PATH for the held-out rows", field="test_out")
-    if test_out is not None and n_test <= 0:
-        raise DataError("--test-out given without --split N (the number of test rows)", field="split")
-    if len(paths) == 2 and paths[0].resolve() == paths[1].resolve():
-        raise DataError("--out and --test-out are the same file", file=str(out))
+    check_outputs(out, test_out, n_test, (".jsonl", ".json"), why="tool conversations need .jsonl or .json")
     try:
         train, test = generate_weather_tool(n, seed, n_test=n_test, answer_share=answer_share)
     except ValueError as e:
