@@ -1,6 +1,6 @@
 """After QLoRA training (tiny random Qwen3, CPU): inference runs on the 4-bit base the adapter was trained on,
-merge dequantises that base and is verified against the QLoRA model (a dropped adapter fails), and eval, chat
-and serve work on the run."""
+merge dequantises that base and is verified against the QLoRA model (a dropped adapter fails), and eval, chat,
+serve and export work on the run."""
 from __future__ import annotations
 
 import httpx
@@ -95,3 +95,16 @@ def test_eval_chat_and_serve_a_tiny_qlora_run(tmp_path, tiny_qlora_run):
                        json={"model": "x", "messages": PROMPT, "temperature": 0, "max_tokens": 12})
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == answer
+
+
+@pytest.mark.slow  # a GGUF conversion plus llama.cpp's greedy answers
+def test_export_a_tiny_qlora_run_to_gguf_is_verified_against_the_qlora_model(tmp_path, tiny_qlora_run):
+    """`chattune export` merges a QLoRA run into its dequantised base (never into 4-bit layers) and verifies the
+    GGUF against the run as trained: the 4-bit base with its adapter."""
+    from chattune.export.run import export
+
+    rep = export(tiny_qlora_run, to="gguf", quant="f16", out=tmp_path / "gguf",
+                 eval_file=tiny_qlora_run.parent / "facts.jsonl", eval_limit=5)
+    assert rep.verified and rep.parity and all(p.ok for p in rep.parity), [(p.name, p.first_mismatch) for p in rep.parity]
+    facts = (tiny_qlora_run.parent / "facts.jsonl").read_text().splitlines()
+    assert [p.total for p in rep.parity if p.name.startswith("greedy answers")] == [len(facts)]  # --eval's prompts
