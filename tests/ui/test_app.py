@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 
 import pytest
@@ -216,7 +217,13 @@ def test_stop_then_resume_a_training_job(ui_client, ui_roots, tiny_qwen3_dir):
     values = {"data.train": [QA], "model.name_or_path": str(tiny_qwen3_dir), "output_dir": "sr",
               "train.max_steps": str(steps), "train.save_steps": "2", "train.logging_steps": "1",
               "train.batch_size": "2", "train.report_to": "[none]"}
-    assert ui_client.post("/api/train/start", json={"values": values}).status_code == 200
+    # As under a non-interactive shell's background job (a CI runner, `nohup`): SIGINT is ignored, and the job
+    # inherits that. Stop must still stop it.
+    inherited = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert ui_client.post("/api/train/start", json={"values": values}).status_code == 200
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     run = ui_roots.runs / "sr"
     deadline = time.monotonic() + 240
     while not (run / "checkpoint-2" / "trainer_state.json").is_file():

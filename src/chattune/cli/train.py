@@ -23,6 +23,12 @@ def train_cmd(
     master_port: int = typer.Option(29500, "--master-port", help="Free TCP port on node 0."),
 ) -> None:
     """Fine-tune a model and write a self-describing run directory (output_dir)."""
+    import signal
+
+    # Ctrl-C and the UI's stop are SIGINT. A process started by a non-interactive shell in the background (CI
+    # runners, nohup) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler: training
+    # would run on to the end. Stopping must always work, so take the default handler back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from ..config import load_config
     from ..train.distributed import is_main_process, launch, train_argv
 
