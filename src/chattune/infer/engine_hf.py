@@ -43,6 +43,23 @@ def default_sampling(generator: Generator) -> tuple[float, float]:
     return 1.0, 1.0
 
 
+def refuse_unservable(run: Run) -> None:
+    """Refuse a run whose generation_config asks what a row of the batch cannot do (`sampling.unservable`),
+    greedy or sampled, rather than answer otherwise than `chattune chat` does.
+
+    Raises:
+        ConfigError: naming the run's file and the fields.
+    """
+    from .sampling import unservable
+
+    gen = run.gen
+    bad = dict.fromkeys(x for t in (0.0, 1.0) for x in unservable(gen.model, gen.generate_kwargs(1, t, 1.0)))
+    if bad:
+        where = gen.info.path if gen.info is not None else gen.name
+        raise ConfigError(f"{where}/generation_config.json sets {'; '.join(bad)}, which the hf engine cannot apply "
+                          "to one row of its batch; remove the field(s) from that file to serve this run")
+
+
 def _shutting_down() -> APIError:
     return APIError(503, "the server is shutting down", code="shutting_down")
 
@@ -75,6 +92,7 @@ class HfEngine:
             if name in self.models:
                 raise ConfigError(f"two runs would both be served as {name!r} (a run is served under its folder "
                                   "name): rename one of the folders")
+            refuse_unservable(run)
             temp, top_p = default_sampling(run.gen)
             self.models[name] = ServedModel(name, run.gen.renderer, default_temperature=temp, default_top_p=top_p)
             self.runs[name] = run

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ChattuneError, ModelError
+from ..errors import ModelError
 from .answer import Completion, RowStream
 from .prompt import PromptRenderer
 from .reasoning import ReasoningStream
@@ -127,24 +127,20 @@ class Generator:
 
     # --- generation -------------------------------------------------------------------------------
 
+    def generate_kwargs(self, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+        """What `generate` gets on top of the run's generation_config (`sampling.generate_kwargs`: the one
+        policy, which the hf engine's rows apply too)."""
+        from .sampling import generate_kwargs
+
+        return generate_kwargs(self.model, self.eos_token_ids, self.pad_token_id, max_new_tokens, temperature, top_p)
+
     def _gen_kwargs(self, max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict:
         import torch
 
-        if max_new_tokens < 1:
-            raise ChattuneError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ChattuneError(f"temperature must be >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
-        kw: dict = {"max_new_tokens": int(max_new_tokens), "eos_token_id": self.eos_token_ids,
-                    "pad_token_id": self.pad_token_id}
-        if temperature == 0:
-            # Override sampling fields a Hub generation_config may carry (Qwen3: temp 0.6, top_k 20),
-            # so greedy really is greedy and transformers does not warn about unused flags.
-            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            kw.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=None)
-            if seed is not None:
-                # The global RNG: transformers' sampling draws from it. Calls are serialised by callers.
-                torch.manual_seed(int(seed))
+        kw = self.generate_kwargs(max_new_tokens, temperature, top_p)
+        if temperature > 0 and seed is not None:
+            # The global RNG: transformers' sampling draws from it. Calls are serialised by callers.
+            torch.manual_seed(int(seed))
         return kw
 
     def completion(self, new_ids: list[int], prompt_len: int, max_new_tokens: int,

@@ -7,9 +7,11 @@ samples its first tokens and joins the running rows, then every running row take
 a newcomer's prefill delays running streams by at most one chunk per token, and a row that ends (end of
 turn, stop string, max_tokens) or whose client left is answered and dropped in the same turn.
 
-Per-row sampling: greedy rows take the argmax (so a greedy answer equals `Generator.generate` alone);
-sampling rows draw from their own `torch.Generator`, seeded by the request's ``seed`` (reproducible
-whatever else shares the batch) or from a process-wide source.
+Per-row sampling (`sampling.RowSampler`): each row applies the logits processors `Generator.generate`
+applies to its conversation alone (the run's generation_config: repetition_penalty, top_k, ...) to its
+own ids, then takes the argmax (so a greedy answer equals `Generator.generate` alone) or draws from its
+own `torch.Generator`, seeded by the request's ``seed`` (reproducible whatever else shares the batch) or
+from a process-wide source. Greedy rows that need no processor take the batch's argmax.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ import torch
 
 from .engine import Job, Sampling, Started, fit_context
 from .answer import RowStream
-from .kv_batch import Prefill, Rows, pick
+from .kv_batch import Prefill, Rows
+from .sampling import RowSampler, pick, row_sampler
 from .serve_schema import APIError
 
 if TYPE_CHECKING:
@@ -40,14 +43,14 @@ class Run:
 
 @dataclass(eq=False)
 class Live:
-    """A job inside a lane: its prompt, settings, text so far and sampler."""
+    """A job inside a lane: its prompt, settings, text so far and sampler (None: the batch's argmax)."""
 
     job: Job
     run: Run
     prompt: list[int]
     sampling: Sampling
     text: RowStream
-    rng: torch.Generator | None = field(default=None, repr=False)
+    sampler: RowSampler | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -100,17 +103,19 @@ class Lane:
         try:
             prompt = run.gen.prompt_ids(job.messages, job.tools)
             sampling = self._fit(len(prompt), job.sampling)
+            rng = None
+            if sampling.temperature > 0:
+                rng = torch.Generator(device=self.device)
+                rng.manual_seed(sampling.seed if sampling.seed is not None else random.getrandbits(63))
+            kwargs = run.gen.generate_kwargs(sampling.max_new_tokens, sampling.temperature, sampling.top_p)
+            sampler = row_sampler(self.model, kwargs, prompt, rng, self.device)
         except Exception as e:  # noqa: BLE001 - one bad prompt fails only its own request
             from .engine import as_api_error
 
             job.deliver(as_api_error(e))
             return
-        rng = None
-        if sampling.temperature > 0:
-            rng = torch.Generator(device=self.device)
-            rng.manual_seed(sampling.seed if sampling.seed is not None else random.getrandbits(63))
         live = Live(job, run, prompt, sampling, RowStream(run.gen, len(prompt), sampling.max_new_tokens,
-                                                          list(sampling.stop)), rng)
+                                                          list(sampling.stop)), sampler)
         if job.stream:
             job.deliver(Started(len(prompt)))
         self.waiting.append(live)
@@ -173,8 +178,7 @@ class Lane:
         self._deliver(nxt.tolist(), start=0)
 
     def _pick(self, logits: torch.Tensor, rows: list[Live]) -> torch.Tensor:
-        return pick(logits, [x.sampling.temperature for x in rows], [x.sampling.top_p for x in rows],
-                    [x.rng for x in rows])
+        return pick(logits, [x.sampler for x in rows])
 
     def _deliver(self, tokens: list[int], start: int) -> None:
         """Hand each row its new token's text; answer and drop the rows that ended."""

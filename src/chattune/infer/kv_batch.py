@@ -183,22 +183,3 @@ class Rows:
             self.cache = _rebuild([(k[..., dead:, :], v[..., dead:, :]) for k, v, *_ in self.cache])
             self.mask = self.mask[:, dead:]
 
-
-def pick(logits: torch.Tensor, temperature: list[float], top_p: list[float],
-         generators: list[torch.Generator | None]) -> torch.Tensor:
-    """The next token of each row: argmax at temperature 0 (as `generate` does), else a sample after
-    temperature and top-p (transformers' warpers, in that order) drawn from the row's own generator."""
-    out = logits.argmax(-1)
-    for i, temp in enumerate(temperature):
-        if temp == 0:
-            continue
-        scores = logits[i] / temp
-        if top_p[i] < 1:
-            order = scores.argsort()  # ascending, as TopPLogitsWarper
-            cum = scores[order].softmax(-1).cumsum(-1)
-            drop = cum <= 1 - top_p[i]
-            drop[-1] = False  # keep at least the most likely token
-            scores = scores.clone()
-            scores[order[drop]] = float("-inf")
-        out[i] = torch.multinomial(scores.softmax(-1), 1, generator=generators[i])[0]
-    return out
