@@ -71,11 +71,13 @@ def compare(base_path, tuned_path, data_path, *, out_dir=None, metrics: Sequence
     import gc
 
     from ..rundir.layout import is_run_dir
+    from ..rundir.load import load_run_base
     from ..rundir.read import read_run
     from .generate import Generator
 
     metrics = check_metric_names(metrics)
-    if str(base_path) == "base":
+    run_base = str(base_path) == "base"
+    if run_base:
         if not is_run_dir(tuned_path):
             raise ConfigError("--compare base needs a run dir to find the base model; pass the base model path")
         base_path = read_run(tuned_path).base_model
@@ -89,7 +91,11 @@ def compare(base_path, tuned_path, data_path, *, out_dir=None, metrics: Sequence
     tuned = evaluate(tuned_path, data_path, generator=tuned_gen, out_dir=out / "tuned" if out else None, **kw)
     del tuned_gen
     gc.collect()
-    base = evaluate(base_path, data_path, thinking=thinking, out_dir=out / "base" if out else None, **kw)
+    # the run's base renders with the run's tokenizer and template (model.chat_template included)
+    base_gen = (Generator.from_loaded(load_run_base(tuned_path, device=device, dtype=dtype), base_path,
+                                      thinking=thinking) if run_base else None)
+    base = evaluate(base_path, data_path, thinking=thinking, generator=base_gen, out_dir=out / "base" if out else None,
+                    **kw)
     primary = next((m for m in metrics if m != "loss"), None)
     rows = [{"index": b["index"], "input": b["input"], "reference": b["reference"], "base_output": b["output"],
              "tuned_output": t["output"], "base_ok": _mark(b["scores"], primary),

@@ -232,15 +232,56 @@ def load_run(path: str | Path, *, device: str | None = None, dtype: str | None =
         if rep is not None:  # a `chattune merge` output: render as the run was trained
             base_name, thinking, method = rep.get("base", path_s), rep.get("thinking", "off"), rep.get("method")
             system, date = rep.get("system"), rep.get("date")
+    return _loaded(model, tok, plan, loaded.quantised, path_s, kind=kind, base=base_name, method=method,
+                   thinking=thinking, config=cfg, warnings=warnings, system=system, date=date)
+
+
+def _loaded(model, tok, plan, quantised, path: str, *, kind: str, base: str, method: str | None, thinking: str | None,
+            config: Config | None = None, warnings: list[str] | None = None, system: str | None = None,
+            date: str | None = None) -> LoadedModel:
     model.eval()
-    info = LoadInfo(kind=kind, path=path_s, base=base_name, method=method,
+    info = LoadInfo(kind=kind, path=path, base=base, method=method,
                     thinking=inference_thinking(thinking or "off"),
                     device=plan.device, dtype=plan.dtype,
                     eos_token_ids=tuple(stop_token_ids(model, tok)), pad_token_id=tok.pad_token_id,
                     chat_template=tok.chat_template if isinstance(tok.chat_template, str) else None,
-                    config=cfg, quantised=loaded.quantised,
-                    warnings=tuple(warnings), system=system, date=date)
+                    config=config, quantised=quantised,
+                    warnings=tuple(warnings or ()), system=system, date=date)
     return LoadedModel(model=model, tokenizer=tok, info=info)
+
+
+def load_untrained(model_cfg: ModelConfig, *, tokenizer=None, device: str | None = None,
+                   dtype: str | None = None) -> LoadedModel:
+    """The model a config trains, before training, rendering as that config does: the weights `model_cfg` names
+    (revision, GGUF file included) with its tokenizer and chat template (``model.chat_template``), no adapter.
+
+    A before/after comparison must differ only in the weights: a run trained with ``model.chat_template`` (a
+    SmolLM2 run with the shipped ``smollm2-tools``) compared with its base loaded by name would render the base
+    with the base's own template, which may not even carry tools.
+
+    Args:
+        model_cfg: the config's model section.
+        tokenizer: use this tokenizer (a run's own, `run_tokenizer`) instead of loading the config's.
+        device, dtype: as in `load_run`.
+    """
+    from ..model.load import load_base, load_tokenizer, resolve_source
+    from ..plan import inference_plan
+
+    mcfg = model_cfg.model_copy(update={"dtype": dtype} if dtype else {})
+    plan = inference_plan(mcfg, device=device)
+    src = resolve_source(mcfg)
+    tok = tokenizer or load_tokenizer(mcfg, source=src)
+    loaded = load_base(mcfg, plan=plan, tokenizer=tok, source=src)
+    return _loaded(loaded.model, tok, plan, loaded.quantised, mcfg.name_or_path, kind="model",
+                   base=mcfg.name_or_path, method=None, thinking="off")
+
+
+def load_run_base(run_dir: str | Path, *, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+    """A run's base model (no adapter, no trained weights) rendering with the run's own tokenizer and chat template:
+    what ``eval --compare base`` and the UI's compare-with-base answer with (see `load_untrained`)."""
+    run = read_run(run_dir)
+    return load_untrained(run.config.model, tokenizer=run_tokenizer(Path(run_dir), run.config.model), device=device,
+                          dtype=dtype)
 
 
 def shares_base(loaded: LoadedModel, path: str | Path) -> bool:

@@ -40,6 +40,7 @@ class Models:
             ChattuneError: the run dir is not finished or its model cannot be loaded.
         """
         from ..infer.generate import Generator
+        from ..rundir.load import load_run_base
         from ..rundir.read import read_run
 
         key = f"{'base' if base else 'run'}:{run_dir}"
@@ -49,9 +50,10 @@ class Models:
                 return self._models[key]
             info = read_run(run_dir)  # says so when training has not finished
             thinking = info.config.data.thinking
-            # Compare mode: the base model as `chattune eval --compare base` loads it, with the run's thinking
-            # policy, so both models see the same conversation.
-            gen = Generator.from_path(info.base_model if base else run_dir, thinking=thinking)
+            # Compare mode: the base model as `chattune eval --compare base` loads it, with the run's template and
+            # thinking policy, so both models see the same conversation.
+            gen = (Generator.from_loaded(load_run_base(run_dir), info.base_model, thinking=thinking) if base
+                   else Generator.from_path(run_dir, thinking=thinking))
             while len(self._models) >= MAX_LOADED:
                 self._models.popitem(last=False)
             model = ChatModel(key=key, generator=gen, lock=threading.Lock(),
