@@ -41,6 +41,19 @@ def smollm2_gguf_path() -> Path:
         pytest.fail(f"SmolLM2 GGUF missing: {e}", pytrace=False)
 
 
+def smollm2_tokenizer(chat_template: str | None = None):
+    """The real SmolLM2-135M-Instruct tokenizer (read from its GGUF), with `chat_template` (a model.chat_template
+    value: a path or a shipped name such as "smollm2-tools") in place of its own when given."""
+    from transformers import AutoTokenizer
+
+    from chattune.data.render import apply_template_override
+
+    p = smollm2_gguf_path()
+    tok = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
+    apply_template_override(tok, chat_template)
+    return tok
+
+
 @pytest.fixture(scope="session")
 def qwen3_tokenizer_dir() -> Path:
     return real_tokenizer_dir("qwen3")

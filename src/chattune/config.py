@@ -36,7 +36,10 @@ class ModelConfig(_Strict):
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] = Field(
         "auto", description="auto = flash-attention (3 on Hopper, 2 elsewhere) when installed on CUDA, else sdpa.")
     trust_remote_code: bool = Field(False, description="Run Python code shipped with the model. Off unless asked.")
-    chat_template: str | None = Field(None, description="Path to a Jinja file that replaces the tokenizer's chat template.")
+    chat_template: str | None = Field(None, description="A Jinja chat template replacing the tokenizer's: a file path, "
+                                      "or a template shipped with chattune by name: smollm2-tools (SmolLM2's ChatML "
+                                      "plus tool calls in Qwen2.5's Hermes format). The run dir keeps the template "
+                                      "used (chat_template.jinja).")
 
 
 class DataSource(_Strict):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.conftest import real_tokenizer_dir
+from tests.conftest import real_tokenizer_dir, smollm2_tokenizer
 from transformers import AutoTokenizer
 
 from chattune.data.render import (
@@ -21,7 +21,9 @@ from chattune.data.render import (
 )
 from chattune.errors import TemplateError
 
-EOT = {"qwen3": "<|im_end|>", "llama3_1": "<|eot_id|>"}
+EOT = {"qwen3": "<|im_end|>", "llama3_1": "<|eot_id|>", "smollm2_tools": "<|im_end|>"}
+# real tokenizers' own templates, and SmolLM2 with the template chattune ships for it (model.chat_template)
+FAMILIES = ["qwen3", "llama3_1", "smollm2_tools"]
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather for a city on a date.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "date": {"type": "string"}},
@@ -65,7 +67,9 @@ THINK_CALL = [
 
 @pytest.fixture(scope="module")
 def toks() -> dict:
-    return {name: AutoTokenizer.from_pretrained(real_tokenizer_dir(name)) for name in ("qwen3", "llama3_1", "deepseek_v3")}
+    out = {name: AutoTokenizer.from_pretrained(real_tokenizer_dir(name)) for name in ("qwen3", "llama3_1", "deepseek_v3")}
+    out["smollm2_tools"] = smollm2_tokenizer("smollm2-tools")
+    return out
 
 
 def chat(tok, messages, tools, thinking="off", gen=False) -> list[int]:
@@ -107,7 +111,7 @@ def assert_tool_guarantee(tok, family, messages, tools, seqs: list[Rendered], th
                 assert all(key in full and key not in trained for key in json.loads(m["content"]))
 
 
-@pytest.mark.parametrize("family", ["qwen3", "llama3_1"])
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("tools", [TOOLS, None], ids=["declared", "undeclared"])
 def test_guarantee_on_tool_round_trips(toks, family, tools):
     tok = toks[family]
@@ -119,24 +123,29 @@ def test_guarantee_on_tool_round_trips(toks, family, tools):
         assert "get_weather" in tok.decode(seqs[0].input_ids[:runs(seqs[0])[0][0]])  # declared in the prompt
 
 
-def test_qwen3_parallel_calls_text_beside_a_call_and_thinking(toks):
-    tok = toks["qwen3"]
+@pytest.mark.parametrize("family", ["qwen3", "smollm2_tools"])
+def test_parallel_calls_and_text_beside_a_call(toks, family):
+    tok = toks[family]
     seqs = render_conversation(PARALLEL, tok, tools=TOOLS)
-    assert_tool_guarantee(tok, "qwen3", PARALLEL, TOOLS, seqs)
+    assert_tool_guarantee(tok, family, PARALLEL, TOOLS, seqs)
     first = tok.decode([t for t, lab in zip(seqs[0].input_ids, seqs[0].labels) if lab != IGNORE])
     assert first.startswith("Let me look both up.\n<tool_call>") and first.count("<tool_call>") == 2
+
+
+def test_qwen3_thinking_on_a_call_turn(toks):
+    tok = toks["qwen3"]
     keep = render_conversation(THINK_CALL, tok, tools=TOOLS, thinking="keep")
     assert_tool_guarantee(tok, "qwen3", THINK_CALL, TOOLS, keep, thinking="keep")
     call_span = tok.decode([t for t, lab in zip(keep[0].input_ids, keep[0].labels) if lab != IGNORE])
     assert call_span.startswith("<think>\nI need the weather for Lima.\n</think>\n\n<tool_call>")
 
 
-@pytest.mark.parametrize("family", ["qwen3", "llama3_1"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_fast_path_equals_reference_path_on_tool_conversations(toks, family, monkeypatch):
     from chattune.data import render
 
     tok = toks[family]
-    convs = [ROUND_TRIP, ROUND_TRIP[:5], ROUND_TRIP] + ([PARALLEL] if family == "qwen3" else [])
+    convs = [ROUND_TRIP, ROUND_TRIP[:5], ROUND_TRIP] + ([PARALLEL] if family != "llama3_1" else [])
     tools = [TOOLS, TOOLS, [CALC, WEATHER], TOOLS][:len(convs)]
     reference = render_batch(convs, tok, tools=tools, fast=False)
     with monkeypatch.context() as m:
@@ -148,7 +157,7 @@ def test_fast_path_equals_reference_path_on_tool_conversations(toks, family, mon
     assert fast[0].sequences == render_conversation(ROUND_TRIP, tok, tools=TOOLS)
 
 
-@pytest.mark.parametrize("family", ["qwen3", "llama3_1"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_prompt_ids_with_tools_is_the_training_prefix(toks, family):
     tok = toks[family]
     seqs = render_conversation(ROUND_TRIP, tok, tools=TOOLS)

@@ -139,3 +139,38 @@ def test_reference_loss_of_a_tool_call_renders_the_tools(tiny_qwen3_dir):
         ref = gen.model(input_ids=torch.tensor([seq.input_ids]), labels=torch.tensor([seq.labels])).loss
     assert n == sum(t != -100 for t in seq.labels)
     assert nll / n == pytest.approx(float(ref), rel=1e-4)
+
+
+def test_compare_base_renders_the_base_with_the_runs_chat_template(tmp_path, tiny_qwen3_dir):
+    """A run trained with model.chat_template: `eval --compare base` (and the UI's compare with base) load its
+    base with the run's tokenizer and template. Here the base folder's own template is ChatML without tools, so a
+    base rendered with it would refuse the tool rows (or, with other data, answer other prompts than the run)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from chattune.config import config_from_dict
+    from chattune.data.chat_templates import read_template
+    from chattune.infer.compare import compare
+    from chattune.rundir.load import load_run, load_run_base
+    from chattune.train.trainer import train
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_qwen3_dir, base)
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tok.save_pretrained(base)
+    data = _write(tmp_path / "test.jsonl", ROWS)
+    train(config_from_dict({
+        "model": {"name_or_path": str(base), "chat_template": "smollm2-tools"},  # ChatML + Hermes tools
+        "data": {"train": str(data), "cache_dir": str(tmp_path / "cache")},
+        "method": {"lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        "train": {"max_steps": 1, "batch_size": 2, "report_to": ["none"]}, "output_dir": str(tmp_path / "run")}))
+    run = tmp_path / "run"
+    assert load_run_base(run).info.chat_template == read_template("smollm2-tools") != load_run(base).info.chat_template
+    res = compare("base", run, data, metrics=["tool_calls"], max_new_tokens=4, batch_size=8)
+    assert res["base"]["tool_expected"] == res["tuned"]["tool_expected"] == 3
+    from chattune.ui.chat import Models
+
+    assert Models().get(str(run), base=True).generator.tokenizer.chat_template == read_template("smollm2-tools")

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
 from ..errors import ChattuneError, TemplateError
 from ._spans import IGNORE, Rendered, RenderResult, TurnTexts, assemble_exact, encode, explain_merged_whitespace, finish
 from ._text_spans import markup, render_by_text
+from .chat_templates import read_template
 from .template_policy import (
     control_tokens,
     control_tokens_in,
@@ -69,17 +69,14 @@ def apply_template_override(tokenizer, chat_template_path: str | None) -> None:
 
     Args:
         tokenizer: a transformers tokenizer (changed in place).
-        chat_template_path: path to a ``.jinja`` file, or None to keep the tokenizer's own template.
+        chat_template_path: a path to a ``.jinja`` file or a shipped template's name (`chat_templates.SHIPPED`),
+            or None to keep the tokenizer's own template.
 
     Raises:
         TemplateError: the file cannot be read, or the tokenizer ends up without a chat template.
     """
     if chat_template_path:
-        p = Path(chat_template_path).expanduser()
-        try:
-            tokenizer.chat_template = p.read_text(encoding="utf-8")
-        except OSError as e:
-            raise TemplateError(f"cannot read chat template file {p}: {e.strerror or e}") from None
+        tokenizer.chat_template = read_template(chat_template_path)
     if not _template_text(tokenizer).strip():
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
         raise TemplateError(f"tokenizer '{name}' has no chat template; pass model.chat_template: "
