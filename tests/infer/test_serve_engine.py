@@ -7,6 +7,7 @@ and `predict` give.
 from __future__ import annotations
 
 import asyncio
+import random
 
 import openai
 import pytest
@@ -18,6 +19,7 @@ from chattune.infer.engine import Job, Sampling, Started
 from chattune.infer.engine_hf import HfEngine
 from chattune.infer.generate import Generator
 from chattune.infer.hf_lane import Lane, Run
+from chattune.infer.kv_batch import Prefill, prefill_cost, shared_prefix
 from chattune.infer.serve import BackgroundServer, create_app
 from chattune.infer.serve_bind import bind_socket
 
@@ -121,21 +123,45 @@ def test_long_prefill_is_chunked_while_running_rows_keep_decoding(gen):
         assert_alone(gen, conv, text, c, max_new_tokens=m)
 
 
-def test_a_shared_prefix_is_prefilled_once_and_answers_stay_as_alone(gen):
+def test_a_burst_sharing_a_prefix_is_prefilled_once_as_one_group_and_answers_stay_as_alone(gen):
     system = {"role": "system", "content": "You are a careful assistant. Answer briefly and exactly."}
     convs = [[system, {"role": "user", "content": q}] for q in ("hi", "What is two plus two?", "Name a colour.")]
+    ids = [gen.prompt_ids(c) for c in convs]
+    common = next(i for i in range(len(ids[0])) if len({tuple(x[:i + 1]) for x in ids}) > 1)
+    assert Prefill(gen.model, ids, gen.pad_token_id, None).shared == common > 10
+    # The budget counts what is computed: the shared prefix once, then each row's own part (padded to the
+    # longest); counting whole prompts per row would need far more.
+    cost = common + 3 * (max(map(len, ids)) - common)
+    assert prefill_cost(ids, None) == cost < 3 * max(map(len, ids))
     cli, run = Client(), Run(gen)
-    lane = Lane(gen.model, gen.pad_token_id, multi_adapter=False, prefill_tokens=512)
+    lane = Lane(gen.model, gen.pad_token_id, multi_adapter=False, prefill_tokens=cost)
     jobs = [cli.job(gen.name, c, max_tokens=12) for c in convs]
     for job in jobs:
         lane.admit(job, run)
-    lane.turn()  # the group's first chunk: the prefix the three prompts share, for one row
-    ids = [gen.prompt_ids(c) for c in convs]
-    common = next(i for i in range(len(ids[0])) if len({tuple(x[:i + 1]) for x in ids}) > 1)
-    assert lane.prefill is not None and lane.prefill.shared == common > 10 and lane.prefill.col == common
+    lane.turn()  # one chunk: the prefix once and every row's own tokens, so all three decode at once
+    assert lane.stats.prefills == 1 and len(lane.rows) == 3
     drive(lane, {0: []})
     for conv, job in zip(convs, jobs):
         assert_alone(gen, conv, *answer(cli.items(job)), max_new_tokens=12)
+    # One token less: the third prompt no longer fits, and waits for the next group.
+    lane = Lane(gen.model, gen.pad_token_id, multi_adapter=False, prefill_tokens=cost - 1)
+    for c in convs:
+        lane.admit(cli.job(gen.name, c, max_tokens=12), run)
+    lane.turn()
+    assert lane.stats.prefills == 1 and len(lane.rows) == 2
+    lane.turn()
+    assert lane.stats.prefills == 2 and len(lane.rows) == 3
+
+
+def test_shared_prefix_is_the_longest_prefix_of_all_prompts():
+    rng = random.Random(0)
+    for _ in range(300):
+        head = [rng.randrange(3) for _ in range(rng.randrange(8))]
+        prompts = [head + [rng.randrange(3) for _ in range(rng.randrange(1, 6))] for _ in range(rng.randrange(1, 6))]
+        n = 0
+        while n < min(map(len, prompts)) - 1 and len({p[n] for p in prompts}) == 1:
+            n += 1
+        assert shared_prefix(prompts) == (n if n >= 4 and len(prompts) > 1 else 0)
 
 
 def test_a_cancelled_row_leaves_the_batch_at_once(gen):

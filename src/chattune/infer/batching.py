@@ -19,6 +19,17 @@ def left_pad(seqs: Sequence[Sequence[int]], pad: int, device=None) -> tuple[torc
     return ids, mask
 
 
+def keep_last(n: int = 1) -> torch.Tensor:
+    """The ``logits_to_keep`` that keeps the last `n` positions: an index tensor, not transformers' int.
+
+    Why not the int: it slices the hidden states as a strided view, which ``torch.matmul`` cannot fold into
+    one matrix product, so a batch's lm_head runs as a batched product over a broadcast copy of the whole
+    vocabulary matrix, one pass over it per row (memory bound: most of a 64-row prefill's time on CPU).
+    Indexing gathers those positions into a contiguous tensor first; lm_head is then one matrix product.
+    """
+    return torch.arange(-n, 0)
+
+
 def tail_logits(model, seqs: Sequence[Sequence[int]], pad: int, keep: int):
     """Logits (model dtype, on the model's device) of the last `keep` positions of each sequence, scored
     as one left-padded batch with explicit position ids (so padding shifts nothing).
@@ -35,7 +46,8 @@ def tail_logits(model, seqs: Sequence[Sequence[int]], pad: int, keep: int):
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.inference_mode():
         try:
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                           logits_to_keep=keep_last(keep)).logits
         except TypeError:  # an architecture without logits_to_keep
             logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
     return logits[:, -keep:]

@@ -137,10 +137,15 @@ class Generator:
     def _gen_kwargs(self, max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict:
         import torch
 
+        from .batching import keep_last
+
         kw = self.generate_kwargs(max_new_tokens, temperature, top_p)
         if temperature > 0 and seed is not None:
             # The global RNG: transformers' sampling draws from it. Calls are serialised by callers.
             torch.manual_seed(int(seed))
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        if base._supports_logits_to_keep():
+            kw["logits_to_keep"] = keep_last()  # generate's own choice is the int 1 (see keep_last)
         return kw
 
     def completion(self, new_ids: list[int], prompt_len: int, max_new_tokens: int,

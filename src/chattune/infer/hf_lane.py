@@ -24,7 +24,7 @@ import torch
 
 from .engine import Job, Sampling, Started, fit_context
 from .answer import RowStream
-from .kv_batch import Prefill, Rows
+from .kv_batch import Prefill, Rows, prefill_cost
 from .sampling import RowSampler, pick, row_sampler
 from .serve_schema import APIError
 
@@ -153,15 +153,20 @@ class Lane:
             self._keep([i for i in range(len(self.live)) if i not in set(gone)])
 
     def _start_prefill(self) -> None:
+        """Take the oldest waiting rows whose prefill fits one chunk's budget, counted as `Prefill`
+        computes it (a prefix they share once), so a burst of prompts that share a system prompt
+        and template header is prefilled together; the oldest always goes."""
         group = [self.waiting.popleft()]
-        width = len(group[0].prompt)
-        while self.waiting and max(width, len(self.waiting[0].prompt)) * (len(group) + 1) <= self.budget:
-            width = max(width, len(self.waiting[0].prompt))
+        while self.waiting and prefill_cost([x.prompt for x in (*group, self.waiting[0])],
+                                            self._adapters([*group, self.waiting[0]])) <= self.budget:
             group.append(self.waiting.popleft())
-        adapters = [x.run.adapter or "__base__" for x in group] if self.multi_adapter else None
+        adapters = self._adapters(group)
         self.prefill = Prefill(self.model, [x.prompt for x in group], self.pad, adapters)
         self.prefilling = group
         self.stats.prefills += 1
+
+    def _adapters(self, rows: list[Live]) -> list[str] | None:
+        return [x.run.adapter or "__base__" for x in rows] if self.multi_adapter else None
 
     def _join(self, logits: torch.Tensor) -> None:
         group, done = self.prefilling, self.prefill

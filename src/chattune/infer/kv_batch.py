@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .batching import left_pad
+from .batching import keep_last, left_pad
 
 TRIM_AT = 32  # left columns that are padding for every row before they are cut (each cut copies the cache)
 
@@ -34,7 +34,7 @@ def forward(model, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cac
     kw = {"adapter_names": adapters} if adapters is not None else {}
     try:
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
-                    logits_to_keep=1, **kw)
+                    logits_to_keep=keep_last(), **kw)
     except TypeError:  # an architecture without logits_to_keep
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
                     **kw)
@@ -73,7 +73,7 @@ class Prefill:
 
         device = next(model.parameters()).device
         self.model, self.adapters = model, adapters
-        self.shared = shared_prefix(prompts) if adapters is None or len(set(adapters)) == 1 else 0
+        self.shared = shareable_prefix(prompts, adapters)
         own, own_mask = left_pad([p[self.shared:] for p in prompts], pad, device)
         head = torch.tensor([list(prompts[0][:self.shared])] * len(prompts), dtype=torch.long, device=device)
         self.ids = torch.cat([head.view(len(prompts), -1), own], dim=1)
@@ -86,16 +86,21 @@ class Prefill:
         return self.ids.shape[0]
 
     def advance(self, budget: int) -> torch.Tensor | None:
-        """Run the next columns (about `budget` tokens in all); the rows' last logits once the prompts are done."""
+        """Run the next columns (about `budget` tokens in all, at least one column); the rows' last logits
+        once the prompts are done."""
         rows, width = self.ids.shape
+        budget = max(1, budget)
         if self.col < self.shared:  # the shared prefix: one row's worth of work
-            end = min(self.shared, self.col + max(1, budget))
+            end = min(self.shared, self.col + budget)
             forward(self.model, self.ids[:1, self.col:end], self.mask[:1, :end], self.pos[:1, self.col:end],
                     self.cache, self.adapters[:1] if self.adapters else None)
+            budget -= end - self.col
             self.col = end
-            if end == self.shared:
-                self.cache.batch_repeat_interleave(rows)
-            return None
+            if end < self.shared:
+                return None
+            self.cache.batch_repeat_interleave(rows)
+            if budget < rows:  # not one column of the rows' own tokens left in this chunk
+                return None
         end = min(width, self.col + max(1, budget // rows))
         logits = forward(self.model, self.ids[:, self.col:end], self.mask[:, :end], self.pos[:, self.col:end],
                          self.cache, self.adapters)
@@ -103,15 +108,31 @@ class Prefill:
         return logits if end == width else None
 
 
+def shareable_prefix(prompts: Sequence[Sequence[int]], adapters: Sequence[str] | None) -> int:
+    """The prefix `Prefill` computes once for all `prompts`: their `shared_prefix`, unless the rows run
+    different adapters (then each row's prefix differs in value)."""
+    return shared_prefix(prompts) if adapters is None or len(set(adapters)) == 1 else 0
+
+
+def prefill_cost(prompts: Sequence[Sequence[int]], adapters: Sequence[str] | None) -> int:
+    """Token positions `Prefill` computes for `prompts`: the shared prefix once, then every row padded to
+    the longest own part (the measure of a prefill chunk's budget)."""
+    shared = shareable_prefix(prompts, adapters)
+    return shared + len(prompts) * (max(len(p) for p in prompts) - shared)
+
+
 def shared_prefix(prompts: Sequence[Sequence[int]], least: int = 4) -> int:
     """Tokens every prompt starts with (0 for one prompt or fewer than `least`); each row keeps at least
     one token of its own, whose logits start its answer."""
     if len(prompts) < 2:
         return 0
+    # The prefix common to a set of sequences is the one common to its lexicographic least and greatest
+    # (compared in C), so this costs one pass over one prompt, not over all of them.
+    rows = [list(p) for p in prompts]
+    lo, hi = min(rows), max(rows)
+    limit = min(len(p) for p in rows) - 1
     n = 0
-    limit = min(len(p) for p in prompts) - 1
-    first = prompts[0]
-    while n < limit and all(p[n] == first[n] for p in prompts):
+    while n < limit and lo[n] == hi[n]:
         n += 1
     return n if n >= least else 0
 
