@@ -86,3 +86,14 @@ def test_settings_a_batch_row_cannot_honour_are_refused_at_startup_by_field_and_
     msg = str(e.value)
     assert f"{folder}/generation_config.json sets num_beams=3 (beam_search" in msg and "max_time=5.0" in msg
     assert "repetition_penalty" not in msg  # what a row can apply is not listed
+
+
+def test_admitting_a_row_logs_nothing_generate_would_not(smollm2_gguf, capfd):
+    # generate sets max_length from max_new_tokens silently when the config sets no max_length; a row
+    # built the same way must too (SmolLM2's config, made from its model config, drew a warning per request)
+    gen = Generator.from_path(smollm2_gguf)
+    cli, run = Client(), Run(gen)
+    lane = Lane(gen.model, gen.pad_token_id, multi_adapter=False, prefill_tokens=512)
+    capfd.readouterr()
+    drive(lane, {0: [(cli.job(gen.name, CONVS[0], max_tokens=2), run)]})
+    assert "max_length" not in capfd.readouterr().err

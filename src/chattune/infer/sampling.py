@@ -85,7 +85,7 @@ def processors(model, kwargs: dict[str, Any], prompt_len: int, device: torch.dev
     # max_new_tokens / min_new_tokens, then the list (see the module doc for why the private builder).
     gc, _ = model._prepare_generation_config(None, **kwargs)
     model._prepare_special_tokens(gc, kwargs_has_attention_mask=True, device=device)
-    gc = model._prepare_generated_length(gc, has_default_max_length=False,
+    gc = model._prepare_generated_length(gc, has_default_max_length=model.generation_config.max_length is None,
                                          has_default_min_length=model.generation_config.min_length is None,
                                          model_input_name="input_ids", input_ids_length=prompt_len,
                                          inputs_tensor=None)
