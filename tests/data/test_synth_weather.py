@@ -58,6 +58,27 @@ def test_test_rows_end_at_the_decision_turn():
             assert r["messages"][1]["content"] and "tool_calls" not in r["messages"][1]
 
 
+def test_decision_only_and_compact_rows_draw_the_same_sentences():
+    from chattune.data.synth import COMPACT_TOOL
+
+    full, test = generate_weather_tool(60, seed=4, n_test=10)
+    short, short_test = generate_weather_tool(60, seed=4, n_test=10, decision_only=True, compact=True)
+    assert [r["messages"][:2] for r in full] == [r["messages"] for r in short]
+    assert [r["messages"] for r in test] == [r["messages"] for r in short_test]
+    assert all(r["tools"] == [COMPACT_TOOL] for r in short + short_test)
+    assert COMPACT_TOOL["function"]["parameters"]["required"] == WEATHER_TOOL["function"]["parameters"]["required"]
+    assert "description" not in json.dumps(COMPACT_TOOL)
+
+
+def test_the_draw_loop_skips_repeats_and_stops_when_the_space_is_too_small():
+    from chattune.data.synth._unique import draw_unique
+
+    keys = iter("aabcab")
+    assert draw_unique(3, lambda: (k := next(keys), k.upper())) == ["A", "B", "C"]
+    with pytest.raises(ValueError, match="could not draw 2 unique sentences; lower n"):
+        draw_unique(2, lambda: ("same", 0), hint="lower n")
+
+
 def test_files_and_cli(tmp_path):
     from typer.testing import CliRunner
 
@@ -71,6 +92,12 @@ def test_files_and_cli(tmp_path):
     train = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
     assert train == generate_weather_tool(40, seed=3, n_test=10)[0]
     assert len(test_out.read_text(encoding="utf-8").splitlines()) == 10
+    short = tmp_path / "short.jsonl"
+    res = CliRunner().invoke(app, ["data", "synth", "weather-tool", "--n", "40", "--seed", "3", "--out", str(short),
+                                   "--decision-only", "--compact"])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(x) for x in short.read_text(encoding="utf-8").splitlines()] == generate_weather_tool(
+        40, seed=3, decision_only=True, compact=True)[0]
     bad = CliRunner().invoke(app, ["data", "synth", "weather-tool", "--out", str(tmp_path / "t.xlsx")])
     assert bad.exit_code == 2 and "need .jsonl or .json" in bad.output and not (tmp_path / "t.xlsx").exists()
 

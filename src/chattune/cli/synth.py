@@ -50,13 +50,18 @@ def weather_tool(
     test_out: Path | None = typer.Option(None, "--test-out", help="Test file, needed with --split."),
     answer_share: float = typer.Option(0.3, "--answer-share", min=0.0, max=1.0,
                                        help="Share of rows to answer without calling the tool."),
+    decision_only: bool = typer.Option(False, "--decision-only", help="Train rows end at the decision turn "
+                                       "(the call, or the answer) too, without the tool result and final answer."),
+    compact: bool = typer.Option(False, "--compact", help="Declare get_weather without descriptions (shorter "
+                                 "prompts for a CPU run)."),
 ) -> None:
     """Weather tool calling: get_weather(city, date) calls taken from the city + date sentences, and rows to
     answer without a tool."""
     from ..data.synth import make_weather_tool_files
 
     try:
-        counts = make_weather_tool_files(out, n, seed, n_test=split, test_out=test_out, answer_share=answer_share)
+        counts = make_weather_tool_files(out, n, seed, n_test=split, test_out=test_out, answer_share=answer_share,
+                                         decision_only=decision_only, compact=compact)
     except ChattuneError as e:
         raise fail(e) from None
     console.print(f"wrote {counts['train']} train rows to {out}")

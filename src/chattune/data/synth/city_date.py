@@ -14,6 +14,8 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from ._unique import draw_unique
+
 # (template, has_year). The first twelve follow the tutorial's phrasings; the rest add variety in
 # where the city and date sit and in the date's spelling (号/日, "3-15号").
 PHRASINGS: tuple[tuple[str, bool], ...] = (
@@ -110,20 +112,12 @@ def generate_city_date(n: int, seed: int = 0, *, prompt: str = "short",
     make_prompt("", prompt)  # validate the prompt name before the loop
     rng = random.Random(seed)
     cities = load_cities()
-    seen: set[str] = set()
-    rows: list[dict] = []
-    total = n + n_test
-    # The sentence space is ~10^8, so duplicates are rare; the cap only guards against a loop.
-    attempts = 0
-    while len(rows) < total:
-        attempts += 1
-        if attempts > 20 * total + 1000:
-            raise ValueError(f"could not draw {total} unique sentences")
+
+    def draw() -> tuple[str, dict]:
         sentence, completion = _one(rng, cities)
-        if sentence in seen:
-            continue
-        seen.add(sentence)
-        rows.append({"prompt": make_prompt(sentence, prompt), "completion": completion, "sentence": sentence})
+        return sentence, {"prompt": make_prompt(sentence, prompt), "completion": completion, "sentence": sentence}
+
+    rows = draw_unique(n + n_test, draw)  # ~10^8 sentences: duplicates are rare
     return rows[:n], rows[n:]
 
 

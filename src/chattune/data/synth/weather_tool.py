@@ -14,6 +14,7 @@ import json
 import random
 from pathlib import Path
 
+from ._unique import draw_unique
 from .city_date import PHRASINGS, YEARS, load_cities
 
 WEATHER_TOOL = {"type": "function", "function": {
@@ -23,6 +24,10 @@ WEATHER_TOOL = {"type": "function", "function": {
         "city": {"type": "string", "description": "城市名，照用户的写法，如 大连市"},
         "date": {"type": "string", "description": "日期：MM-DD；用户说了年份时 YYYY-MM-DD"}},
         "required": ["city", "date"]}}}
+COMPACT_TOOL = {"type": "function", "function": {
+    "name": "get_weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "date": {"type": "string"}},
+                   "required": ["city", "date"]}}}
 # The phrasings that ask about the weather (a call), and those that do not (an answer without a tool).
 _WEATHER_WORDS = ("天气", "下雪", "雾霾", "下雨")
 ASKS_WEATHER = tuple(p for p in PHRASINGS if any(w in p[0] for w in _WEATHER_WORDS))
@@ -75,8 +80,8 @@ def _answer_row(rng: random.Random, cities: tuple[str, ...]) -> tuple[str, list[
     return sentence, [{"role": "user", "content": sentence}, {"role": "assistant", "content": answer}]
 
 
-def generate_weather_tool(n: int, seed: int = 0, *, n_test: int = 0,
-                          answer_share: float = 0.3) -> tuple[list[dict], list[dict]]:
+def generate_weather_tool(n: int, seed: int = 0, *, n_test: int = 0, answer_share: float = 0.3,
+                          decision_only: bool = False, compact: bool = False) -> tuple[list[dict], list[dict]]:
     """Generate weather tool-calling conversations, deterministic for a seed.
 
     User sentences are unique across both lists. Train rows are whole conversations (the call, the tool
@@ -88,36 +93,35 @@ def generate_weather_tool(n: int, seed: int = 0, *, n_test: int = 0,
         seed: seed of the `random.Random` that draws everything.
         n_test: number of held-out test rows.
         answer_share: share of rows to answer without a tool (0 to 1).
+        decision_only: train rows end at the decision turn too (what is scored; a third of the tokens).
+        compact: declare `COMPACT_TOOL` (no descriptions) instead of `WEATHER_TOOL`: the schema is in every
+            prompt, and on a small model's CPU run every prompt token costs time.
 
     Returns:
-        ``(train_rows, test_rows)``; each row is ``{"messages": [...], "tools": [WEATHER_TOOL]}``.
+        ``(train_rows, test_rows)``; each row is ``{"messages": [...], "tools": [the tool]}``. The same seed draws
+        the same sentences whatever `decision_only` and `compact` say.
     """
     if n < 0 or n_test < 0 or not 0 <= answer_share <= 1:
         raise ValueError(f"n and n_test must be >= 0 and answer_share in [0, 1], got n={n}, n_test={n_test}, "
                          f"answer_share={answer_share}")
     rng = random.Random(seed)
     cities = load_cities()
-    seen: set[str] = set()
-    rows: list[dict] = []
-    total = n + n_test
-    attempts = 0
-    while len(rows) < total:
-        attempts += 1
-        if attempts > 20 * total + 1000:  # only small questions repeat (a few hundred of them)
-            raise ValueError(f"could not draw {total} unique sentences; lower answer_share or n")
-        sentence, messages = (_answer_row if rng.random() < answer_share else _call_row)(rng, cities)
-        if sentence in seen:
-            continue
-        seen.add(sentence)
-        if len(rows) >= n:  # a test row: up to the first assistant turn
-            messages = messages[:2]
-        rows.append({"messages": messages, "tools": [WEATHER_TOOL]})
-    return rows[:n], rows[n:]
+    tool = COMPACT_TOOL if compact else WEATHER_TOOL
+    # only the small questions repeat (a few hundred of them)
+    rows = draw_unique(n + n_test, lambda: (_answer_row if rng.random() < answer_share else _call_row)(rng, cities),
+                       hint="lower answer_share or n")
+    return ([{"messages": m[:2] if decision_only else m, "tools": [tool]} for m in rows[:n]],
+            [{"messages": m[:2], "tools": [tool]} for m in rows[n:]])  # test rows: up to the first assistant turn
 
 
 def make_weather_tool_files(out: str | Path, n: int, seed: int = 0, *, n_test: int = 0,
-                            test_out: str | Path | None = None, answer_share: float = 0.3) -> dict[str, int]:
+                            test_out: str | Path | None = None, answer_share: float = 0.3,
+                            decision_only: bool = False, compact: bool = False) -> dict[str, int]:
     """Generate and write a train file (and a test file when `n_test` > 0) as .jsonl or .json.
+
+    Args:
+        out, test_out: the train and test files.
+        n, seed, n_test, answer_share, decision_only, compact: as in `generate_weather_tool`.
 
     Returns:
         ``{"train": rows written, "test": rows written}``.
@@ -132,7 +136,8 @@ def make_weather_tool_files(out: str | Path, n: int, seed: int = 0, *, n_test: i
 
     check_outputs(out, test_out, n_test, (".jsonl", ".json"), why="tool conversations need .jsonl or .json")
     try:
-        train, test = generate_weather_tool(n, seed, n_test=n_test, answer_share=answer_share)
+        train, test = generate_weather_tool(n, seed, n_test=n_test, answer_share=answer_share,
+                                            decision_only=decision_only, compact=compact)
     except ValueError as e:
         raise DataError(str(e)) from None
     counts = {"train": write_records(train, out), "test": 0}
