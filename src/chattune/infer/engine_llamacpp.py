@@ -3,27 +3,29 @@
 It serves what `chattune export RUN --to gguf` wrote (and verified token for token against the run): the
 path may be the run dir (its default export folder beside it is used, f16 first), an export folder, or a
 .gguf file inside one. Prompts are rendered by the run's `PromptRenderer` (never llama.cpp's own template
-handling) and fed as token ids; generation stops on the run's end-of-turn ids, temperature 0 is llama.cpp's
-greedy sampler, and `RowStream` turns the ids into text by `Generator`'s rule (whole UTF-8 characters only).
+handling) and fed as token ids; generation stops on the run's end-of-turn ids, and `RowStream` turns the
+ids into text by `Generator`'s rule (whole UTF-8 characters only).
 
-One worker thread answers one job at a time (a llama.cpp context holds one sequence here): no continuous
-batching. Each job starts from an empty KV cache, so an answer never depends on the request before it.
+Continuous batching through llama.cpp's own multi-sequence batches (`llamacpp_batch`): each model's
+context holds up to ``max_batch_size`` answers as separate sequences of one KV cache; new requests join
+between decode steps and finished or abandoned ones leave at once. Each answer starts from an empty
+sequence (no prefix reuse), so it never depends on the request before it.
 """
 from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 from collections import deque
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import ChattuneError
 from ..export.report import REPORT_JSON as REPORT
-from .answer import RowStream
-from .engine import EngineCaps, Job, QueueFull, ServedModel, Started, as_api_error, fit_context, unknown_model
+from .engine import EngineCaps, Job, QueueFull, ServedModel, as_api_error, unknown_model
 from .engine_ids import RunSource, model_names, read_source
+from .llamacpp_batch import Lane, LaneStats, SeqContext
 from .serve_schema import APIError
 
 if TYPE_CHECKING:
@@ -96,30 +98,37 @@ def find_gguf(path: str | Path) -> tuple[Path, Path]:
 
 
 class LlamaCppEngine:
-    """Serve runs' GGUF exports through llama-cpp-python, one job at a time (see the module doc).
+    """Serve runs' GGUF exports through llama.cpp with continuous batching (see the module doc).
 
     Args:
         sources: the served runs by model name (their renderers).
-        llms: the loaded `llama_cpp.Llama` per model name.
+        contexts: each model's llama.cpp context (`SeqContext`), by model name.
         max_queue: jobs that may wait before `submit` raises `QueueFull`.
+        max_batch: jobs per model generating at once (more wait in the queue).
+        ggufs: the served files by model name (shown by /health).
+
+    Attributes:
+        model_lock: held by the worker from taking queued jobs to the end of its turn (tests hold it to keep
+            requests queued, so they all join one batch).
     """
 
     kind = "llamacpp"
-    caps = EngineCaps(continuous_batching=False, tools=True, reasoning=True, lora_switching=False)
+    caps = EngineCaps(continuous_batching=True, tools=True, reasoning=True, lora_switching=False)
 
-    def __init__(self, sources: dict[str, RunSource], llms: dict[str, Any], *, max_queue: int,
-                 ggufs: dict[str, Path] | None = None):
+    def __init__(self, sources: dict[str, RunSource], contexts: dict[str, SeqContext], *, max_queue: int,
+                 max_batch: int, ggufs: dict[str, Path] | None = None):
         self.models = {n: ServedModel(n, s.renderer, s.default_temperature, s.default_top_p)
                        for n, s in sources.items()}
-        self.llms = llms
+        self.lanes = {n: Lane(contexts[n], s.renderer) for n, s in sources.items()}
         self.ggufs = ggufs or {}
         self.max_queue = max_queue
+        self.max_batch = max_batch
+        self.model_lock = threading.Lock()
         self._cond = threading.Condition()
         self._pending: deque[Job] = deque()
-        self._running: Job | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.stats = {"completed": 0, "cancelled": 0, "skipped": 0, "failed": 0, "rejected": 0}
+        self.stats = {"failed": 0, "rejected": 0}
 
     @classmethod
     def from_paths(cls, paths: list[str], serve_cfg: ServeConfig, device: str | None = None,
@@ -128,7 +137,7 @@ class LlamaCppEngine:
 
         Args:
             paths: run dirs, export folders or .gguf files.
-            serve_cfg: the server settings (max_queue).
+            serve_cfg: the server settings (max_queue, max_batch_size).
             device: only "cpu" or None (llama-cpp-python's CPU build).
             dtype: ignored values other than None are refused: the GGUF's quantisation is its precision.
 
@@ -144,14 +153,20 @@ class LlamaCppEngine:
                                 "(`chattune export --quant`); drop --dtype")
         llama_cpp = require_binding()
         names = model_names([str(p) for p in paths])
-        sources, llms, ggufs = {}, {}, {}
-        for name, p in zip(names, paths):
-            gguf, run = find_gguf(p)
-            src = read_source(run, name)
-            # the run's training window (as export's Modelfile sets num_ctx); 0 = the model's own
-            llms[name] = llama_cpp.Llama(model_path=str(gguf), n_ctx=src.max_length or 0, verbose=False)
-            sources[name], ggufs[name] = src, gguf
-        return cls(sources, llms, max_queue=serve_cfg.max_queue, ggufs=ggufs)
+        sources, contexts, ggufs = {}, {}, {}
+        try:
+            for name, p in zip(names, paths):
+                gguf, run = find_gguf(p)
+                src = read_source(run, name)
+                # the run's training window per answer (as export's Modelfile sets num_ctx)
+                contexts[name] = SeqContext(llama_cpp, gguf, src.max_length, serve_cfg.max_batch_size, threads())
+                sources[name], ggufs[name] = src, gguf
+        except BaseException:
+            for ctx in contexts.values():
+                ctx.close()
+            raise
+        return cls(sources, contexts, max_queue=serve_cfg.max_queue, max_batch=serve_cfg.max_batch_size,
+                   ggufs=ggufs)
 
     # --- lifecycle and queue ------------------------------------------------------------------------
     def start(self) -> None:
@@ -163,22 +178,19 @@ class LlamaCppEngine:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Fail queued jobs (503), cancel the running one, wait for the thread, free the models."""
+        """Fail queued jobs (503), stop the running ones, wait for the thread, free the models."""
         with self._cond:
             self._stopping = True
             pending, self._pending = list(self._pending), deque()
-            if self._running is not None:
-                self._running.cancel.set()
             self._cond.notify_all()
         for job in pending:
-            job.deliver(APIError(503, "the server is shutting down", code="shutting_down"))
+            job.deliver(_shutting_down())
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 return  # still in a llama.cpp call: freeing its model under it would crash the process
-        for llm in self.llms.values():
-            llm.close()
-        self.llms = {}
+        for lane in self.lanes.values():
+            lane.ctx.close()
 
     def submit(self, job: Job) -> None:
         """Queue `job`. Raises `QueueFull` when `max_queue` jobs wait, `APIError` (404, 503)."""
@@ -186,7 +198,7 @@ class LlamaCppEngine:
             raise unknown_model(job.model, self.models)
         with self._cond:
             if self._stopping:
-                raise APIError(503, "the server is shutting down", code="shutting_down")
+                raise _shutting_down()
             if len(self._pending) >= self.max_queue:
                 self.stats["rejected"] += 1
                 raise QueueFull
@@ -194,58 +206,73 @@ class LlamaCppEngine:
             self._cond.notify()
 
     def snapshot(self) -> dict:
-        """Queue depth and counters (for /health and /metrics)."""
+        """``queued``, ``running`` (rendered into a lane) and the counters: completed, cancelled, skipped (left
+        before starting), failed, rejected, steps (batches decoded), largest_batch."""
         with self._cond:
-            return {"queued": len(self._pending), "running": int(self._running is not None), **self.stats}
+            total = LaneStats()
+            for lane in self.lanes.values():
+                for k, v in asdict(lane.stats).items():
+                    setattr(total, k, max(getattr(total, k), v) if k == "largest_batch" else getattr(total, k) + v)
+            return {"queued": len(self._pending), "running": sum(len(lane) for lane in self.lanes.values()),
+                    **self.stats, **asdict(total)}
 
     # --- the worker ---------------------------------------------------------------------------------
+    def _take(self) -> list[Job]:
+        """Under the condition: queued jobs whose lane has room, oldest first."""
+        room = {name: self.max_batch - len(lane) for name, lane in self.lanes.items()}
+        taken: list[Job] = []
+        keep: deque[Job] = deque()
+        for job in self._pending:
+            if room[job.model] > 0:
+                room[job.model] -= 1
+                taken.append(job)
+            else:
+                keep.append(job)
+        self._pending = keep
+        return taken
+
     def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
-                    return
-                job = self._running = self._pending.popleft()
-            try:
-                if job.cancel.is_set():
-                    self._count("skipped")
-                else:
-                    self._answer(job)
-            except Exception as e:  # one failed request fails only its own job
-                if not isinstance(e, APIError):
-                    log.exception("llama.cpp generation failed")
-                self._count("failed")
-                job.deliver(as_api_error(e))
-            finally:
+        try:
+            while True:
                 with self._cond:
-                    self._running = None
+                    while not self._stopping and not self._pending and not any(self.lanes.values()):
+                        self._cond.wait()
+                    if self._stopping:
+                        return
+                with self.model_lock:
+                    self._step()
+        finally:
+            with self._cond:
+                for lane in self.lanes.values():
+                    lane.fail(_shutting_down())
 
-    def _answer(self, job: Job) -> None:
-        llm = self.llms[job.model]
-        renderer = self.models[job.model].renderer
-        ids = renderer.prompt_ids(job.messages, job.tools)
-        s = fit_context(len(ids), job.sampling, llm.n_ctx())
-        row = RowStream(renderer, len(ids), s.max_new_tokens, list(s.stop))
-        if job.stream:
-            job.deliver(Started(len(ids)))
-        # A request without a seed samples differently each time (llama.cpp would reuse its context's seed).
-        llm.set_seed(s.seed if s.seed is not None else random.randrange(2**31))
-        llm.reset()  # no prefix reuse: the same prompt gives the same answer whatever ran before
-        # Only the request's settings shape sampling: llama.cpp's own defaults (top_k 40, min_p 0.05) are off.
-        for token in llm.generate(ids, temp=s.temperature, top_p=s.top_p, top_k=0, min_p=0.0, typical_p=1.0,
-                                  repeat_penalty=1.0, reset=False):
-            delta, ended = row.push(token)
-            if delta and job.stream and not job.cancel.is_set():
-                job.deliver(delta)
-            if ended or job.cancel.is_set() or self._stopping:
-                break
-        if job.cancel.is_set():
-            self._count("cancelled")
-            return
-        row.answer(job)
-        self._count("completed")
-
-    def _count(self, key: str) -> None:
+    def _step(self) -> None:
+        """Admit the queued jobs that have room, then one turn per lane with work (a method, so no local
+        holds a request afterwards)."""
         with self._cond:
-            self.stats[key] += 1
+            taken = self._take()
+        for job in taken:
+            self.lanes[job.model].admit(job)
+        for lane in self.lanes.values():
+            if len(lane):
+                self._turn(lane)
+
+    def _turn(self, lane: Lane) -> None:
+        try:
+            lane.turn()
+        except Exception as e:  # a failed decode fails the jobs of its batch, not the server
+            log.exception("llama.cpp generation failed")
+            with self._cond:
+                self.stats["failed"] += len(lane.fail(as_api_error(e)))
+
+
+def threads() -> int:
+    """CPU threads llama.cpp computes with: the process's torch setting (OMP_NUM_THREADS when set, else the
+    cores), so `--threads`-style settings apply to every engine alike."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _shutting_down() -> APIError:
+    return APIError(503, "the server is shutting down", code="shutting_down")
