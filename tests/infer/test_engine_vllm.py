@@ -29,12 +29,19 @@ PROMPTS = [[{"role": "user", "content": "hello there"}],
             {"role": "assistant", "content": "four"}, {"role": "user", "content": "and three plus three?"}]]
 
 
+RUN_B_GENERATION = {"repetition_penalty": 1.3, "min_new_tokens": 3}  # what runB's generation_config adds
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, qwen3_tokenizer_dir):
-    """Two LoRA runs (different weights) on one tiny Qwen3 base whose head size vLLM's CPU attention takes."""
+    """Two LoRA runs (different weights) on one tiny Qwen3 base whose head size vLLM's CPU attention takes;
+    runB's generation_config also sets `RUN_B_GENERATION` (which `chattune chat` applies)."""
     root = tmp_path_factory.mktemp("vllm_engine")
     base = build_tiny_qwen3(root / "base", qwen3_tokenizer_dir, head_dim=32)
-    return [make_run(root / "runA", base, seed=1), make_run(root / "runB", base, seed=2)]
+    runs = [make_run(root / "runA", base, seed=1), make_run(root / "runB", base, seed=2)]
+    gc = runs[1] / "generation_config.json"
+    gc.write_text(json.dumps({**json.loads(gc.read_text()), **RUN_B_GENERATION}))
+    return runs
 
 
 # --- without vLLM: layout and refusals --------------------------------------------------------------------
@@ -50,6 +57,25 @@ def test_two_adapter_runs_become_two_lora_modules_of_one_server(runs):
     assert args[args.index("--lora-modules") + 1:][:2] == [f"runA={runs[0].resolve()}", f"runB={runs[1].resolve()}"]
     assert args[args.index("--max-loras") + 1] == "2" and args[args.index("--port") + 1] == "1234"
     assert args[args.index("--host") + 1] == "127.0.0.1" and args[args.index("--generation-config") + 1] == "vllm"
+
+
+def test_the_runs_generation_config_travels_with_each_request_and_the_rest_is_refused(runs, tmp_path):
+    from chattune.errors import ConfigError
+    from chattune.infer.engine_vllm import generation_params
+
+    eng = VLLMEngine.from_paths([str(r) for r in runs], ServeConfig())
+    assert eng.sources["runA"].generation == {} and eng.sources["runB"].generation == RUN_B_GENERATION
+    greedy = {"repetition_penalty": 1.3, "min_tokens": 3}
+    assert generation_params(eng.sources["runB"].generation, sampling=False) == greedy
+    assert generation_params({"top_k": 20, "min_p": 0.1, **RUN_B_GENERATION}, sampling=True) == \
+        {**greedy, "top_k": 20, "min_p": 0.1}  # warpers apply to sampled requests only, as in `generate`
+    bad = tmp_path / "runC"
+    shutil.copytree(runs[1], bad)
+    gc = bad / "generation_config.json"
+    gc.write_text(json.dumps({**json.loads(gc.read_text()), "no_repeat_ngram_size": 3}))
+    with pytest.raises(ConfigError) as e:
+        VLLMEngine.from_paths([str(bad)], ServeConfig())
+    assert f"{gc} sets no_repeat_ngram_size=3, which the vllm engine" in str(e.value) and "--engine hf" in str(e.value)
 
 
 def test_runs_on_different_bases_and_rejected_adapters_are_refused(runs, tiny_qwen3_dir, tmp_path):
@@ -109,7 +135,12 @@ def client(server) -> openai.OpenAI:
 @pytest.fixture(scope="module")
 def expected(runs) -> dict[str, list[str]]:
     """Each run's greedy answers from its own `Generator` (what `chattune chat` says)."""
-    return {r.name: [c.text for c in Generator.from_path(r).generate(PROMPTS, max_new_tokens=24)] for r in runs}
+    out = {r.name: [c.text for c in Generator.from_path(r).generate(PROMPTS, max_new_tokens=24)] for r in runs}
+    # runB's generation_config changes its answers (so vLLM must apply it to match)
+    plain = Generator.from_path(runs[1])
+    plain.model.generation_config.update(repetition_penalty=1.0, min_new_tokens=None)
+    assert [c.text for c in plain.generate(PROMPTS, max_new_tokens=24)] != out["runB"]
+    return out
 
 
 def _stream(client, model: str, messages: list[dict]) -> tuple[str, str | None]:

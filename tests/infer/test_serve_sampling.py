@@ -97,3 +97,43 @@ def test_admitting_a_row_logs_nothing_generate_would_not(smollm2_gguf, capfd):
     capfd.readouterr()
     drive(lane, {0: [(cli.job(gen.name, CONVS[0], max_tokens=2), run)]})
     assert "max_length" not in capfd.readouterr().err
+
+
+def test_llamacpp_takes_the_runs_top_k_and_refuses_what_it_cannot_apply(tmp_path_factory, tiny_qwen3_dir):
+    from chattune.config import ServeConfig
+    from chattune.errors import ConfigError
+    from chattune.export.run import export
+    from chattune.infer.engine import Sampling
+    from chattune.infer.engine_llamacpp import LlamaCppEngine
+    from tests.export.conftest import make_run
+    from tests.infer.jobs import answer as job_answer
+    from tests.infer.jobs import collect, greedy
+    from tests.infer.jobs import run as run_async
+
+    run_dir = make_run(tmp_path_factory.mktemp("llamacpp_gen") / "run", tiny_qwen3_dir)
+    export(run_dir, to="gguf", quant="f16", verify=False)
+    gc = run_dir / "generation_config.json"
+    base = json.loads(gc.read_text())
+    hot = Sampling(max_new_tokens=16, temperature=1.5, top_p=1.0, seed=3, stop=())
+
+    def greedy_and_hot() -> tuple[str, str]:
+        eng = LlamaCppEngine.from_paths([str(run_dir)], ServeConfig())
+        eng.start()
+        try:
+            async def ask():
+                return [await collect(eng, "run", CONVS[2], stream=False, sampling=s) for s in (greedy(16), hot)]
+
+            cold_text, hot_text = (job_answer(items)[1].text for items in run_async(ask()))
+            return cold_text, hot_text
+        finally:
+            eng.stop()
+
+    cold_text, hot_text = greedy_and_hot()
+    assert hot_text != cold_text  # sampling hot really departs from greedy...
+    gc.write_text(json.dumps({**base, "top_k": 1}))
+    cold_text, hot_text = greedy_and_hot()
+    assert hot_text == cold_text  # ...unless the run's top_k is 1
+    gc.write_text(json.dumps({**base, "top_k": 7, "repetition_penalty": 1.3}))
+    with pytest.raises(ConfigError) as e:
+        LlamaCppEngine.from_paths([str(run_dir)], ServeConfig())
+    assert f"{gc} sets repetition_penalty=1.3, which the llamacpp engine" in str(e.value)

@@ -7,7 +7,7 @@ the rule `Generator` applies, so an engine's own detokenizer can never make its 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,6 +27,10 @@ class RunSource:
         max_length: the run's training max_length (None for a plain folder).
         default_temperature, default_top_p: for requests that omit them (the generation_config's when it
             samples, else OpenAI's 1.0).
+        generation: the generation_config's fields that change which token comes next
+            (`sampling.token_fields`): the engine applies them as `generate` does or refuses them
+            (`refuse_fields`).
+        generation_file: the generation_config.json they come from (None: none).
     """
 
     path: Path
@@ -36,6 +40,8 @@ class RunSource:
     max_length: int | None
     default_temperature: float = 1.0
     default_top_p: float = 1.0
+    generation: dict = field(default_factory=dict)
+    generation_file: Path | None = None
 
 
 def read_source(path: str | Path, name: str | None = None) -> RunSource:
@@ -53,6 +59,7 @@ def read_source(path: str | Path, name: str | None = None) -> RunSource:
     from ..rundir.layout import GENERATION_FILE, is_run_dir
     from ..rundir.load import run_tokenizer, stop_token_ids
     from ..rundir.read import read_merge_report, read_run
+    from .sampling import token_fields
 
     p = Path(path)
     name = name or p.name
@@ -83,7 +90,23 @@ def read_source(path: str | Path, name: str | None = None) -> RunSource:
     if gen is not None and gen.do_sample:
         temp, top_p = float(gen.temperature if gen.temperature is not None else 1.0), float(gen.top_p or 1.0)
     return RunSource(path=p, renderer=renderer, is_adapter=is_adapter, base=str(base), max_length=max_length,
-                     default_temperature=temp, default_top_p=top_p)
+                     default_temperature=temp, default_top_p=top_p, generation=token_fields(gen),
+                     generation_file=gen_dir / GENERATION_FILE if gen is not None else None)
+
+
+def refuse_fields(source: RunSource, engine: str, applied: set[str]) -> None:
+    """Refuse a run whose generation_config sets fields the `engine` does not apply as `generate` does
+    (`chattune chat` would answer otherwise); `applied` are the ones it maps to its own sampler.
+
+    Raises:
+        ConfigError: naming the file, the fields and what to do.
+    """
+    bad = {k: v for k, v in source.generation.items() if k not in applied}
+    if bad:
+        sets = ", ".join(f"{k}={v!r}" for k, v in bad.items())
+        raise ConfigError(f"{source.generation_file} sets {sets}, which the {engine} engine cannot apply as "
+                          f"`chattune chat` does (it applies {', '.join(sorted(applied)) or 'none of these'}); "
+                          "serve this run with --engine hf, or remove the field(s) from that file")
 
 
 def model_names(paths: list[str]) -> list[str]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from ..errors import ChattuneError
 from ..export.report import REPORT_JSON as REPORT
 from .engine import EngineCaps, Job, QueueFull, ServedModel, as_api_error, unknown_model
-from .engine_ids import RunSource, model_names, read_source
+from .engine_ids import RunSource, model_names, read_source, refuse_fields
 from .llamacpp_batch import Lane, LaneStats, SeqContext
 from .serve_schema import APIError
 
@@ -119,7 +119,8 @@ class LlamaCppEngine:
                  max_batch: int, ggufs: dict[str, Path] | None = None):
         self.models = {n: ServedModel(n, s.renderer, s.default_temperature, s.default_top_p)
                        for n, s in sources.items()}
-        self.lanes = {n: Lane(contexts[n], s.renderer) for n, s in sources.items()}
+        self.lanes = {n: Lane(contexts[n], s.renderer, top_k=int(s.generation.get("top_k", 0)))
+                      for n, s in sources.items()}
         self.ggufs = ggufs or {}
         self.max_queue = max_queue
         self.max_batch = max_batch
@@ -158,6 +159,7 @@ class LlamaCppEngine:
             for name, p in zip(names, paths):
                 gguf, run = find_gguf(p)
                 src = read_source(run, name)
+                refuse_fields(src, "llamacpp", {"top_k"})  # llama.cpp's top_k is transformers' (sampling only)
                 # the run's training window per answer (as export's Modelfile sets num_ctx)
                 contexts[name] = SeqContext(llama_cpp, gguf, src.max_length, serve_cfg.max_batch_size, threads())
                 sources[name], ggufs[name] = src, gguf

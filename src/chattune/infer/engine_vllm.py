@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ChattuneError
 from .answer import RowStream
 from .engine import EngineCaps, Job, QueueFull, ServedModel, Started, as_api_error, fit_context, unknown_model
-from .engine_ids import RunSource, model_names, read_source
+from .engine_ids import RunSource, model_names, read_source, refuse_fields
 from .serve_schema import APIError
 
 if TYPE_CHECKING:
@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chattune.serve")
 CANCEL_POLL_S = 0.05  # how often the watcher looks at cancel events (a job's stream closes within this)
+# generation_config fields vLLM's sampler applies as transformers' `generate` does: the field → vLLM's
+# request parameter, and whether it applies to greedy requests too (top_k/min_p warp sampling only).
+APPLIED = {"repetition_penalty": ("repetition_penalty", True), "min_new_tokens": ("min_tokens", True),
+           "top_k": ("top_k", False), "min_p": ("min_p", False)}
 
 
 @dataclass(frozen=True)
@@ -57,12 +61,18 @@ class VLLMLaunch:
     dtype: str = "float32"
 
 
+def generation_params(generation: dict, sampling: bool) -> dict:
+    """vLLM request parameters for a run's generation_config fields (`APPLIED`; vLLM is started without the
+    file, so they travel with each request, as `generate` applies them: top_k and min_p only when sampling)."""
+    return {APPLIED[k][0]: v for k, v in generation.items() if APPLIED[k][1] or sampling}
+
+
 def server_spec(launch: VLLMLaunch, port: int) -> ServerSpec:
     """The `export.vllm_launch.ServerSpec` for `launch` on 127.0.0.1:`port`.
 
-    ``--generation-config vllm``: requests carry every sampling setting and the run's end-of-turn ids
-    themselves, so the base's generation_config (e.g. Qwen3's top_k 20) must not fill in defaults the hf
-    engine does not use. Several adapters go in `extra` (the spec's own LoRA field holds one).
+    ``--generation-config vllm``: requests carry every sampling setting (the run's generation_config fields
+    included, `generation_params`) and the run's end-of-turn ids themselves, so the base's
+    generation_config must not fill in defaults of its own. Several adapters go in `extra` (the spec's own LoRA field holds one).
     """
     from ..export.vllm_launch import ServerSpec
 
@@ -176,6 +186,8 @@ class VLLMEngine:
                                 "(use --engine hf for GPUs)")
         names = model_names([str(p) for p in paths])
         sources = {n: read_source(p, n) for n, p in zip(names, paths)}
+        for source in sources.values():
+            refuse_fields(source, "vllm", set(APPLIED))
         launch = plan_launch(sources, dtype=str(dtype or "float32").replace("torch.", ""))
         return cls(sources, launch, max_queue=serve_cfg.max_queue)
 
@@ -276,7 +288,8 @@ class VLLMEngine:
                 "stop": list(s.stop) or None, "include_stop_str_in_output": False,
                 # only the run's end-of-turn ids end an answer (not the base tokenizer's EOS): as Generator
                 "stop_token_ids": list(self.models[job.model].renderer.eos_token_ids), "ignore_eos": True,
-                "skip_special_tokens": True, "return_token_ids": True, "stream": True}
+                "skip_special_tokens": True, "return_token_ids": True, "stream": True,
+                **generation_params(self.sources[job.model].generation, s.temperature > 0)}
 
     async def _answer(self, job: Job) -> None:
         renderer = self.models[job.model].renderer

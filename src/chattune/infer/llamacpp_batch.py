@@ -143,16 +143,19 @@ class SeqContext:
 
 
 class Sampler:
-    """One request's llama.cpp sampler chain: greedy at temperature 0, else temperature then top-p (the hf
-    engine's order) and a draw from the chain's own generator, seeded by `seed` (a random seed when None)."""
+    """One request's llama.cpp sampler chain: greedy at temperature 0, else temperature, the run's top-k
+    (`top_k`, 0: none), then top-p (the hf engine's order) and a draw from the chain's own generator, seeded
+    by `seed` (a random seed when None)."""
 
-    def __init__(self, llama_cpp: Any, s: Sampling):
+    def __init__(self, llama_cpp: Any, s: Sampling, top_k: int = 0):
         self.lib = llama_cpp
         self.chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         parts = [llama_cpp.llama_sampler_init_greedy()]
         if s.temperature > 0:
             seed = s.seed if s.seed is not None else random.getrandbits(32)
             parts = [llama_cpp.llama_sampler_init_temp(s.temperature)]
+            if top_k > 0:
+                parts.append(llama_cpp.llama_sampler_init_top_k(top_k))
             if s.top_p < 1:
                 parts.append(llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
             parts.append(llama_cpp.llama_sampler_init_dist(seed % 2**32))
@@ -205,10 +208,11 @@ class Lane:
     Args:
         ctx: its llama.cpp context.
         renderer: the run's prompt renderer (tokenizer, template, end-of-turn ids).
+        top_k: the run's generation_config top_k for sampled rows (0: none), as `Generator` samples.
     """
 
-    def __init__(self, ctx: SeqContext, renderer: PromptRenderer):
-        self.ctx, self.renderer = ctx, renderer
+    def __init__(self, ctx: SeqContext, renderer: PromptRenderer, top_k: int = 0):
+        self.ctx, self.renderer, self.top_k = ctx, renderer, top_k
         self.waiting: deque[Row] = deque()  # rendered, not in the cache yet
         self.rows: list[Row] = []  # holding a sequence id and cells
         self.free = list(range(ctx.n_seq))
@@ -230,7 +234,7 @@ class Lane:
             job.deliver(as_api_error(e))
             return
         row = Row(job, prompt, s, RowStream(self.renderer, len(prompt), s.max_new_tokens, list(s.stop)),
-                  Sampler(self.ctx.lib, s))
+                  Sampler(self.ctx.lib, s, self.top_k))
         if job.stream:
             job.deliver(Started(len(prompt)))
         self.waiting.append(row)

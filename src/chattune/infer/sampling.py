@@ -10,6 +10,9 @@ eval, merge checks) and for the rows of the hf engine's continuous batch.
   A greedy row that needs no processor gets no sampler: the batch's argmax is its token (fast path).
 * `unservable`: what a generation_config asks that one row of a batch cannot do (beam search, guidance,
   several sequences, a time limit, ...), refused by name when the engine starts.
+* `token_fields`: every field of a generation_config that changes which token comes next, for the
+  engines that run outside transformers (vLLM, llama.cpp): each maps the ones its sampler applies the
+  same way and refuses the rest by name.
 
 The processor list comes from transformers' own builder (``GenerationMixin._get_logits_processor``, with
 the two preparation steps `generate` runs before it) rather than from a list kept here: it is the only
@@ -35,6 +38,34 @@ _OUTSIDE_ROW = (("guidance_scale", (None, 1, 1.0), "classifier-free guidance run
                 ("max_time", (None,), "a wall-clock limit on each answer"),
                 ("stop_strings", (None, [], ()), "stop strings (send `stop` with the request instead)"),
                 ("token_healing", (None, False), "rewrites the prompt's last tokens"))
+
+
+# generation_config fields that change which token comes next, with the values that leave it unchanged
+# (None: unset). The engines outside transformers read this table; the hf engine needs none (module doc).
+_TOKEN_FIELDS: dict[str, tuple] = {
+    "repetition_penalty": (None, 1, 1.0), "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None, []),
+    "min_length": (None, 0), "min_new_tokens": (None, 0), "forced_eos_token_id": (None,),
+    "exponential_decay_length_penalty": (None,), "suppress_tokens": (None, []), "begin_suppress_tokens": (None, []),
+    "sequence_bias": (None, {}), "watermarking_config": (None,),
+    # warpers: sampling only
+    "top_k": (None, 0), "min_p": (None, 0, 0.0), "typical_p": (None, 1, 1.0),
+    "epsilon_cutoff": (None, 0, 0.0), "eta_cutoff": (None, 0, 0.0), "top_h": (None,),
+    # decoding modes and what acts outside a row's logits
+    "num_beams": (None, 1), "num_beam_groups": (None, 1), "penalty_alpha": (None, 0, 0.0), "constraints": (None,),
+    "force_words_ids": (None,), "prompt_lookup_num_tokens": (None,), "assistant_early_exit": (None,),
+    "use_mtp": (None, False), "dola_layers": (None,),
+    **{name: off for name, off, _ in _OUTSIDE_ROW},
+}
+
+
+def token_fields(gc) -> dict[str, Any]:
+    """The fields of generation config `gc` that change which token comes next (set to a value other than
+    one that leaves it unchanged), by name: what an engine outside transformers must apply or refuse.
+    temperature, top_p and the EOS ids are not listed: every engine takes them from the request and the run."""
+    if gc is None:
+        return {}
+    return {name: getattr(gc, name) for name, off in _TOKEN_FIELDS.items()
+            if getattr(gc, name, None) not in off}
 
 
 def generate_kwargs(model, eos_token_ids: Sequence[int], pad_token_id: int, max_new_tokens: int,
