@@ -246,10 +246,23 @@ def test_n_above_one_rejected_by_official_client(client):
 
 def test_unknown_and_ignored_fields_are_accepted(client):
     r = client.chat.completions.create(model="whatever", messages=MSGS, max_tokens=3, temperature=0, n=1, user="u",
-                                       presence_penalty=0.5, tool_choice="none",
+                                       presence_penalty=0, frequency_penalty=0.0, logit_bias={}, tool_choice="none",
                                        tools=[{"type": "function", "function": {"name": "f"}}],
-                                       response_format={"type": "text"}, extra_body={"not_an_openai_field": 1})
+                                       response_format={"type": "text"},
+                                       extra_body={"not_an_openai_field": 1, "top_k": -1, "repetition_penalty": 1})
     assert r.choices[0].message.content is not None
+
+
+@pytest.mark.parametrize("kw", [{"presence_penalty": 0.5}, {"frequency_penalty": -1}, {"logit_bias": {"13": 5}},
+                                {"extra_body": {"top_k": 20}}, {"extra_body": {"repetition_penalty": 1.3}},
+                                {"extra_body": {"min_p": 0.1}}])
+def test_sampling_fields_chat_does_not_take_per_request_are_refused_by_name(client, kw):
+    """Ignored, they would answer otherwise than asked: a 400 naming the field and where such settings go."""
+    name = next(iter(kw.get("extra_body", kw)))
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="m", messages=MSGS, max_tokens=2, **kw)
+    assert e.value.status_code == 400 and e.value.param == name and e.value.code == "unsupported_parameter"
+    assert "generation_config.json" in e.value.message
 
 
 def test_body_size_and_context_limits(server, gen):

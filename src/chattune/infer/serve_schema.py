@@ -10,10 +10,14 @@ Request policy (OpenAI semantics; see docs for each field):
 * rejected with 400 (they would change the *shape* of the answer, so silently ignoring them would lie):
   n > 1, logprobs=true / top_logprobs, the legacy functions / function_call / role "function" (use tools),
   non-text response_format, non-text content parts, tool messages that answer no earlier call.
-* ignored (hints that only nudge sampling or bookkeeping): model (any string; the answer names the
-  served model), user, metadata, store, presence/frequency_penalty, logit_bias, service_tier,
-  parallel_tool_calls, and any field this server does not know — like vLLM, so clients that send extra
-  fields keep working.
+* rejected with 400 unless neutral (`SAMPLING_FIELDS`): presence/frequency_penalty, logit_bias and the
+  sampling fields vLLM takes beyond OpenAI's (top_k, min_p, repetition_penalty, ...). A served answer is
+  `chattune chat`'s for the same settings, and chat takes these from the run's generation_config only
+  (which every engine applies or refuses at startup); ignored, they would silently answer otherwise.
+  Their neutral values (what clients send by default) are accepted.
+* ignored (bookkeeping): model (any string; the answer names the served model), user, metadata, store,
+  service_tier, parallel_tool_calls, and any field this server does not know — like vLLM, so clients
+  that send extra fields keep working.
 """
 from __future__ import annotations
 
@@ -25,6 +29,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_STOP = 4  # OpenAI's limit on stop sequences
+# Per-request sampling fields this server refuses (module doc) → the values that change nothing.
+SAMPLING_FIELDS: dict[str, tuple] = {
+    "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "logit_bias": (None, {}),
+    "top_k": (None, 0, -1), "min_p": (None, 0), "repetition_penalty": (None, 1), "min_tokens": (None, 0),
+    "typical_p": (None, 1), "top_a": (None, 0), "tfs": (None, 1), "length_penalty": (None, 1),
+    "use_beam_search": (None, False), "best_of": (None, 1), "bad_words": (None, []), "allowed_token_ids": (None,),
+}
 _TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
@@ -193,6 +204,13 @@ def check_unsupported(req: ChatCompletionRequest) -> None:
             raise APIError(400, f"tool_choice names function {req.tool_choice.function.name!r}, which is not in "
                            f"'tools' ({', '.join(map(repr, declared))})", param="tool_choice.function.name",
                            code="invalid_value")
+    for name, neutral in SAMPLING_FIELDS.items():
+        value = getattr(req, name, None)
+        if value not in neutral:
+            raise APIError(400, f"{name}={json.dumps(value)} is not supported: answers here are `chattune chat`'s, "
+                           "which takes sampling settings other than temperature, top_p, seed and stop from the "
+                           "run's generation_config.json only (set them there; every engine applies them or refuses "
+                           "the run at startup)", param=name, code="unsupported_parameter")
     if req.response_format and req.response_format.get("type", "text") != "text":
         raise APIError(400, f"response_format type {req.response_format.get('type')!r} is not supported; "
                        "only 'text'", param="response_format.type", code="unsupported_value")
