@@ -76,9 +76,11 @@ def mini():
 
     @app.post("/v1/chat")
     async def chat(request: Request, stream: bool = False, fail: bool = False):
-        track = metrics.track(request, "m1", stream, submitted=time.monotonic())
-        if not stream:
-            track.done(prompt_tokens=7, completion_tokens=3, finish_reason="stop")
+        t0 = time.monotonic() - 0.01
+        track = metrics.track(request, "m1", stream, submitted=t0)
+        if not stream:  # the engine's record of when it took the job up and produced the first token
+            track.done(prompt_tokens=7, completion_tokens=3, finish_reason="stop", started=t0 + 0.001,
+                       first_token=t0 + 0.002)
             return {"ok": True}
         track.accepted(prompt_tokens=5)
 
@@ -148,8 +150,12 @@ def test_chat_requests_tokens_ttft_and_in_band_errors(mini, caplog):
     assert value(m, "chattune_generation_tokens_total", model="m1") == 3 + 3 + 2
     assert value(m, "chattune_request_success_total", model="m1", finish_reason="stop") == 2
     assert value(m, "chattune_request_success_total", model="m1", finish_reason="length") == 1
-    assert value(m, "chattune_time_to_first_token_seconds_count", model="m1") == 2  # both streams got a token
-    assert value(m, "chattune_generation_tokens_per_second_count", model="m1") == 1  # the completed stream
+    assert value(m, "chattune_time_to_first_token_seconds_count", model="m1", stream="true") == 2  # both got a token
+    assert value(m, "chattune_generation_tokens_per_second_count", model="m1", stream="true") == 1  # the completed one
+    # plain requests: the engine's first-token time, not the whole answer's
+    assert value(m, "chattune_time_to_first_token_seconds_count", model="m1", stream="false") == 2
+    assert value(m, "chattune_time_to_first_token_seconds_sum", model="m1", stream="false") == pytest.approx(0.004)
+    assert value(m, "chattune_generation_tokens_per_second_count", model="m1", stream="false") == 2
     assert value(m, "chattune_e2e_request_latency_seconds_count", model="m1", stream="false") == 2
     assert value(m, "chattune_e2e_request_latency_seconds_count", model="m1", stream="true") == 1
     assert value(m, "chattune_errors_total", status="500", type="server_error", code="engine_error") == 1
@@ -253,8 +259,11 @@ def test_metrics_and_access_lines_match_what_the_client_saw(served, caplog):
                  code="max_tokens_too_large") == 1
     assert value(m, "chattune_errors_total", status="401", type="invalid_request_error", code="invalid_api_key") == 1
     assert sum(m["chattune_errors_total"].values()) == 2
-    assert value(m, "chattune_time_to_first_token_seconds_count", model=model) == 2
-    assert value(m, "chattune_generation_tokens_per_second_count", model=model) == 2
+    for stream in ("true", "false"):  # plain requests count too, with the engine's own first-token time
+        assert value(m, "chattune_time_to_first_token_seconds_count", model=model, stream=stream) == 2
+        assert value(m, "chattune_generation_tokens_per_second_count", model=model, stream=stream) == 2
+    first = value(m, "chattune_time_to_first_token_seconds_sum", model=model, stream="false")
+    assert 0 < first < value(m, "chattune_e2e_request_latency_seconds_sum", model=model, stream="false")
     assert value(m, "chattune_e2e_request_latency_seconds_count", model=model, stream="false") == 2
     assert value(m, "chattune_e2e_request_latency_seconds_count", model=model, stream="true") == 2
     assert value(m, "chattune_prompt_tokens_total", model=model) == sum(p for _, p, _ in seen)

@@ -1,7 +1,8 @@
 """A finished answer (`Completion`) and one arriving token by token (`RowStream`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from .stopping import cut_at_stop, held_back
@@ -19,6 +20,8 @@ class Completion:
         finish_reason: "stop" (end-of-turn, a stop string or cancelled) or "length" (max_new_tokens hit).
         reasoning: the think block's text (None: the model wrote none), see `reasoning.split_reasoning`.
         content: the answer without the think block: what metrics score and clients get as ``content``.
+        started, first_token: monotonic times the engine began this answer and produced its first token
+            (None: not recorded, e.g. `Generator.generate`'s batch); the server's metrics read them.
     """
 
     text: str
@@ -27,6 +30,8 @@ class Completion:
     finish_reason: str
     reasoning: str | None = None
     content: str | None = None
+    started: float | None = field(default=None, compare=False, repr=False)
+    first_token: float | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.content is None:
@@ -61,10 +66,14 @@ class RowStream:
         self.ids: list[int] = []
         self.sent = ""
         self.done = False
+        self.started = time.monotonic()
+        self.first_token: float | None = None
 
     def push(self, token: int) -> tuple[str, bool]:
         """Add one generated token; returns (text delta, whether the row has ended: end-of-turn, a stop
         string or max_new_tokens)."""
+        if not self.ids:
+            self.first_token = time.monotonic()
         self.ids.append(int(token))
         if token in self.eos:
             return "", True
@@ -79,7 +88,8 @@ class RowStream:
     def finish(self, cancelled: bool = False) -> tuple[str, Completion]:
         """End the row: the last text delta (what was held back) and the final `Completion`."""
         self.done = True
-        final = self.gen.completion(self.ids, self.prompt_len, self.max_new_tokens, self.stop, cancelled=cancelled)
+        final = replace(self.gen.completion(self.ids, self.prompt_len, self.max_new_tokens, self.stop,
+                                            cancelled=cancelled), started=self.started, first_token=self.first_token)
         rest = final.text[len(self.sent):] if final.text.startswith(self.sent) else ""
         return rest, final
 

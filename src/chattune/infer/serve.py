@@ -211,7 +211,8 @@ def create_app(engine: Engine, serve_cfg: ServeConfig) -> FastAPI:
                 raise item
             c: Completion = item
             a = answer(c, use, served.renderer)
-            track.done(c.prompt_tokens, c.completion_tokens, a.finish_reason)
+            track.done(c.prompt_tokens, c.completion_tokens, a.finish_reason, started=c.started,
+                       first_token=c.first_token)
             return completion_body(cid, served.name, a.content if a.tool_calls else a.content or "", a.finish_reason,
                                    c.prompt_tokens, c.completion_tokens, reasoning=a.reasoning, tool_calls=a.tool_calls)
         # Streaming: wait until the engine accepted the prompt, so errors still get a proper status.

@@ -8,8 +8,10 @@ Two sources feed them:
   type and code (read from the OpenAI error body), and writes the access line when the response ends
   (after a stream's last event).
 * The chat handler, through a `Tracker` (``ServeMetrics.track``), reports what only it knows: the served
-  model, prompt and completion tokens, when a stream's first token arrived, and errors reported in-band
-  after a stream's headers went out.
+  model, prompt and completion tokens, when the first token came (a stream: its first text delta reached
+  the handler; a plain request: the engine's own record of its first token, `Completion.first_token`, as
+  the client hears nothing before the whole answer), and errors reported in-band after a stream's
+  headers went out.
 
 Queue depth and running jobs are read from the engine's ``snapshot()`` at scrape time, so the gauges
 cannot drift from the engine's own counters.
@@ -102,11 +104,13 @@ class ServeMetrics:
         self.errors = Counter("chattune_errors", "Error answers by status, OpenAI error type and code, including "
                               "errors sent in-band after a stream's headers", ["status", "type", "code"], registry=r)
         self.ttft = Histogram("chattune_time_to_first_token_seconds",
-                              "Streaming requests: from submission to the engine until the first token",
-                              ["model"], buckets=_TTFT_BUCKETS, registry=r)
+                              "From submission to the engine until the first token (streams: its text reached the "
+                              "server; plain requests: the engine produced it)",
+                              ["model", "stream"], buckets=_TTFT_BUCKETS, registry=r)
         self.tokens_per_s = Histogram("chattune_generation_tokens_per_second",
-                                      "Streaming requests: completion tokens / generation time (the engine accepting "
-                                      "the prompt to the last token)", ["model"], buckets=_TPS_BUCKETS, registry=r)
+                                      "Completed requests: completion tokens / generation time (the engine taking the "
+                                      "prompt up to the last token)", ["model", "stream"], buckets=_TPS_BUCKETS,
+                                      registry=r)
         self.e2e = Histogram("chattune_e2e_request_latency_seconds",
                              "Completed chat requests: from submission to the engine until the answer was complete",
                              ["model", "stream"], buckets=_LATENCY_BUCKETS, registry=r)
@@ -191,20 +195,31 @@ class Tracker:
         """A stream's text delta arrived; the first one sets time-to-first-token."""
         if self.first is None:
             self.first = time.monotonic()
-            self.m.ttft.labels(self.model).observe(self.first - self.submitted)
+            self.m.ttft.labels(self.model, "true").observe(self.first - self.submitted)
 
-    def done(self, prompt_tokens: int, completion_tokens: int, finish_reason: str) -> None:
-        """The answer is complete (the engine's `Completion`)."""
+    def done(self, prompt_tokens: int, completion_tokens: int, finish_reason: str, *, started: float | None = None,
+             first_token: float | None = None) -> None:
+        """The answer is complete (the engine's `Completion`).
+
+        Args:
+            started, first_token: a plain request's `Completion.started` / `.first_token` (when the engine took
+                it up and produced its first token; None: unknown). A stream measured both itself.
+        """
         now = time.monotonic()
+        if self.started is None:
+            self.started = started
+        if self.first is None and first_token is not None and not self.stream:
+            self.first = first_token
+            self.m.ttft.labels(self.model, "false").observe(max(0.0, first_token - self.submitted))
         self.record.prompt_tokens, self.record.completion_tokens = prompt_tokens, completion_tokens
         self.m.prompt_tokens.labels(self.model).inc(prompt_tokens)
         self.m.completion_tokens.labels(self.model).inc(completion_tokens)
         self.m.success.labels(self.model, finish_reason).inc()
         self.m.e2e.labels(self.model, str(self.stream).lower()).observe(now - self.submitted)
-        # Only a stream knows when generation began (a plain request hears nothing before it is done);
         # a zero-length interval (a clock tick) would be an infinite rate, so it is left out.
         if self.started is not None and now > self.started:
-            self.m.tokens_per_s.labels(self.model).observe(completion_tokens / (now - self.started))
+            self.m.tokens_per_s.labels(self.model, str(self.stream).lower()).observe(
+                completion_tokens / (now - self.started))
 
     def failed(self, error: APIError) -> None:
         """An error sent in-band, after the stream's headers (200) went out: counted here, not by status."""
