@@ -16,17 +16,20 @@ from tests.test_report import md_table
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_builtin_recipe_equals_the_example_yaml():
-    """DEMO_RECIPE is what runs from a fresh clone or a wheel; the YAML documents it. They must not drift."""
+@pytest.mark.parametrize("task", ["city-date", "weather-tool"])
+def test_builtin_recipe_equals_the_example_yaml(task):
+    """Each task's recipe is what runs from a fresh clone or a wheel; its YAML documents it. They must not drift."""
     from chattune.config import load_config
     from chattune.demo import DEMO_RECIPE, demo_config
 
-    from_yaml = load_config(ROOT / "examples" / "demo_city_date.yaml").model_dump(mode="json")
-    builtin = demo_config().model_dump(mode="json")
+    from_yaml = load_config(ROOT / "examples" / f"demo_{task.replace('-', '_')}.yaml").model_dump(mode="json")
+    builtin = demo_config(task=task).model_dump(mode="json")
     for cfg in (from_yaml, builtin):  # the demo fills these in itself
         cfg["data"].pop("train")
         cfg.pop("output_dir")
     assert builtin == from_yaml
+    if task != "city-date":
+        return
     assert DEMO_RECIPE["model"]["name_or_path"] == "smollm2-135m-instruct"
     assert demo_config(model="x", overrides=["train.lr=5e-4"]).model_dump()["train"]["lr"] == 5e-4
     assert yaml.safe_load((ROOT / "examples" / "demo_city_date.yaml").read_text())["eval"]["metrics"] == \
@@ -140,3 +143,4 @@ def test_reduced_demo_on_the_real_default_model(tmp_path, smollm2_gguf):
     assert len(losses) == 6 and losses[-1] < losses[0]
     assert (out / "run" / "adapter_model.safetensors").is_file()
     assert "exact match" in res.output and "report.md" in res.output
+

@@ -9,7 +9,7 @@ from chattune.config import DEFAULT_MODEL, load_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NAMES = ["qwen3_city_date_lora", "smollm2_city_date_lora", "qwen3_huanhuan_lora", "qwen3_14b_qlora",
-         "qwen3_qa_dialog", "text_continuation", "demo_city_date"]
+         "qwen3_qa_dialog", "text_continuation", "demo_city_date", "demo_weather_tool"]
 
 
 def test_the_example_set_is_complete():

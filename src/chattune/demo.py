@@ -3,21 +3,19 @@
 `run_demo` composes the library and owns none of its logic:
 
 1. prepare model    ``model.load.resolve_source`` (the SmolLM2 GGUF becomes cached safetensors on first use)
-2. synthesise       ``data.synth.city_date``: train + held-out test sentences (no sentence in both)
-3. evaluate base    ``infer.evaluate.evaluate`` on the test set, with the prompts training will use
-4. train            ``train.trainer.train`` (LoRA, the recipe below)
+2. synthesise       ``data.synth``: train + held-out test rows (no sentence in both)
+3. evaluate base    ``infer.evaluate.evaluate`` on the test set, with the prompts and chat template training will
+                    use (``rundir.load.load_untrained``)
+4. train            ``train.trainer.train`` (LoRA, the task's recipe)
 5. evaluate tuned   the same test set through the run dir
 6. report           ``report.write_report``: report.md / report.html / loss.png
 
-The recipe lives here as `DEMO_RECIPE` (so a fresh clone or an installed wheel needs no file) and is
-mirrored by ``examples/demo_city_date.yaml`` (tests/test_demo.py keeps the two equal). It is the cheapest
-recipe tried (``bench/demo_recipe.py`` re-runs the search through this function) that reaches >= 90% exact
-match on 100 held-out sentences with SmolLM2-135M-Instruct on a CPU. Pass ``--config`` to run the demo with
-another recipe; the demo fills in the data files and output_dir either way.
+The tasks and their recipes are in `chattune.demo_tasks` (``--task``: city-date, the default, or weather-tool).
+Pass ``--config`` to run a task with another recipe; the demo fills in the data files and output_dir either way.
 
 The demo folder (``--out``, default runs/demo)::
 
-    data/train.jsonl, data/test.jsonl     the synthesised sentences
+    data/train.jsonl, data/test.jsonl     the synthesised rows
     eval_base/, eval_tuned/               predictions.jsonl + metrics.json of each evaluation
     run/                                  the training run dir (adapter, metrics.jsonl, chattune.yaml, ...)
     train.yaml                            the exact training config (chattune train train.yaml)
@@ -35,28 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, config_from_dict, deep_merge, load_config, parse_overrides
+from .demo_tasks import CITY_DATE_RECIPE, DemoTask, demo_task, shown_reference
 from .errors import ChattuneError
 from .fsutil import atomic_write_text
 
-# Chosen with bench/demo_recipe.py, which runs each candidate through `run_demo` itself:
-# - lr 2e-3: LoRA on a 135M model learns this task far faster per example than the usual 2e-4.
-# - batch 4: twice the optimizer steps for the same tokens (more updates beat bigger ones in one epoch).
-# - LoRA dropout 0: one epoch over fresh sentences has nothing to overfit, and dropout costs a random
-#   mask per adapted layer and step (peft skips that pass at 0).
-# - a short system prompt: without one SmolLM2's template inserts its default (13 more tokens on every
-#   training example and every eval prompt).
-DEMO_RECIPE: dict[str, Any] = {
-    "model": {"name_or_path": "smollm2-135m-instruct"},
-    "data": {"system": "Extract JSON.", "max_length": 256},
-    "method": {"type": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}},
-    "train": {"epochs": 1, "lr": 2.0e-3, "scheduler": "cosine", "warmup_ratio": 0.03, "batch_size": 4,
-              "logging_steps": 1, "save_total_limit": 1, "report_to": ["none"], "seed": 42},
-    "eval": {"metrics": ["json_fields", "exact"], "max_new_tokens": 56, "batch_size": 50},
-}
+DEMO_RECIPE = CITY_DATE_RECIPE  # the default task's
 DEMO_N_TRAIN = 300
 DEMO_N_TEST = 100
 DEMO_SEED = 0
-DEMO_PROMPT = "short"        # chattune.data.synth.city_date prompt wording
+DEFAULT_TASK = "city-date"
 DEFAULT_OUT = "runs/demo"
 N_EXAMPLES = 10              # example predictions in the report: the first N test sentences, not picked
 
@@ -66,19 +51,21 @@ _DEMO_ITEMS = {"data", "eval_base", "eval_tuned", "run", "train.yaml", "demo.jso
 
 
 def demo_config(*, config: str | Path | Config | None = None, model: str | None = None,
-                overrides: list[str] | None = None) -> Config:
+                overrides: list[str] | None = None, task: str = DEFAULT_TASK) -> Config:
     """The training config the demo uses (before it fills in data files and output_dir).
 
     Args:
-        config: a YAML path, a `Config`, or None for `DEMO_RECIPE`.
+        config: a YAML path, a `Config`, or None for the task's recipe.
         model: replaces model.name_or_path.
         overrides: ``key.sub=value`` strings applied last.
+        task: the demo task whose recipe is the default (`chattune.demo_tasks.TASKS`).
 
     Returns:
         The validated config.
 
     Raises:
         ConfigError: a bad file, key or value (the message names it).
+        ChattuneError: an unknown task.
     """
     if isinstance(config, Config):
         cfg = config_from_dict({**config.model_dump(mode="json")}, "<config>")
@@ -87,11 +74,18 @@ def demo_config(*, config: str | Path | Config | None = None, model: str | None 
     elif config is not None:
         cfg = load_config(config, overrides)
     else:
-        raw = json.loads(json.dumps(DEMO_RECIPE))  # deep copy
+        raw = json.loads(json.dumps(_task(task).recipe))  # deep copy
         cfg = config_from_dict(deep_merge(raw, parse_overrides(overrides or [])), "<demo recipe>")
     if model:
         cfg.model.name_or_path = model
     return cfg
+
+
+def _task(name: str) -> DemoTask:
+    try:
+        return demo_task(name)
+    except ValueError as e:
+        raise ChattuneError(str(e)) from None
 
 
 def _prepare_out(out: Path, console) -> None:
@@ -144,30 +138,37 @@ def _eval_progress(console, label: str):
     return bar, lambda done, total: bar.update(task, completed=done, total=total)
 
 
-def _evaluate(console, label: str, model_path, test_path: Path, cfg: Config, out_dir: Path, data_cfg=None) -> dict:
+def _evaluate(console, label: str, model_path, test_path: Path, cfg: Config, out_dir: Path, task: DemoTask,
+              data_cfg=None, untrained: bool = False) -> dict:
     from .infer.evaluate import evaluate
+    from .infer.generate import Generator
+    from .rundir.load import load_untrained
 
     bar, cb = _eval_progress(console, label)
     with bar:
         # both models run in the dtype training used, so the comparison is like for like
         dtype = None if cfg.model.dtype == "auto" else cfg.model.dtype
+        # the base renders with the config's tokenizer and chat template (model.chat_template), as training will
+        gen = (Generator.from_loaded(load_untrained(cfg.model, dtype=dtype), model_path, thinking=cfg.data.thinking)
+               if untrained else None)
         res = evaluate(model_path, test_path, metrics=cfg.eval.metrics, max_new_tokens=cfg.eval.max_new_tokens,
                        batch_size=cfg.eval.batch_size, limit=cfg.eval.limit, out_dir=out_dir, data_cfg=data_cfg,
-                       thinking=cfg.data.thinking, progress=cb, dtype=dtype)
+                       thinking=cfg.data.thinking, progress=cb, dtype=dtype, generator=gen)
     m, t = res["metrics"], res["timing"]
-    shown = ", ".join(f"{k} {100 * m[k]:.1f}%" for k in ("exact", "json_fields") if k in m)
-    console.print(f"{label}: {shown} on {res['n']} sentences ({t['new_tokens']} tokens generated in "
+    shown = ", ".join(f"{k} {100 * m[k]:.1f}%" for k in task.headline if k in m)
+    console.print(f"{label}: {shown} on {res['n']} {task.unit} ({t['new_tokens']} tokens generated in "
                   f"{t['generation_seconds']:.1f} s)", highlight=False)
     return res
 
 
-def _examples(base_rows: list[dict], tuned_rows: list[dict], sentences: dict[str, str], n: int) -> list[dict]:
+def _examples(base_rows: list[dict], tuned_rows: list[dict], sentences: dict[str, str], n: int,
+              task: DemoTask) -> list[dict]:
     """The first `n` test rows (not picked), base vs tuned; the input shown is the bare sentence."""
     def ok(r):
         s = r.get("scores") or {}
-        return s.get("exact", s.get("json_fields", 0.0)) == 1.0
+        return s.get(next((k for k in task.headline if k in s), ""), 0.0) == 1.0
 
-    return [{"input": sentences.get(b["input"], b["input"]), "reference": b["reference"], "base": b["output"],
+    return [{"input": sentences.get(b["input"], b["input"]), "reference": shown_reference(b), "base": b["output"],
              "tuned": t["output"], "base_ok": ok(b), "tuned_ok": ok(t)} for b, t in list(zip(base_rows, tuned_rows))[:n]]
 
 
@@ -176,11 +177,12 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _commands(out: Path, model: str, n_train: int, n_test: int, seed: int, config: str | None,
-              overrides: list[str], cfg: Config) -> list:
+              overrides: list[str], cfg: Config, task: DemoTask) -> list:
     import shlex
 
     e = cfg.eval
-    one = f"chattune demo --model {shlex.quote(model)} --n-train {n_train} --n-test {n_test} --seed {seed} --out {out}"
+    one = ("chattune demo" + (f" --task {task.name}" if task.name != DEFAULT_TASK else "") +
+           f" --model {shlex.quote(model)} --n-train {n_train} --n-test {n_test} --seed {seed} --out {out}")
     if config:
         one += f" --config {shlex.quote(config)}"
     if overrides:
@@ -190,7 +192,7 @@ def _commands(out: Path, model: str, n_train: int, n_test: int, seed: int, confi
         one,
         "# or stage by stage, into a fresh folder D (the same data, config and metrics)",
         "D=runs/demo_steps",
-        f"chattune data synth city-date --n {n_train} --seed {seed} --prompt {DEMO_PROMPT} --split {n_test} "
+        f"chattune data synth {task.synth_args(n_train, seed, n_test)} "
         "--out $D/data/train.jsonl --test-out $D/data/test.jsonl",
         f"chattune train {out / 'train.yaml'} output_dir=$D/run data.train=$D/data/train.jsonl",
         f"chattune eval $D/run --data $D/data/test.jsonl --compare base --metrics {','.join(e.metrics)} "
@@ -211,31 +213,34 @@ def _machine() -> dict:
     return info
 
 
-def _recipe_table(cfg: Config, n_train: int, n_test: int, seed: int) -> dict:
+def _recipe_table(cfg: Config, n_train: int, n_test: int, seed: int, task: DemoTask) -> dict:
     lo, t = cfg.method.lora, cfg.train
     method = cfg.method.type + (f" r{lo.r} alpha {lo.alpha} dropout {lo.dropout} on {lo.target_modules}"
                                 if cfg.method.type in ("lora", "qlora") else "")
-    return {"train sentences": n_train, "test sentences": n_test, "data seed": seed,
-            "prompt": f"city_date '{DEMO_PROMPT}'", "system prompt": cfg.data.system, "method": method,
+    return {f"train {task.unit}": n_train, f"test {task.unit}": n_test, "data seed": seed,
+            "data": task.data_note, "chat template": cfg.model.chat_template or "the model's own",
+            "system prompt": cfg.data.system, "method": method,
             "epochs": t.epochs, "max steps": t.max_steps if t.max_steps > 0 else "–", "learning rate": t.lr,
             "scheduler": f"{t.scheduler}, warmup {t.warmup_ratio}", "batch size": t.batch_size * t.grad_accum,
             "max length": cfg.data.max_length, "eval": f"greedy, max {cfg.eval.max_new_tokens} new tokens"}
 
 
-def run_demo(*, model: str | None = None, n_train: int | None = None, n_test: int = DEMO_N_TEST,
+def run_demo(*, model: str | None = None, n_train: int | None = None, n_test: int | None = None,
              out: str | Path = DEFAULT_OUT, config: str | Path | Config | None = None,
-             overrides: list[str] | None = None, seed: int = DEMO_SEED, console=None) -> dict:
+             overrides: list[str] | None = None, seed: int = DEMO_SEED, console=None,
+             task: str = DEFAULT_TASK) -> dict:
     """Synthesise → evaluate the base model → train → evaluate the tuned model → write the report.
 
     Args:
         model: model to tune (alias, folder, .gguf or Hub id); default the recipe's (SmolLM2-135M-Instruct).
-        n_train: train sentences (default `DEMO_N_TRAIN`).
-        n_test: held-out test sentences.
+        n_train: train rows (default: the task's, 300 sentences for city-date).
+        n_test: held-out test rows (default: the task's, 100).
         out: the demo folder; an earlier demo there is replaced, any other non-empty folder is refused.
         config: a YAML config or `Config` replacing `DEMO_RECIPE` (its data files and output_dir are ignored).
         overrides: ``key.sub=value`` strings on top of the recipe (e.g. ``train.max_steps=5``).
         seed: data seed (the same seed gives the same sentences).
         console: rich Console for progress (default: stdout).
+        task: what the model learns: "city-date" (the default) or "weather-tool" (`chattune.demo_tasks`).
 
     Returns:
         The summary written to demo.json: ``metrics {base, tuned}``, ``stages``, ``total_seconds``,
@@ -246,61 +251,61 @@ def run_demo(*, model: str | None = None, n_train: int | None = None, n_test: in
     """
     from rich.console import Console
 
-    from .data.synth.city_date import make_city_date_files
     from .model.load import resolve_source
     from .report import write_report
     from .rundir.layout import METRICS_FILE
     from .train.trainer import train
 
     console = console or Console()
-    n_train = DEMO_N_TRAIN if n_train is None else n_train
+    t = _task(task)
+    n_train = t.n_train if n_train is None else n_train
+    n_test = t.n_test if n_test is None else n_test
     if n_train < 1 or n_test < 1:
         raise ChattuneError(f"--n-train and --n-test must be >= 1, got {n_train} and {n_test}")
-    cfg = demo_config(config=config, model=model, overrides=overrides)
+    cfg = demo_config(config=config, model=model, overrides=overrides, task=task)
     out = Path(out)
     _prepare_out(out, console)
     data_dir, run_dir = out / "data", out / "run"
     train_path, test_path = data_dir / "train.jsonl", data_dir / "test.jsonl"
-    cfg.data.train = [{"path": str(train_path), "format": "prompt_completion"}]
+    cfg.data.train = [{"path": str(train_path), **({"format": t.data_format} if t.data_format else {})}]
     cfg.data.eval = []
     cfg.data.eval_ratio = 0.0
     cfg.output_dir = str(run_dir)
     cfg = config_from_dict(cfg.model_dump(mode="json"), "<demo>")  # re-validate after the edits
     atomic_write_text(out / "train.yaml", cfg.to_yaml())
     name = cfg.model.name_or_path
-    console.print(f"[bold]chattune demo[/]: teach {name} to extract city + date as JSON "
-                  f"({n_train} train / {n_test} held-out sentences) → {out}", highlight=False)
+    console.print(f"[bold]chattune demo[/]: teach {name} {t.learns} "
+                  f"({n_train} train / {n_test} held-out {t.unit}) → {out}", highlight=False)
 
     stages = _Stages(console, 6)
     source = stages.run("prepare the model", resolve_source, cfg.model)
     if stages.done[-1]["seconds"] > 2:
         console.print(f"model files: {source} (a GGUF is converted to safetensors once; later runs reuse it)",
                       highlight=False)
-    counts = stages.run("synthesise city+date sentences", make_city_date_files, train_path, n_train, seed,
-                        prompt=DEMO_PROMPT, n_test=n_test, test_out=test_path)
+    counts = stages.run(f"synthesise {t.name} {t.unit}", t.synth, train_path, n_train, seed, n_test, test_path)
     console.print(f"{counts['train']} train → {train_path}, {counts['test']} test → {test_path}", highlight=False)
     # The base model sees exactly the prompts training renders (system prompt included); every row counts.
     eval_data_cfg = cfg.data.model_copy(update={"clean": cfg.data.clean.model_copy(update={"dedupe": False})})
     base = stages.run("evaluate the base model", _evaluate, console, "base model", source, test_path, cfg,
-                      out / "eval_base", data_cfg=eval_data_cfg)
+                      out / "eval_base", t, data_cfg=eval_data_cfg, untrained=True)
     trained = stages.run(f"train ({cfg.method.type})", train, cfg, console=console)
     tuned = stages.run("evaluate the tuned model", _evaluate, console, "tuned model", run_dir, test_path, cfg,
-                       out / "eval_tuned")
+                       out / "eval_tuned", t)
 
     metrics = {"base": base["metrics"], "tuned": tuned["metrics"]}
     summary: dict[str, Any] = {
-        "title": f"chattune demo: {name} learns city + date → JSON",
+        "title": f"chattune demo: {name} learns {t.learns}", "task": t.name, "unit": t.unit,
         "model": name, "n_train": counts["train"], "n_test": tuned["n"], "run_dir": str(run_dir),
         "data": {"train": str(train_path), "test": str(test_path)},
         "metrics": metrics,
         "metrics_files": {"base": base["metrics_path"], "tuned": tuned["metrics_path"]},
         "train": {k: getattr(trained, k) for k in ("steps", "train_loss", "tokens_per_s", "train_runtime_s", "tokens_seen")},
         "eval_timing": {"base": base["timing"], "tuned": tuned["timing"]},
-        "examples": _examples(base["rows"], tuned["rows"], {r["prompt"]: r["sentence"] for r in _read_jsonl(test_path)},
-                              N_EXAMPLES),
-        "recipe": _recipe_table(cfg, counts["train"], tuned["n"], seed),
+        "examples": _examples(base["rows"], tuned["rows"], {r["prompt"]: r["sentence"] for r in _read_jsonl(test_path)
+                                                            if "prompt" in r}, N_EXAMPLES, t),
+        "recipe": _recipe_table(cfg, counts["train"], tuned["n"], seed, t),
         "commands": _commands(out, name, n_train, n_test, seed, str(config) if isinstance(config, (str, Path))
-                              else None, list(overrides or []), cfg),
+                              else None, list(overrides or []), cfg, t),
     }
 
     def report():
@@ -325,13 +330,14 @@ def summary_table(summary: dict):
     from .report import metric_rows
 
     m = summary["metrics"]
-    t = Table(title=f"{summary['model']}: {summary['n_test']} held-out sentences, before / after "
-                    f"{summary['n_train']} training sentences")
+    unit = summary.get("unit", "sentences")
+    table = Table(title=f"{summary['model']}: {summary['n_test']} held-out {unit}, before / after "
+                        f"{summary['n_train']} training {unit}")
     for col, justify in (("metric", "left"), ("base", "right"), ("tuned", "right"), ("change", "right")):
-        t.add_column(col, justify=justify)
+        table.add_column(col, justify=justify)
     for _, label, b, tu, c in metric_rows(m["base"], m["tuned"]):
-        t.add_row(label, b, tu, c)
-    return t
+        table.add_row(label, b, tu, c)
+    return table
 
 
-__all__ = ["DEMO_RECIPE", "DEMO_N_TRAIN", "DEMO_N_TEST", "demo_config", "run_demo", "summary_table"]
+__all__ = ["DEFAULT_TASK", "DEMO_RECIPE", "DEMO_N_TRAIN", "DEMO_N_TEST", "demo_config", "run_demo", "summary_table"]

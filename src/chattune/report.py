@@ -30,12 +30,17 @@ LOSS_PNG = "loss.png"
 # Metrics shown in the table, in this order, when present; the rest follow alphabetically.
 # Shares (0..1) print as percentages; counts print as integers.
 _ORDER = ("exact", "json_fields", "json_valid", "json_field/city", "json_field/date", "json_field_acc",
-          "json_invalid", "contains", "rouge_l", "bleu4", "loss", "perplexity")
-_COUNTS = {"json_invalid"}
+          "json_invalid", "tool_call_name_acc", "tool_arg_acc", "tool_calls", "tool_names", "tool_expected",
+          "tool_missed", "tool_spurious", "tool_malformed", "contains", "rouge_l", "bleu4", "loss", "perplexity")
+_COUNTS = {"json_invalid", "tool_expected", "tool_missed", "tool_spurious", "tool_malformed"}
 _RAW = {"loss", "perplexity"}
 _LABELS = {"exact": "exact match", "json_fields": "all JSON fields right", "json_valid": "valid JSON",
            "json_field/city": "city right", "json_field/date": "date right", "json_field_acc": "fields right (share)",
-           "json_invalid": "invalid JSON (count)"}
+           "json_invalid": "invalid JSON (count)",
+           "tool_call_name_acc": "calls the tool when it should", "tool_arg_acc": "arguments right (share)",
+           "tool_calls": "decision and call all right", "tool_names": "right function or none",
+           "tool_expected": "rows that should call (count)", "tool_missed": "answered instead of calling (count)",
+           "tool_spurious": "called instead of answering (count)", "tool_malformed": "unreadable calls (count)"}
 
 
 # ------------------------------------------------------------------------------------------ data
