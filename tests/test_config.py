@@ -1,6 +1,7 @@
 import pytest
 
-from chattune.config import load_config, parse_overrides
+from chattune.config import load_config
+from chattune.config_overrides import parse_overrides
 from chattune.errors import ConfigError
 
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import defaults
+from .config_overrides import deep_merge, parse_overrides
 from .errors import ConfigError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -220,6 +221,9 @@ class ServeConfig(_Strict):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
     max_batch_size: int = Field(defaults.SERVE_MAX_BATCH_SIZE, ge=1, description="Most requests generating together "
                                 "in one model's batch (hf engine: continuous batching); more wait in the queue.")
+    prefill_tokens: int = Field(defaults.SERVE_PREFILL_TOKENS, ge=16, description="hf engine: prompt tokens "
+                                "prefilled per step (a shared prefix counts once): larger answers a burst of "
+                                "requests sooner, smaller pauses the answers already streaming less.")
 
 
 class Config(_Strict):
@@ -252,35 +256,6 @@ def _validation_problems(err: ValidationError) -> list[tuple[str, str]]:
             line = f"{key}: {value!r}: {e['msg']}"
         out.append((key, line))
     return out
-
-
-def parse_overrides(overrides: list[str]) -> dict:
-    """Turn ``["train.lr=1e-4", "method.lora.r=8"]`` into a nested dict; values are parsed as YAML."""
-    out: dict = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. train.lr=1e-4)")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} conflicts with another override of {p!r}")
-        node[parts[-1]] = value
-    return out
-
-
-def deep_merge(base: dict, extra: dict) -> dict:
-    """`extra` laid over `base`, nested dicts merged key by key (how overrides apply to a config)."""
-    merged = dict(base)
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(merged.get(k), dict):
-            merged[k] = deep_merge(merged[k], v)
-        else:
-            merged[k] = v
-    return merged
 
 
 def _deepspeed_stage(value: str | None) -> int | None:

@@ -10,6 +10,7 @@ import concurrent.futures as cf
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -503,6 +504,37 @@ def test_cli_serves_a_model_dir(tiny_qwen3_dir):
             out = proc.communicate()[0]
     # uvicorn shuts down cleanly, then re-raises SIGINT: 130 is the shell's "stopped by Ctrl-C".
     assert proc.returncode in (0, 130, -2) and "Application shutdown complete" in out, out
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT inherited ignored"])
+def test_cli_server_stops_gracefully_on_sigterm_and_on_sigint_a_background_shell_ignored(tiny_qwen3_dir, how):
+    # The hf engine's loop runs in the main thread and uvicorn in another, so the server sets its own
+    # handlers: SIGTERM (what service managers send) and SIGINT even when a non-interactive shell started
+    # it with SIGINT ignored (as CI runners and `nohup` do) end it like Ctrl-C does.
+    with bind_socket("127.0.0.1", 0) as probe:
+        port = probe.getsockname()[1]
+    env = {**os.environ, "CHATTUNE_API_KEY": KEY}
+    exe = Path(sys.executable).with_name("chattune")
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if how.startswith("SIGINT") else None
+    proc = subprocess.Popen([str(exe), "serve", str(tiny_qwen3_dir), "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=ignore)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.2)
+        c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+        assert c.chat.completions.create(model="m", messages=MSGS, temperature=0, max_tokens=2).choices
+        proc.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
+        out = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and "Application shutdown complete" in out, out
 
 
 def test_unknown_or_unavailable_engine_is_a_clear_error():

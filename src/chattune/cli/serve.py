@@ -26,6 +26,9 @@ def serve(
                                          f"(default {_D.SERVE_MAX_QUEUE})."),
     max_batch_size: int | None = typer.Option(None, help="Most requests generating together in one batch "
                                               f"(default {_D.SERVE_MAX_BATCH_SIZE})."),
+    prefill_tokens: int | None = typer.Option(None, help="hf engine: prompt tokens prefilled per step; larger "
+                                              "answers a burst sooner, smaller pauses running streams less "
+                                              f"(default {_D.SERVE_PREFILL_TOKENS})."),
     device: str | None = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16 (default: the loader's)."),
 ) -> None:
@@ -35,7 +38,7 @@ def serve(
     from ..infer.serve import run_server
 
     given = {"host": host, "port": port, "api_key": api_key, "max_tokens_cap": max_tokens_cap,
-             "max_queue": max_queue, "max_batch_size": max_batch_size}
+             "max_queue": max_queue, "max_batch_size": max_batch_size, "prefill_tokens": prefill_tokens}
     # ServeConfig holds the defaults and the checks (a bad value is a ConfigError naming serve.<key>).
     cfg = config_from_dict({"serve": {k: v for k, v in given.items() if v is not None}}, "command line").serve
     console.print(f"loading {', '.join(paths)} … then serving OpenAI base_url http://{cfg.host}:{cfg.port}/v1",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -144,6 +145,10 @@ class Engine(Protocol):
 
     def snapshot(self) -> dict:
         """Queue depth and counters (shown by /health and /metrics): at least ``queued`` and ``running``."""
+
+    def main_loop(self) -> Callable[[], None] | None:
+        """The engine's model loop for `run_server` to run in the main thread (it returns after `stop`)
+        instead of the thread `start` would make; None when the engine's work runs elsewhere."""
 
 
 def as_api_error(e: BaseException) -> APIError:

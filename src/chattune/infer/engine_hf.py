@@ -18,6 +18,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import asdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from .generate import Generator
 
 log = logging.getLogger("chattune.serve")
-PREFILL_TOKENS = 512  # prompt tokens per prefill chunk: bounds the stall a newcomer causes running streams
 
 
 def default_sampling(generator: Generator) -> tuple[float, float]:
@@ -70,8 +70,9 @@ class HfEngine:
     Args:
         runs: the runs to serve, each named by its `Generator.name` (names must differ). Runs whose
             generators share one model object share a lane; their `Run.adapter` names their adapter.
-        serve_cfg: max_queue (jobs waiting before 429) and max_batch_size (jobs per model at once).
-        prefill_tokens: prompt tokens per prefill chunk.
+        serve_cfg: max_queue (jobs waiting before 429), max_batch_size (jobs per model at once) and
+            prefill_tokens (prompt tokens per prefill chunk).
+        prefill_tokens: overrides serve_cfg's.
 
     Attributes:
         model_lock: held around every model call (tests hold it to keep requests queued deterministically).
@@ -80,8 +81,9 @@ class HfEngine:
     kind = "hf"
 
     def __init__(self, runs: list[Run] | list[Generator], serve_cfg: ServeConfig,
-                 prefill_tokens: int = PREFILL_TOKENS):
+                 prefill_tokens: int | None = None):
         runs_ = [r if isinstance(r, Run) else Run(r) for r in runs]
+        prefill_tokens = prefill_tokens or serve_cfg.prefill_tokens
         if not runs_:
             raise ConfigError("nothing to serve")
         self.models: dict[str, ServedModel] = {}
@@ -110,6 +112,7 @@ class HfEngine:
         self._admitting: list[Job] = []  # taken off the queue, being rendered into a lane
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._loop_elsewhere = False  # `main_loop` handed the loop to the caller: `start` makes no thread
         self._rejected = 0
 
     @classmethod
@@ -147,8 +150,20 @@ class HfEngine:
     # --- the Engine interface -----------------------------------------------------------------------
     def start(self) -> None:
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="chattune-hf-engine", daemon=True)
-        self._thread.start()
+        if not self._loop_elsewhere:
+            self._thread = threading.Thread(target=self._loop, name="chattune-hf-engine", daemon=True)
+            self._thread.start()
+
+    def main_loop(self) -> Callable[[], None]:
+        """The model loop, for the process's main thread (call before `start`, which then makes no thread).
+
+        Why the main thread: on CPU, the same forward passes ran markedly slower when issued from a
+        Python thread than from the main thread of a process that loaded the model there (small
+        element-wise operations most, i.e. the parallel runtime's per-operation cost; see
+        bench/serve_load.py), and this loop is where every forward pass of the server happens.
+        """
+        self._loop_elsewhere = True
+        return self._loop
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._cond:

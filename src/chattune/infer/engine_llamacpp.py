@@ -171,6 +171,10 @@ class LlamaCppEngine:
                    ggufs=ggufs)
 
     # --- lifecycle and queue ------------------------------------------------------------------------
+    def main_loop(self) -> None:
+        """None: this engine's work does not run in the server's main thread (see `Engine.main_loop`)."""
+        return None
+
     def start(self) -> None:
         """Start the worker thread (a no-op while it runs)."""
         if self._thread is not None and self._thread.is_alive():

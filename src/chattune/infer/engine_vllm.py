@@ -192,6 +192,10 @@ class VLLMEngine:
         return cls(sources, launch, max_queue=serve_cfg.max_queue)
 
     # --- lifecycle ----------------------------------------------------------------------------------
+    def main_loop(self) -> None:
+        """None: this engine's work does not run in the server's main thread (see `Engine.main_loop`)."""
+        return None
+
     def start(self) -> None:
         """Launch vLLM (blocks until it is healthy) and the engine's event loop thread; a no-op when running
         (a caller may start the slow vLLM launch before the app's lifespan calls `start` again)."""

@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -337,7 +338,44 @@ def run_server(paths: str | list[str], serve_cfg: ServeConfig, *, engine: str = 
         log.warning("serving %s with the %s engine on http://%s:%s (OpenAI base_url http://%s:%s/v1)%s",
                     ", ".join(eng.models), eng.kind, host, port, host, port,
                     "" if serve_cfg.api_key else " without an API key")
-        uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=False,
-                                      log_config=uvicorn_log_config(log_level))).run(sockets=[sock])
+        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5,
+                                               access_log=False, log_config=uvicorn_log_config(log_level)))
+        loop = eng.main_loop()
+        if loop is None:
+            server.run(sockets=[sock])
+        else:
+            _serve_beside(server, sock, loop, eng.stop)
     finally:
         sock.close()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _serve_beside(server, sock, loop: Callable[[], None], stop: Callable[[], None]) -> None:
+    """uvicorn in a thread while the engine's `loop` runs in this, the main, thread (`Engine.main_loop`).
+
+    SIGINT and SIGTERM end both, gracefully, as they end uvicorn alone: the loop stops, the server shuts
+    down (its lifespan stops the engine, failing what is left with 503), and this returns. A server that
+    ends by itself (or fails to start) stops the engine, so the loop returns too.
+    """
+    def http() -> None:
+        try:
+            server.run(sockets=[sock])
+        finally:
+            stop()
+
+    thread = threading.Thread(target=http, name="chattune-http", daemon=True)
+    # Set, not inherited: a server started in the background may inherit SIGINT ignored.
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    thread.start()
+    try:
+        loop()
+    except KeyboardInterrupt:
+        log.warning("stopping")
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
