@@ -20,6 +20,7 @@ EXPECT = {
     "serve_load.py": ["single |", "stream |", "batch |"],
     "gpu_throughput.py": ["hf-pad ", "packed "],
     "cpu_memory.py": ["qlora ", "lora "],
+    "decode_step.py": ["greedy     |", "greedy+rp  |"],
 }
 
 
