@@ -83,3 +83,26 @@ def test_a_mixed_thinking_run_answers_with_thinking_on(tmp_path, tiny_qwen3_dir)
     """data.thinking: mixed trained both forms; inference gets one concrete policy (thinking on, as Qwen3's default)."""
     make_adapter_run(tmp_path / "run", tiny_qwen3_dir, thinking="mixed")
     assert load_run(tmp_path / "run", device="cpu").info.thinking == "keep"
+
+
+def test_engines_without_weights_render_as_load_run(tmp_path, tiny_qwen3_dir):
+    """vLLM's and llama.cpp's engines read a run through `infer.engine_ids.read_source`, which never loads the
+    weights: the same tokenizer, template, thinking policy (mixed → keep), system prompt, date and end-of-turn ids
+    as `load_run` (both go through `rundir.load.read_run_text`), for an adapter run and a plain folder."""
+    from tests.export.conftest import make_run
+
+    from chattune.data.render import prompt_ids
+    from chattune.infer.engine_ids import read_source
+
+    run = make_run(tmp_path / "run", tiny_qwen3_dir, thinking="mixed", system="Answer in one word.")
+    messages = [{"role": "user", "content": "what comes after 3?"}]
+    for path in (run, tiny_qwen3_dir):
+        info, tok = (lm := load_run(path, device="cpu")).info, lm.tokenizer
+        src = read_source(path)
+        r = src.renderer
+        assert (r.thinking, r.system, r.date, r.eos_token_ids) == (info.thinking, info.system, info.date,
+                                                                    info.eos_token_ids)
+        assert r.tokenizer.chat_template == tok.chat_template and src.is_adapter == (info.kind == "adapter")
+        assert r.prompt_ids(messages) == prompt_ids(tok, r.with_system(messages), thinking=info.thinking,
+                                                    date=info.date)
+    assert read_source(run).renderer.thinking == "keep" and read_source(run).renderer.system == "Answer in one word."

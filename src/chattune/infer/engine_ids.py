@@ -45,7 +45,8 @@ class RunSource:
 
 
 def read_source(path: str | Path, name: str | None = None) -> RunSource:
-    """Read a run dir or a (merged) model folder the way `rundir.load.load_run` does, minus the weights.
+    """Read a run dir or a (merged) model folder the way `rundir.load.load_run` does, minus the weights (both
+    read it through `rundir.load.read_run_text`).
 
     The renderer gets the same tokenizer, template, thinking policy, system prompt, date and end-of-turn ids
     as `Generator.from_path(path)`, so any engine renders and stops exactly like the hf one.
@@ -55,43 +56,34 @@ def read_source(path: str | Path, name: str | None = None) -> RunSource:
     """
     from transformers import GenerationConfig
 
-    from ..model.load import load_tokenizer, resolve_source
+    from ..data.render import inference_thinking
+    from ..errors import ModelError
+    from ..model.load import resolve_source
     from ..rundir.layout import GENERATION_FILE, is_run_dir
-    from ..rundir.load import run_tokenizer, stop_token_ids
-    from ..rundir.read import read_merge_report, read_run
+    from ..rundir.load import read_run_text, stop_token_ids
     from .sampling import token_fields
 
     p = Path(path)
     name = name or p.name
-    if is_run_dir(p):
-        run = read_run(p)
-        cfg = run.config
-        tok = run_tokenizer(p, cfg.model)
-        base = resolve_source(cfg.model) if run.is_adapter else str(p)
-        # load_run applies the run's generation_config.json over the base's (its EOS list)
-        gen_dir = p if (p / GENERATION_FILE).is_file() else Path(base)
-        thinking, system, date = cfg.data.thinking, run.system_prompts.default, cfg.data.date
-        is_adapter, max_length = run.is_adapter, cfg.data.max_length
-    else:
-        from ..config import ModelConfig
-        from ..errors import ModelError
-
-        if not (p / "config.json").is_file():
-            raise ModelError(f"{p} is neither a chattune run dir nor a model folder (no config.json)")
-        tok = load_tokenizer(ModelConfig(name_or_path=str(p)), source=str(p))
-        base, gen_dir, is_adapter, max_length = str(p), p, False, None
-        rep = read_merge_report(p) or {}  # a `chattune merge` output renders as its run was trained
-        thinking, system, date = rep.get("thinking") or "off", rep.get("system"), rep.get("date")
+    if not is_run_dir(p) and not (p / "config.json").is_file():
+        raise ModelError(f"{p} is neither a chattune run dir nor a model folder (no config.json)")
+    text = read_run_text(p)
+    tok, cfg = text.tokenizer, text.config
+    is_adapter = text.kind == "adapter"
+    base = resolve_source(cfg.model) if is_adapter and cfg is not None else text.source
+    # load_run applies the run's generation_config.json over the base's (its EOS list)
+    gen_dir = p if (p / GENERATION_FILE).is_file() else Path(base)
     gen = GenerationConfig.from_pretrained(gen_dir) if (gen_dir / GENERATION_FILE).is_file() else None
     # stop_token_ids reads only `.generation_config` of the model it is given
     eos = stop_token_ids(SimpleNamespace(generation_config=gen), tok)
-    renderer = PromptRenderer(tok, name, tuple(eos), thinking=thinking, system=system, date=date)
+    renderer = PromptRenderer(tok, name, tuple(eos), thinking=inference_thinking(text.thinking), system=text.system,
+                              date=text.date)
     temp, top_p = 1.0, 1.0  # OpenAI's defaults, unless the generation_config samples (as the hf engine)
     if gen is not None and gen.do_sample:
         temp, top_p = float(gen.temperature if gen.temperature is not None else 1.0), float(gen.top_p or 1.0)
-    return RunSource(path=p, renderer=renderer, is_adapter=is_adapter, base=str(base), max_length=max_length,
-                     default_temperature=temp, default_top_p=top_p, generation=token_fields(gen),
-                     generation_file=gen_dir / GENERATION_FILE if gen is not None else None)
+    return RunSource(path=p, renderer=renderer, is_adapter=is_adapter, base=str(base),
+                     max_length=cfg.data.max_length if cfg is not None else None, default_temperature=temp,
+                     default_top_p=top_p, generation=token_fields(gen), generation_file=gen_dir / GENERATION_FILE if gen is not None else None)
 
 
 def refuse_fields(source: RunSource, engine: str, applied: set[str]) -> None:

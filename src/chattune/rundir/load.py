@@ -157,6 +157,55 @@ def _adapter_changes_nothing(model, tokenizer) -> bool:
     return bool(torch.equal(tuned, base))
 
 
+@dataclass(frozen=True)
+class RunText:
+    """How a run dir or model folder renders, and what it is, read without its weights: the one route
+    `load_run` and the engines that never load the weights (`infer.engine_ids.read_source`) both take.
+
+    Attributes:
+        kind: "adapter", "full" or "model" (as `LoadInfo.kind`).
+        tokenizer: the run's own tokenizer and chat template (`run_tokenizer`); a folder's own otherwise.
+        source: where the weights are: the run dir, or the resolved folder / Hub id of a plain model.
+        base, method, system, date, config: as in `LoadInfo`.
+        thinking: the policy the run trained with (``data.thinking``; `LoadInfo.thinking` is what inference
+            makes of it).
+    """
+
+    kind: str
+    tokenizer: Any
+    source: str
+    base: str
+    method: str | None
+    thinking: str
+    system: str | None = None
+    date: str | None = None
+    config: Config | None = None
+
+
+def read_run_text(path: str | Path, *, tokenizer=None) -> RunText:
+    """Read `path` (a run dir, a model folder, the SmolLM2 alias, a GGUF or a Hub id) as `load_run` renders it.
+
+    Args:
+        tokenizer: reuse this tokenizer instead of loading it (it must be the one `path` holds).
+    """
+    from ..model.load import load_tokenizer, resolve_source
+
+    path_s = str(path)
+    if is_run_dir(path_s):
+        run = read_run(path_s)
+        cfg = run.config
+        return RunText(kind="adapter" if run.is_adapter else "full",
+                       tokenizer=tokenizer or run_tokenizer(Path(path_s), cfg.model), source=path_s,
+                       base=cfg.model.name_or_path, method=cfg.method.type, thinking=cfg.data.thinking,
+                       system=run.system_prompts.default, date=cfg.data.date, config=cfg)
+    mcfg = ModelConfig(name_or_path=path_s)
+    src = resolve_source(mcfg)
+    tok = tokenizer or load_tokenizer(mcfg, source=src)
+    rep = read_merge_report(src) or {}  # a `chattune merge` output: render as the run was trained
+    return RunText(kind="model", tokenizer=tok, source=src, base=rep.get("base", path_s), method=rep.get("method"),
+                   thinking=rep.get("thinking") or "off", system=rep.get("system"), date=rep.get("date"))
+
+
 def load_run(path: str | Path, *, device: str | None = None, dtype: str | None = None,
              tokenizer=None, dequantise: bool | None = None) -> LoadedModel:
     """Load anything chattune can generate with: a run dir, a model folder, the SmolLM2 alias, a GGUF, a Hub id.
@@ -180,24 +229,22 @@ def load_run(path: str | Path, *, device: str | None = None, dtype: str | None =
         ModelError: not loadable, or the adapter file does not match its config (see `check_adapter_loaded`).
     """
     from ..model.adapters import quiet_peft
-    from ..model.load import load_base, load_tokenizer, resolve_source
+    from ..model.load import load_base
     from ..plan import inference_plan
 
     if dtype is not None and not isinstance(dtype, str):  # a torch.dtype
         dtype = str(dtype).replace("torch.", "")
     path_s = str(path)
+    text = read_run_text(path_s, tokenizer=tokenizer)
+    tok, cfg = text.tokenizer, text.config
     warnings: list[str] = []
-    cfg: Config | None = None
-    if is_run_dir(path_s):
-        run = read_run(path_s)
-        cfg = run.config
+    if cfg is not None:
         mcfg = cfg.model.model_copy(update={"dtype": dtype} if dtype else {})
         # an adapter's base: for QLoRA the 4-bit base it was trained on, never the original weights
-        plan = inference_plan(mcfg, device=device, method=cfg.method.type if run.is_adapter else None,
+        plan = inference_plan(mcfg, device=device, method=cfg.method.type if text.kind == "adapter" else None,
                               dequantise=dequantise)
         run_dir = Path(path_s)
-        tok = tokenizer or run_tokenizer(run_dir, mcfg)
-        if run.is_adapter:
+        if text.kind == "adapter":
             from peft import PeftModel
 
             loaded = load_base(mcfg, plan=plan, tokenizer=tok, prepare_for_training=False)
@@ -211,29 +258,18 @@ def load_run(path: str | Path, *, device: str | None = None, dtype: str | None =
             if _adapter_changes_nothing(model, tok):
                 warnings.append(f"the adapter in {run_dir} changes nothing: outputs are the base model's "
                                 "(every LoRA B matrix is still zero? did training run any step?)")
-            kind = "adapter"
         else:
             full_cfg = mcfg.model_copy(update={"name_or_path": str(run_dir), "gguf_file": None, "revision": None})
             loaded = load_base(full_cfg, plan=plan, tokenizer=tok, source=str(run_dir))
             model = loaded.model
             _apply_generation_config(model, run_dir)
-            kind = "full"
-        base_name, thinking, method = cfg.model.name_or_path, cfg.data.thinking, cfg.method.type
-        system, date = run.system_prompts.default, cfg.data.date
     else:
         mcfg = ModelConfig(name_or_path=path_s, **({"dtype": dtype} if dtype else {}))
         plan = inference_plan(mcfg, device=device)
-        src = resolve_source(mcfg)
-        tok = tokenizer or load_tokenizer(mcfg, source=src)
-        loaded = load_base(mcfg, plan=plan, tokenizer=tok, source=src)
+        loaded = load_base(mcfg, plan=plan, tokenizer=tok, source=text.source)
         model = loaded.model
-        kind, base_name, thinking, method, system, date = "model", path_s, "off", None, None, None
-        rep = read_merge_report(src)
-        if rep is not None:  # a `chattune merge` output: render as the run was trained
-            base_name, thinking, method = rep.get("base", path_s), rep.get("thinking", "off"), rep.get("method")
-            system, date = rep.get("system"), rep.get("date")
-    return _loaded(model, tok, plan, loaded.quantised, path_s, kind=kind, base=base_name, method=method,
-                   thinking=thinking, config=cfg, warnings=warnings, system=system, date=date)
+    return _loaded(model, tok, plan, loaded.quantised, path_s, kind=text.kind, base=text.base, method=text.method,
+                   thinking=text.thinking, config=cfg, warnings=warnings, system=text.system, date=text.date)
 
 
 def _loaded(model, tok, plan, quantised, path: str, *, kind: str, base: str, method: str | None, thinking: str | None,
