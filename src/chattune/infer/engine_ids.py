@@ -83,7 +83,8 @@ def read_source(path: str | Path, name: str | None = None) -> RunSource:
         temp, top_p = float(gen.temperature if gen.temperature is not None else 1.0), float(gen.top_p or 1.0)
     return RunSource(path=p, renderer=renderer, is_adapter=is_adapter, base=str(base),
                      max_length=cfg.data.max_length if cfg is not None else None, default_temperature=temp,
-                     default_top_p=top_p, generation=token_fields(gen), generation_file=gen_dir / GENERATION_FILE if gen is not None else None)
+                     default_top_p=top_p, generation=token_fields(gen),
+                     generation_file=gen_dir / GENERATION_FILE if gen is not None else None)
 
 
 def refuse_fields(source: RunSource, engine: str, applied: set[str]) -> None:
