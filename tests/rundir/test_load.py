@@ -103,6 +103,7 @@ def test_engines_without_weights_render_as_load_run(tmp_path, tiny_qwen3_dir):
         assert (r.thinking, r.system, r.date, r.eos_token_ids) == (info.thinking, info.system, info.date,
                                                                     info.eos_token_ids)
         assert r.tokenizer.chat_template == tok.chat_template and src.is_adapter == (info.kind == "adapter")
-        assert r.prompt_ids(messages) == prompt_ids(tok, r.with_system(messages), thinking=info.thinking,
-                                                    date=info.date)
+        msgs = ([{"role": "system", "content": info.system}] if info.system else []) + messages
+        assert r.with_system(messages) == msgs
+        assert r.prompt_ids(msgs) == prompt_ids(tok, msgs, thinking=info.thinking, date=info.date)
     assert read_source(run).renderer.thinking == "keep" and read_source(run).renderer.system == "Answer in one word."
