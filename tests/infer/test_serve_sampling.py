@@ -99,6 +99,7 @@ def test_admitting_a_row_logs_nothing_generate_would_not(smollm2_gguf, capfd):
     assert "max_length" not in capfd.readouterr().err
 
 
+@pytest.mark.slow  # a GGUF export and two llama.cpp loads
 def test_llamacpp_takes_the_runs_top_k_and_refuses_what_it_cannot_apply(tmp_path_factory, tiny_qwen3_dir):
     from chattune.config import ServeConfig
     from chattune.errors import ConfigError
