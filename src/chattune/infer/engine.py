@@ -25,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ChattuneError
@@ -95,6 +95,27 @@ class Job:
 
 class QueueFull(Exception):
     """`Engine.submit` found its queue full (the HTTP layer answers 429)."""
+
+
+@dataclass
+class LaneStats:
+    """Counters one continuous batch (a "lane": one loaded model) adds to its engine's snapshot."""
+
+    completed: int = 0
+    cancelled: int = 0
+    skipped: int = 0  # left before they started
+    prefills: int = 0  # hf: groups of prompts prefilled together; llamacpp: prompts
+    steps: int = 0
+    largest_batch: int = 0
+
+    @staticmethod
+    def total(lanes: Iterable[LaneStats]) -> dict[str, int]:
+        """The lanes' counters summed (largest_batch: the largest), as a snapshot shows them."""
+        out = asdict(LaneStats())
+        for stats in lanes:
+            for k, v in asdict(stats).items():
+                out[k] = max(out[k], v) if k == "largest_batch" else out[k] + v
+        return out
 
 
 @dataclass(frozen=True)

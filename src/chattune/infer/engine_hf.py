@@ -17,13 +17,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from dataclasses import asdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from .engine import EngineCaps, Job, QueueFull, ServedModel, as_api_error, unknown_model
-from .hf_lane import Lane, LaneStats, Run
+from .engine import EngineCaps, Job, LaneStats, QueueFull, ServedModel, as_api_error, unknown_model
+from .hf_lane import Lane, Run
 from .serve_schema import APIError
 
 if TYPE_CHECKING:
@@ -191,14 +190,9 @@ class HfEngine:
         """``queued`` (waiting for a batch), ``running`` (in a batch), ``rejected`` and the lanes' counters
         summed: completed, cancelled, skipped (left before starting), prefills, steps, largest_batch."""
         with self._cond:
-            total = LaneStats()
-            for lane in self._lanes.values():
-                for k, v in asdict(lane.stats).items():
-                    merged = max if k == "largest_batch" else int.__add__
-                    setattr(total, k, merged(getattr(total, k), v))
             running = sum(len(lane) for lane in self._lanes.values()) + len(self._admitting)
             return {"queued": len(self._pending), "running": running, "rejected": self._rejected,
-                    **asdict(total)}
+                    **LaneStats.total(lane.stats for lane in self._lanes.values())}
 
     # --- the thread ----------------------------------------------------------------------------------
     def _lane(self, job: Job) -> Lane:

@@ -18,15 +18,14 @@ import logging
 import os
 import threading
 from collections import deque
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ChattuneError
 from ..export.report import REPORT_JSON as REPORT
-from .engine import EngineCaps, Job, QueueFull, ServedModel, as_api_error, unknown_model
+from .engine import EngineCaps, Job, LaneStats, QueueFull, ServedModel, as_api_error, unknown_model
 from .engine_ids import RunSource, model_names, read_source, refuse_fields
-from .llamacpp_batch import Lane, LaneStats, SeqContext
+from .llamacpp_batch import Lane, SeqContext
 from .serve_schema import APIError
 
 if TYPE_CHECKING:
@@ -216,12 +215,8 @@ class LlamaCppEngine:
         """``queued``, ``running`` (rendered into a lane) and the counters: completed, cancelled, skipped (left
         before starting), failed, rejected, steps (batches decoded), largest_batch."""
         with self._cond:
-            total = LaneStats()
-            for lane in self.lanes.values():
-                for k, v in asdict(lane.stats).items():
-                    setattr(total, k, max(getattr(total, k), v) if k == "largest_batch" else getattr(total, k) + v)
             return {"queued": len(self._pending), "running": sum(len(lane) for lane in self.lanes.values()),
-                    **self.stats, **asdict(total)}
+                    **self.stats, **LaneStats.total(lane.stats for lane in self.lanes.values())}
 
     # --- the worker ---------------------------------------------------------------------------------
     def _take(self) -> list[Job]:

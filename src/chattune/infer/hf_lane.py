@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .engine import Job, Sampling, Started, fit_context
+from .engine import Job, LaneStats, Sampling, Started, fit_context
 from .answer import RowStream
 from .kv_batch import Prefill, Rows, prefill_cost
 from .sampling import RowSampler, pick, row_sampler
@@ -51,18 +51,6 @@ class Live:
     sampling: Sampling
     text: RowStream
     sampler: RowSampler | None = field(default=None, repr=False)
-
-
-@dataclass
-class LaneStats:
-    """Counters a lane adds to the engine's snapshot."""
-
-    completed: int = 0
-    cancelled: int = 0
-    skipped: int = 0
-    prefills: int = 0
-    steps: int = 0
-    largest_batch: int = 0
 
 
 class Lane:

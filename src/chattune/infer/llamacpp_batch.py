@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import ChattuneError
 from .answer import RowStream
-from .engine import Job, Sampling, Started, as_api_error, fit_context
+from .engine import Job, LaneStats, Sampling, Started, as_api_error, fit_context
 from .prompt import PromptRenderer
 
 # Cells of a context's KV cache when every row could use the whole window: a bound so a long window times
@@ -191,17 +191,6 @@ class Row:
         return len(self.prompt) + self.sampling.max_new_tokens
 
 
-@dataclass
-class LaneStats:
-    """Counters a lane adds to the engine's snapshot."""
-
-    completed: int = 0
-    cancelled: int = 0
-    skipped: int = 0
-    steps: int = 0
-    largest_batch: int = 0
-
-
 class Lane:
     """The continuous batch of one served GGUF (see the module doc).
 
@@ -278,6 +267,7 @@ class Lane:
                 budget -= len(chunk)
                 if row.pos == len(row.prompt):
                     row.index = i
+                    self.stats.prefills += 1
         self.stats.steps += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(self.rows))
         self.ctx.decode()
