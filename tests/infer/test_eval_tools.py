@@ -2,8 +2,8 @@
 (the real Qwen3 template), rows and aggregates score calls and the wrong decisions, bad references are named.
 
 The answers come from a stand-in generator that renders prompts with the real renderer and returns fixed
-texts per prompt: what the model says is not under test here (tests/train/test_tool_training.py trains one
-that calls the tool), the scoring of it is."""
+texts per prompt: what the model says is not under test here (tests/test_demo.py trains SmolLM2 to call the
+tool), the scoring of it is."""
 from __future__ import annotations
 
 import json
