@@ -54,7 +54,7 @@ lint: setup
 	$(BIN)/python -m mypy $(TYPED)
 
 test: lint
-	$(BIN)/python -m pytest -q -ra tests
+	$(BIN)/python -m pytest -q -ra --durations=25 tests
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -ra -m "not slow" tests

@@ -146,18 +146,20 @@ def test_reduced_demo_on_the_real_default_model(tmp_path, smollm2_gguf):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # minutes of CPU: 240 training rows of ~270 tokens and two evaluations of 100 rows
+@pytest.mark.timeout(1800)  # minutes of CPU: 160 training rows of ~270 tokens and two evaluations of 50 rows
 def test_smollm2_learns_when_and_how_to_call_the_weather_tool(tmp_path, smollm2_gguf):
-    """Issue 11's proof, as `chattune demo --task weather-tool` runs it (the README's figure): the real
-    SmolLM2-135M-Instruct with the shipped smollm2-tools template, LoRA on synthetic get_weather rows, scored with
-    the tool_calls metric on held-out rows before and after. Before, it never calls the tool; after, it calls it
-    on >= 90% of the rows that need it with mostly right arguments, and answers most rows that need no tool."""
+    """Issue 11's proof, as `chattune demo --task weather-tool` runs it (the README's figure has the default 240
+    train / 100 held-out rows; 160 / 50 here keep the suite short): the real SmolLM2-135M-Instruct with the shipped
+    smollm2-tools template, LoRA on synthetic get_weather rows, scored with the tool_calls metric on held-out rows
+    before and after. Before, it never calls the tool; after, it calls it on >= 90% of the rows that need it with
+    mostly right arguments, and answers most rows that need no tool."""
     from chattune.demo import run_demo
 
-    s = run_demo(task="weather-tool", out=tmp_path / "demo", overrides=[f"data.cache_dir={tmp_path / 'cache'}"])
+    s = run_demo(task="weather-tool", out=tmp_path / "demo", n_train=160, n_test=50,
+                 overrides=[f"data.cache_dir={tmp_path / 'cache'}"])
     base, tuned = s["metrics"]["base"], s["metrics"]["tuned"]
     n_answer = s["n_test"] - tuned["tool_expected"]
-    assert base["tool_expected"] == tuned["tool_expected"] and n_answer >= 20
+    assert base["tool_expected"] == tuned["tool_expected"] and n_answer >= 15
     assert base["tool_call_name_acc"] <= 0.1, base
     assert tuned["tool_call_name_acc"] >= 0.9, tuned
     assert tuned["tool_spurious"] <= 0.2 * n_answer, tuned
