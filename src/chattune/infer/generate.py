@@ -150,15 +150,7 @@ class Generator:
 
     def completion(self, new_ids: list[int], prompt_len: int, max_new_tokens: int,
                 stop: list[str] | None, cancelled: bool = False) -> Completion:
-        """Turn one row's generated ids into a Completion (cut at end-of-turn, then at stop strings).
-
-        Args:
-            new_ids: the row's generated ids (anything after its first end-of-turn is ignored).
-            prompt_len: its prompt's token count.
-            max_new_tokens: its limit ("length" when reached without a stop).
-            stop: its stop strings.
-            cancelled: it was stopped early on purpose (finish_reason "stop").
-        """
+        """One row's generated ids as a Completion: `PromptRenderer.completion`, the rule every engine uses."""
         return self.renderer.completion(new_ids, prompt_len, max_new_tokens, stop, cancelled=cancelled)
 
     @property

@@ -127,10 +127,9 @@ def shared_prefix(prompts: Sequence[Sequence[int]], least: int = 4) -> int:
     if len(prompts) < 2:
         return 0
     # The prefix common to a set of sequences is the one common to its lexicographic least and greatest
-    # (compared in C), so this costs one pass over one prompt, not over all of them.
-    rows = [list(p) for p in prompts]
-    lo, hi = min(rows), max(rows)
-    limit = min(len(p) for p in rows) - 1
+    # (compared in C, up to the first difference), so this walks one prompt in Python, not all of them.
+    lo, hi = min(prompts), max(prompts)  # lists of ints compare element by element
+    limit = min(len(p) for p in prompts) - 1
     n = 0
     while n < limit and lo[n] == hi[n]:
         n += 1
