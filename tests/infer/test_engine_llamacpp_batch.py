@@ -28,6 +28,7 @@ pytestmark = pytest.mark.slow  # a SmolLM2 run exported to GGUF, then served sev
 
 PROMPTS = [[{"role": "user", "content": f["prompt"]}] for f in FACTS[:8]]
 MAX_NEW = 24
+COMPANY_NEW = 6
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +137,10 @@ def test_a_cancelled_stream_leaves_the_batch_and_the_kv_cache_at_once(smollm2_ex
 def test_a_seeded_sample_draws_from_its_own_generator(smollm2_export):
     """Each row's sampler chain has its own generator: a seeded row draws the same numbers whatever else samples
     beside it (checked on one set of logits, so only the draws can differ), and a request with the same seed
-    and the same batch answers the same text again. (Batched logits differ from a lone row's by rounding, so a
-    seeded answer in company can part from the same request alone where a draw lands within rounding of a
-    token's probability boundary: llama.cpp's CPU kernels are not batch-invariant.)"""
+    answers the same text again beside the same requests, though a sampled one among them draws other
+    numbers. (Batched logits differ from a lone row's by rounding, so a seeded answer in company can part from
+    the same request alone where a draw lands within rounding of a token's probability boundary: llama.cpp's
+    CPU kernels are not batch-invariant.)"""
     from chattune.infer.llamacpp_batch import Sampler
 
     engine = _engine(smollm2_export)
@@ -162,17 +164,24 @@ def test_a_seeded_sample_draws_from_its_own_generator(smollm2_export):
     finally:
         engine.stop()
     assert draws_alone == draws_beside and len(set(draws_alone)) > 5  # the same draws, and really drawn
-    company = [(PROMPTS[1], greedy(MAX_NEW), True), (PROMPTS[2], replace(seeded, seed=None), False)]
-    texts = []
-    for _ in range(2):
+    # The same company both times but for the numbers its sampled row draws (another seed each time), and of
+    # the same length: a row that ends sooner changes the batch's shape from that step on, and with it the
+    # seeded row's logits by rounding. An unseeded neighbour that drew end-of-turn early in one run only made
+    # this flaky on another CPU; a few tokens from fixed seeds make an early end improbable and visible.
+    texts, lengths = [], []
+    for company_seed in (7, 8):
+        company = [(PROMPTS[1], greedy(MAX_NEW), True),
+                   (PROMPTS[2], replace(seeded, seed=company_seed, max_new_tokens=COMPANY_NEW), False)]
         engine = _engine(smollm2_export)
         try:
             got = asyncio.run(_together(engine, [(PROMPTS[0], seeded, False), *company]))
         finally:
             engine.stop()
         texts.append([answer(g)[1].text for g in got])
+        lengths.append(answer(got[2])[1].completion_tokens)
+    assert lengths == [COMPANY_NEW] * 2, "the sampled neighbour ended early: pick other company seeds"
+    assert texts[0][2] != texts[1][2]  # the row beside it drew other numbers each time
     assert texts[0][0] == texts[1][0] and texts[0][1] == texts[1][1]
-    assert texts[0][2] != texts[1][2]  # the unseeded row beside it drew other numbers each time
 
 
 def test_many_openai_clients_at_once_get_the_one_at_a_time_answers(smollm2_export):
