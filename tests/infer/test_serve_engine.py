@@ -233,6 +233,40 @@ def test_two_runs_on_one_base_share_its_weights_and_answer_as_alone(two_runs):
     assert got == {name: [want[name]] * 2 for name in want}
 
 
+def test_runs_on_one_base_each_sample_with_their_own_generation_config(tmp_path, tiny_qwen3_dir):
+    """Runs sharing one copy of a base keep their own generation_config.json: the first run's
+    repetition_penalty must not reach the second run's answers, nor the first lose it."""
+    import json
+
+    from tests.export.conftest import make_run
+    from tests.infer.jobs import answer as job_answer
+    from tests.infer.jobs import collect, greedy
+
+    alpha, beta = make_run(tmp_path / "alpha", tiny_qwen3_dir, seed=1), make_run(tmp_path / "beta", tiny_qwen3_dir,
+                                                                                   seed=2)
+    gc_file = alpha / "generation_config.json"
+    gc_file.write_text(json.dumps({**json.loads(gc_file.read_text()), "repetition_penalty": 1.8}))
+    want = {}
+    for name, path in (("alpha", alpha), ("beta", beta)):
+        c = Generator.from_path(path).generate([CONVS[2]], max_new_tokens=16)[0]
+        want[name] = (c.text, c.completion_tokens, c.finish_reason)
+    beta_with_alphas = Generator.from_path(beta)
+    beta_with_alphas.model.generation_config.repetition_penalty = 1.8
+    assert beta_with_alphas.generate([CONVS[2]], max_new_tokens=16)[0].text != want["beta"][0]  # it would show
+
+    engine = HfEngine.from_paths([str(alpha), str(beta)], ServeConfig())
+    assert engine.runs["alpha"].gen.model is engine.runs["beta"].gen.model
+    engine.start()
+    try:
+        got = {}
+        for name in ("beta", "alpha"):
+            c = job_answer(asyncio.run(collect(engine, name, CONVS[2], stream=False, sampling=greedy(16))))[1]
+            got[name] = (c.text, c.completion_tokens, c.finish_reason)
+    finally:
+        engine.stop()
+    assert got == want
+
+
 def test_runs_with_the_same_folder_name_are_refused_before_loading(tmp_path):
     (tmp_path / "a" / "run").mkdir(parents=True)
     (tmp_path / "b" / "run").mkdir(parents=True)

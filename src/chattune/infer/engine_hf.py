@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from ..errors import ConfigError
 from .engine import EngineCaps, Job, LaneStats, QueueFull, ServedModel, as_api_error, unknown_model
 from .hf_lane import Lane, Run
+from .sampling import default_sampling
 from .serve_schema import APIError
 
 if TYPE_CHECKING:
@@ -31,15 +32,6 @@ if TYPE_CHECKING:
     from .generate import Generator
 
 log = logging.getLogger("chattune.serve")
-
-
-def default_sampling(generator: Generator) -> tuple[float, float]:
-    """(temperature, top_p) for a request that omits them: the model's generation_config when it samples,
-    else OpenAI's defaults."""
-    gc = getattr(generator.model, "generation_config", None)
-    if gc is not None and getattr(gc, "do_sample", False):
-        return float(gc.temperature if gc.temperature is not None else 1.0), float(gc.top_p or 1.0)
-    return 1.0, 1.0
 
 
 def refuse_unservable(run: Run) -> None:
@@ -52,7 +44,8 @@ def refuse_unservable(run: Run) -> None:
     from .sampling import unservable
 
     gen = run.gen
-    bad = dict.fromkeys(x for t in (0.0, 1.0) for x in unservable(gen.model, gen.generate_kwargs(1, t, 1.0)))
+    bad = dict.fromkeys(x for t in (0.0, 1.0)
+                        for x in unservable(gen.model, gen.generation_config, gen.generate_kwargs(1, t, 1.0)))
     if bad:
         where = gen.info.path if gen.info is not None else gen.name
         raise ConfigError(f"{where}/generation_config.json sets {'; '.join(bad)}, which the hf engine cannot apply "
@@ -94,7 +87,7 @@ class HfEngine:
                 raise ConfigError(f"two runs would both be served as {name!r} (a run is served under its folder "
                                   "name): rename one of the folders")
             refuse_unservable(run)
-            temp, top_p = default_sampling(run.gen)
+            temp, top_p = default_sampling(run.gen.generation_config)
             self.models[name] = ServedModel(name, run.gen.renderer, default_temperature=temp, default_top_p=top_p)
             self.runs[name] = run
             key = id(run.gen.model)

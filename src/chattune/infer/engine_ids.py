@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 from ..errors import ConfigError
 from .prompt import PromptRenderer
@@ -61,7 +60,7 @@ def read_source(path: str | Path, name: str | None = None) -> RunSource:
     from ..model.load import resolve_source
     from ..rundir.layout import GENERATION_FILE, is_run_dir
     from ..rundir.load import read_run_text, stop_token_ids
-    from .sampling import token_fields
+    from .sampling import default_sampling, token_fields
 
     p = Path(path)
     name = name or p.name
@@ -74,13 +73,10 @@ def read_source(path: str | Path, name: str | None = None) -> RunSource:
     # load_run applies the run's generation_config.json over the base's (its EOS list)
     gen_dir = p if (p / GENERATION_FILE).is_file() else Path(base)
     gen = GenerationConfig.from_pretrained(gen_dir) if (gen_dir / GENERATION_FILE).is_file() else None
-    # stop_token_ids reads only `.generation_config` of the model it is given
-    eos = stop_token_ids(SimpleNamespace(generation_config=gen), tok)
+    eos = stop_token_ids(gen, tok)
     renderer = PromptRenderer(tok, name, tuple(eos), thinking=inference_thinking(text.thinking), system=text.system,
                               date=text.date)
-    temp, top_p = 1.0, 1.0  # OpenAI's defaults, unless the generation_config samples (as the hf engine)
-    if gen is not None and gen.do_sample:
-        temp, top_p = float(gen.temperature if gen.temperature is not None else 1.0), float(gen.top_p or 1.0)
+    temp, top_p = default_sampling(gen)
     return RunSource(path=p, renderer=renderer, is_adapter=is_adapter, base=str(base),
                      max_length=cfg.data.max_length if cfg is not None else None, default_temperature=temp,
                      default_top_p=top_p, generation=token_fields(gen),

@@ -50,16 +50,19 @@ class Generator:
         system: the system prompt the run trained with (its most common one; None: none or not a run), which
             chat and serve put first when a conversation brings none.
         date: the day training pinned for templates that write today's date (``data.date``), or None.
+        generation_config: the transformers ``GenerationConfig`` answers sample with (the run's; by default
+            the model's own, which a model shared by several runs holds for the first of them only).
     """
 
     def __init__(self, model, tokenizer, *, eos_token_ids: list[int] | None = None, name: str = "model",
                  thinking: str = "off", info: LoadInfo | None = None, system: str | None = None,
-                 date: str | None = None):
+                 date: str | None = None, generation_config=None):
         from ..rundir.load import stop_token_ids
 
         self.model = model
         self.tokenizer = tokenizer
-        self.eos_token_ids = list(dict.fromkeys(eos_token_ids or stop_token_ids(model, tokenizer)))
+        self.generation_config = generation_config or getattr(model, "generation_config", None)
+        self.eos_token_ids = list(dict.fromkeys(eos_token_ids or stop_token_ids(self.generation_config, tokenizer)))
         if not self.eos_token_ids:
             raise ModelError(f"{name}: no end-of-turn token found (tokenizer has no eos_token and the chat "
                              "template's end-of-turn is unknown); generation would never stop")
@@ -101,7 +104,7 @@ class Generator:
         """
         return cls(loaded.model, loaded.tokenizer, eos_token_ids=list(loaded.info.eos_token_ids),
                    name=model_name(path), thinking=thinking or loaded.info.thinking, info=loaded.info,
-                   system=loaded.info.system, date=loaded.info.date)
+                   system=loaded.info.system, date=loaded.info.date, generation_config=loaded.generation_config)
 
     def with_thinking(self, thinking: str) -> Generator:
         """A view of the same loaded model rendering with another thinking policy ("off"/"keep")."""
@@ -132,7 +135,8 @@ class Generator:
         policy, which the hf engine's rows apply too)."""
         from .sampling import generate_kwargs
 
-        return generate_kwargs(self.model, self.eos_token_ids, self.pad_token_id, max_new_tokens, temperature, top_p)
+        return generate_kwargs(self.generation_config, self.eos_token_ids, self.pad_token_id, max_new_tokens,
+                               temperature, top_p)
 
     def _gen_kwargs(self, max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict:
         import torch
@@ -212,11 +216,12 @@ class Generator:
         import torch
 
         from .batching import left_pad
+        from .sampling import run_generation_config
 
         ids, mask = left_pad(prompts, self.pad_token_id)
         width = ids.shape[1]
         criteria = [StopStrings(self.tokenizer, stop, width)] if stop else []
-        with torch.inference_mode():
+        with torch.inference_mode(), run_generation_config(self.model, self.generation_config):
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       stopping_criteria=criteria or None, **kw)
         return out[:, width:].tolist()
@@ -262,6 +267,7 @@ class Generator:
         import torch
 
         from .batching import left_pad
+        from .sampling import run_generation_config
 
         if not conversations:
             return
@@ -279,7 +285,7 @@ class Generator:
 
         def work():
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), run_generation_config(self.model, self.generation_config):
                     self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                         stopping_criteria=criteria, streamer=streamer, **kw)
             except BaseException as e:  # noqa: BLE001 - re-raised in the consuming thread

@@ -96,7 +96,7 @@ class Lane:
                 rng = torch.Generator(device=self.device)
                 rng.manual_seed(sampling.seed if sampling.seed is not None else random.getrandbits(63))
             kwargs = run.gen.generate_kwargs(sampling.max_new_tokens, sampling.temperature, sampling.top_p)
-            sampler = row_sampler(self.model, kwargs, prompt, rng, self.device)
+            sampler = row_sampler(self.model, run.gen.generation_config, kwargs, prompt, rng, self.device)
         except Exception as e:  # noqa: BLE001 - one bad prompt fails only its own request
             from .engine import as_api_error
 

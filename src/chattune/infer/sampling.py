@@ -4,6 +4,10 @@ eval, merge checks) and for the rows of the hf engine's continuous batch.
 
 * `generate_kwargs`: what `Generator` passes to `generate` (the request's temperature/top_p over the
   run's generation_config; everything else the config carries applies as it is).
+* `run_generation_config`: the run's generation_config in force while transformers builds or generates.
+  Runs added to one model (adapters of one base in the hf engine) share it, and transformers reads the
+  config from the model, which holds the first run's.
+* `default_sampling`: (temperature, top_p) for a request that omits them, every engine's.
 * `RowSampler`: one row of a continuous batch. Its logits processors are the ones `generate` builds for
   that conversation alone, fed the row's own ids (prompt + answer so far; never the batch's left
   padding), then argmax (greedy) or a draw from the row's own `torch.Generator`, as `generate` does.
@@ -22,7 +26,8 @@ no public equivalent. `tests/infer/test_serve_sampling.py` pins the result to `g
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -68,9 +73,39 @@ def token_fields(gc) -> dict[str, Any]:
             if getattr(gc, name, None) not in off}
 
 
-def generate_kwargs(model, eos_token_ids: Sequence[int], pad_token_id: int, max_new_tokens: int,
+@contextmanager
+def run_generation_config(model, gc) -> Iterator[None]:
+    """`gc` (a run's `GenerationConfig`; None: the model's own) is `model`'s generation config inside the block.
+
+    transformers' `generate` and its processor builders read the config from the model, and a model shared by
+    several runs holds the first run's (`rundir.load.load_adapter_into`); without this a second run would
+    sample with the first run's repetition_penalty, top_k, .... The block must not overlap another use of
+    the model from another thread (the hf engine's model loop is the only thread that builds or generates).
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft reads the base's
+    held = getattr(inner, "generation_config", None)
+    if gc is None or gc is held:
+        yield
+        return
+    inner.generation_config = gc
+    try:
+        yield
+    finally:
+        inner.generation_config = held
+
+
+def default_sampling(gc) -> tuple[float, float]:
+    """(temperature, top_p) for a request that omits them: run's generation config `gc` when it samples,
+    else OpenAI's defaults (1, 1)."""
+    if gc is not None and getattr(gc, "do_sample", False):
+        return float(gc.temperature if gc.temperature is not None else 1.0), float(gc.top_p or 1.0)
+    return 1.0, 1.0
+
+
+def generate_kwargs(gc, eos_token_ids: Sequence[int], pad_token_id: int, max_new_tokens: int,
                     temperature: float, top_p: float) -> dict[str, Any]:
-    """The keyword arguments `generate` gets on top of `model.generation_config` (the one sampling policy).
+    """The keyword arguments `generate` gets on top of the run's generation config `gc` (the one sampling
+    policy; `run_generation_config` puts `gc` in force).
 
     Greedy at temperature 0: the sampling fields a Hub config may carry (Qwen3: temperature 0.6, top_k 20)
     are switched off, so greedy really is greedy. Sampling: the request's temperature and top_p; top_k is
@@ -89,15 +124,16 @@ def generate_kwargs(model, eos_token_ids: Sequence[int], pad_token_id: int, max_
     if temperature == 0:
         kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     else:
-        own = getattr(getattr(model, "generation_config", None), "top_k", None)
+        own = getattr(gc, "top_k", None)
         kw.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=own)
     return kw
 
 
-def unservable(model, kwargs: dict[str, Any]) -> list[str]:
-    """What `generate` would do with `kwargs` over `model.generation_config` that a row of a continuous
-    batch cannot (empty: everything is honoured), each as ``field=value (what it does)``."""
-    gc, _ = model._prepare_generation_config(None, **kwargs)
+def unservable(model, run_gc, kwargs: dict[str, Any]) -> list[str]:
+    """What `generate` would do with `kwargs` over the run's generation config `run_gc` that a row of a
+    continuous batch cannot (empty: everything is honoured), each as ``field=value (what it does)``."""
+    with run_generation_config(model, run_gc):
+        gc, _ = model._prepare_generation_config(None, **kwargs)
     found = []
     mode = gc.get_generation_mode()
     if mode.value not in ("greedy_search", "sample"):
@@ -110,19 +146,22 @@ def unservable(model, kwargs: dict[str, Any]) -> list[str]:
     return found
 
 
-def processors(model, kwargs: dict[str, Any], prompt_len: int, device: torch.device):
-    """The `LogitsProcessorList` `generate` builds for one prompt of `prompt_len` tokens with `kwargs`."""
+def processors(model, run_gc, kwargs: dict[str, Any], prompt_len: int, device: torch.device):
+    """The `LogitsProcessorList` `generate` builds for one prompt of `prompt_len` tokens with `kwargs` over
+    the run's generation config `run_gc`."""
     # generate's own steps, in its order: merge the config, tensors for the special tokens, lengths from
     # max_new_tokens / min_new_tokens, then the list (see the module doc for why the private builder).
-    gc, _ = model._prepare_generation_config(None, **kwargs)
-    model._prepare_special_tokens(gc, kwargs_has_attention_mask=True, device=device)
-    gc = model._prepare_generated_length(gc, has_default_max_length=model.generation_config.max_length is None,
-                                         has_default_min_length=model.generation_config.min_length is None,
-                                         model_input_name="input_ids", input_ids_length=prompt_len,
-                                         inputs_tensor=None)
-    mask = torch.ones(1, prompt_len, dtype=torch.long, device=device)  # one row alone: no padding
-    return model._get_logits_processor(gc, input_ids_seq_length=prompt_len, device=device,
-                                       model_kwargs={"attention_mask": mask})
+    with run_generation_config(model, run_gc):
+        gc, _ = model._prepare_generation_config(None, **kwargs)
+        model._prepare_special_tokens(gc, kwargs_has_attention_mask=True, device=device)
+        own = model.generation_config
+        gc = model._prepare_generated_length(gc, has_default_max_length=own.max_length is None,
+                                             has_default_min_length=own.min_length is None,
+                                             model_input_name="input_ids", input_ids_length=prompt_len,
+                                             inputs_tensor=None)
+        mask = torch.ones(1, prompt_len, dtype=torch.long, device=device)  # one row alone: no padding
+        return model._get_logits_processor(gc, input_ids_seq_length=prompt_len, device=device,
+                                           model_kwargs={"attention_mask": mask})
 
 
 class RowSampler:
@@ -155,11 +194,11 @@ class RowSampler:
         return tok
 
 
-def row_sampler(model, kwargs: dict[str, Any], prompt: Sequence[int], rng: torch.Generator | None,
+def row_sampler(model, run_gc, kwargs: dict[str, Any], prompt: Sequence[int], rng: torch.Generator | None,
                 device: torch.device) -> RowSampler | None:
-    """The `RowSampler` of a row generating with `kwargs` (`generate_kwargs`), or None for a greedy row
-    that needs no processor (the batch's argmax is its token)."""
-    procs = processors(model, kwargs, len(prompt), device)
+    """The `RowSampler` of a row of the run with generation config `run_gc` generating with `kwargs`
+    (`generate_kwargs`), or None for a greedy row that needs no processor (the batch's argmax is its token)."""
+    procs = processors(model, run_gc, kwargs, len(prompt), device)
     if rng is None and not len(procs):
         return None
     return RowSampler(procs, prompt, kwargs["max_new_tokens"], rng, device)

@@ -6,6 +6,7 @@ not at all (peft only warns about adapter tensors it could not place, and then r
 """
 from __future__ import annotations
 
+import copy
 import warnings as warnings_module
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -61,16 +62,19 @@ class LoadInfo:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model ready for inference (eval mode), its tokenizer, and `LoadInfo`."""
+    """A model ready for inference (eval mode), its tokenizer, `LoadInfo`, and the transformers
+    ``GenerationConfig`` its answers sample with: the run's generation_config.json (over the base's). That is
+    the model's own, except for runs added to a model by `load_adapter_into`, which holds the first run's."""
 
     model: Any
     tokenizer: Any
     info: LoadInfo
+    generation_config: Any = None
 
 
-def stop_token_ids(model, tokenizer) -> list[int]:
-    """Ids that end an answer: the chat template's end-of-turn token(s), then the model's generation_config
-    EOS ids (a run's generation_config.json lists its end-of-turn ids); the tokenizer's EOS when the
+def stop_token_ids(generation_config, tokenizer) -> list[int]:
+    """Ids that end an answer: the chat template's end-of-turn token(s), then `generation_config`'s EOS ids
+    (a run's generation_config.json lists its end-of-turn ids; None: none); the tokenizer's EOS when the
     template writes none."""
     from ..data.render import end_of_turn_ids
     from ..errors import TemplateError
@@ -84,7 +88,7 @@ def stop_token_ids(model, tokenizer) -> list[int]:
         ids = list(end_of_turn_ids(tokenizer))
     except TemplateError:
         ids = as_list(tokenizer.eos_token_id)
-    ids += as_list(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    ids += as_list(getattr(generation_config, "eos_token_id", None))
     return list(dict.fromkeys(ids))
 
 
@@ -104,14 +108,23 @@ def run_tokenizer(run_dir: Path, model_cfg: ModelConfig):
     return tok
 
 
-def _apply_generation_config(model, folder: Path) -> None:
+def _generation_config(model, folder: Path):
+    """The run's generation config (`folder`'s generation_config.json) for `model`, or None: no such file."""
     from transformers import GenerationConfig
 
-    if (folder / GENERATION_FILE).is_file():
-        pad = model.config.pad_token_id  # chosen by load_model; the file may predate it
-        model.generation_config = GenerationConfig.from_pretrained(folder)
-        if pad is not None:
-            model.generation_config.pad_token_id = pad
+    if not (folder / GENERATION_FILE).is_file():
+        return None
+    gc = GenerationConfig.from_pretrained(folder)
+    pad = model.config.pad_token_id  # chosen by load_model; the file may predate it
+    if pad is not None:
+        gc.pad_token_id = pad
+    return gc
+
+
+def _apply_generation_config(model, folder: Path) -> None:
+    gc = _generation_config(model, folder)
+    if gc is not None:
+        model.generation_config = gc
 
 
 def check_adapter_loaded(model, run_dir: Path, adapter_name: str = "default") -> None:
@@ -276,14 +289,15 @@ def _loaded(model, tok, plan, quantised, path: str, *, kind: str, base: str, met
             config: Config | None = None, warnings: list[str] | None = None, system: str | None = None,
             date: str | None = None) -> LoadedModel:
     model.eval()
+    gc = getattr(model, "generation_config", None)
     info = LoadInfo(kind=kind, path=path, base=base, method=method,
                     thinking=inference_thinking(thinking or "off"),
                     device=plan.device, dtype=plan.dtype,
-                    eos_token_ids=tuple(stop_token_ids(model, tok)), pad_token_id=tok.pad_token_id,
+                    eos_token_ids=tuple(stop_token_ids(gc, tok)), pad_token_id=tok.pad_token_id,
                     chat_template=tok.chat_template if isinstance(tok.chat_template, str) else None,
                     config=config, quantised=quantised,
                     warnings=tuple(warnings or ()), system=system, date=date)
-    return LoadedModel(model=model, tokenizer=tok, info=info)
+    return LoadedModel(model=model, tokenizer=tok, info=info, generation_config=gc)
 
 
 def load_untrained(model_cfg: ModelConfig, *, tokenizer=None, device: str | None = None,
@@ -359,8 +373,10 @@ def load_adapter_into(loaded: LoadedModel, path: str | Path, adapter_name: str) 
         model.load_adapter(run_dir, adapter_name=adapter_name, is_trainable=False)
     check_adapter_loaded(model, run_dir, adapter_name)
     model.eval()
+    # the model keeps the first run's generation config: this run's answers sample with its own
+    gc = _generation_config(model, run_dir) or copy.deepcopy(loaded.generation_config)
     info = replace(loaded.info, path=str(path), method=cfg.method.type, thinking=cfg.data.thinking or "off",
-                   eos_token_ids=tuple(stop_token_ids(model, tok)), pad_token_id=tok.pad_token_id,
+                   eos_token_ids=tuple(stop_token_ids(gc, tok)), pad_token_id=tok.pad_token_id,
                    chat_template=tok.chat_template if isinstance(tok.chat_template, str) else None, config=cfg,
                    warnings=(), system=run.system_prompts.default, date=cfg.data.date)
-    return LoadedModel(model=model, tokenizer=tok, info=info)
+    return LoadedModel(model=model, tokenizer=tok, info=info, generation_config=gc)
