@@ -61,7 +61,8 @@ class Generator:
 
         self.model = model
         self.tokenizer = tokenizer
-        self.generation_config = generation_config or getattr(model, "generation_config", None)
+        self.generation_config = (generation_config if generation_config is not None
+                                  else getattr(model, "generation_config", None))
         self.eos_token_ids = list(dict.fromkeys(eos_token_ids or stop_token_ids(self.generation_config, tokenizer)))
         if not self.eos_token_ids:
             raise ModelError(f"{name}: no end-of-turn token found (tokenizer has no eos_token and the chat "
