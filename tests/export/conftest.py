@@ -63,6 +63,7 @@ def make_run(run_dir: Path, base_dir: Path | str, *, thinking: str = "off", meth
     write_manifest(run_dir, cfg, report)
     tok = load_tokenizer(cfg.model)
     base = load_base(cfg.model, tokenizer=tok, device="cpu")
+    torch.manual_seed(seed)  # peft draws LoRA A from the global generator, which torch seeds at random per process
     model, _ = apply_method(base.model, cfg, cpu_plan(cfg), added_rows=base.resized_embeddings)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -146,8 +146,9 @@ def test_row_stream_over_the_renderer_holds_back_split_characters(exported):
     assert any("\ufffd" in tok.decode([t]) for t in ids)  # the 🌍 really arrives in pieces
 
 
-def test_served_over_http_with_the_openai_client(exported, generator):
-    """`chattune serve RUN --engine llamacpp`'s route: build_engine + create_app, asked by the openai client."""
+def test_served_over_http_with_the_openai_client(exported, engine):
+    """`chattune serve RUN --engine llamacpp`'s route: build_engine + create_app, asked by the openai client,
+    answers what the engine itself answers (its parity with `Generator`, near-ties judged, is the first test's)."""
     import openai
 
     from chattune.infer.engines import build_engine
@@ -156,7 +157,7 @@ def test_served_over_http_with_the_openai_client(exported, generator):
 
     cfg = ServeConfig(api_key="sk-l")
     app = create_app(build_engine("llamacpp", [str(exported[0])], cfg), cfg)
-    want = generator.generate(PROMPTS[:2], max_new_tokens=16)
+    want = [answer(run(collect(engine, "run", p, stream=False, sampling=greedy(16))))[1] for p in PROMPTS[:2]]
     with BackgroundServer(app, bind_socket("127.0.0.1", 0)) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="sk-l", max_retries=0, timeout=60)
         assert [m.id for m in client.models.list().data] == ["run"]
