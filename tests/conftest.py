@@ -19,6 +19,19 @@ REAL_TOKENIZERS = ("qwen3", "llama3_1", "gemma3", "deepseek_v3", "llama3")
 FETCH_HINT = "run `make setup` (or `python scripts/fetch_assets.py`) to fetch it"
 
 
+@pytest.fixture(autouse=True)
+def _same_random_state_for_every_test():
+    """Each test starts from one random state, whatever ran before it: torch starts its global generator at
+    a random seed in every process, and a test that draws from it unseeded (peft's LoRA init, a sampled
+    answer) must not depend on the session's order or on the process."""
+    import random
+
+    import torch
+
+    random.seed(0)
+    torch.manual_seed(0)
+
+
 def assets_dir() -> Path:
     return Path(os.environ.get("CHATTUNE_ASSETS", Path.home() / ".cache" / "chattune" / "assets"))
 
