@@ -101,3 +101,20 @@ def test_every_inference_path_renders_the_trained_system_prompt(trained, monkeyp
     # merge verification prompts are training's prompts
     vp, source = verification_prompts(info, gen.tokenizer, 5)
     assert source == "training data" and sorted(map(tuple, vp)) == sorted(map(tuple, want.values()))
+
+
+def test_a_hub_source_gets_the_system_prompt_training_recorded_for_it(tmp_path, tiny_qwen3_dir):
+    """Eval (and export's held-out prompts) of a run whose data names a Hub dataset: that source has no path,
+    and training recorded its system prompt under its label (hub:owner/name)."""
+    from chattune.config import DataSource
+    from chattune.infer.evaluate import data_config_for
+    from chattune.rundir.layout import DATA_FILE
+    from tests.export.conftest import make_run
+
+    run = make_run(tmp_path / "run", tiny_qwen3_dir)
+    record = json.loads((run / DATA_FILE).read_text(encoding="utf-8"))
+    record["system_prompts"] = {"default": SYS_D, "sources": [{"path": "hub:owner/qa", "sha256": "f" * 16,
+                                                               "system": SYS_A}]}
+    (run / DATA_FILE).write_text(json.dumps(record), encoding="utf-8")
+    assert data_config_for(run, DataSource(hub="owner/qa", split="test")).system == SYS_A
+    assert data_config_for(run, DataSource(hub="owner/other", split="test")).system == SYS_D

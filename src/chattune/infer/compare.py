@@ -101,7 +101,7 @@ def compare(base_path, tuned_path, data_path, *, out_dir=None, metrics: Sequence
              "tuned_output": t["output"], "base_ok": _mark(b["scores"], primary),
              "tuned_ok": _mark(t["scores"], primary)} for b, t in zip(base["rows"], tuned["rows"])]
     res = {"base": base["metrics"], "tuned": tuned["metrics"], "n": tuned["n"], "rows": rows, "primary": primary,
-           "base_model": str(base_path), "tuned_model": str(tuned_path), "data": str(as_source(data_path).path),
+           "base_model": str(base_path), "tuned_model": str(tuned_path), "data": as_source(data_path).label,
            "timing": {"base": base["timing"], "tuned": tuned["timing"]}}
     if out is not None:
         atomic_write_text(out / "compare.json", json.dumps(res, indent=2, ensure_ascii=False) + "\n")

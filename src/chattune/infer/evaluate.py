@@ -57,7 +57,7 @@ def data_config_for(model_path, data_path=None) -> DataConfig:
     if model_path is not None and is_run_dir(model_path):
         run = read_run(model_path)
         cfg = run.config.data
-        system = run.system_prompts.for_file(as_source(data_path).path) if data_path is not None else \
+        system = run.system_prompts.for_file(as_source(data_path).label) if data_path is not None else \
             run.system_prompts.default
     else:
         merged = read_merge_report(model_path) if model_path is not None and Path(str(model_path)).is_dir() else None

@@ -37,7 +37,8 @@ class SystemPrompts:
 
     def for_file(self, path: str | Path) -> str | None:
         """The system prompt for rows of `path` that have none: that of the training file with the same
-        content (or, failing that, path), else `default`."""
+        content (or, failing that, path), else `default`. A Hub dataset goes by its label
+        (``hub:owner/name``, `DataSource.label`), as training recorded it."""
         p = Path(path)
         digest = sha256_file(p) if p.is_file() else None
         for _, sha, system in self.sources:
