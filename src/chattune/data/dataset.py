@@ -345,7 +345,7 @@ def build_datasets(cfg: Config, tokenizer) -> tuple[datasets.Dataset, datasets.D
     if train_stats["examples"] == 0:
         raise DataError(f"no trainable example in {len(convs)} conversations (errors: {train_stats['errors']}, "
                         f"dropped by max_length={d.max_length}: {train_stats['dropped']}); first errors: "
-                        f"{train_stats['error_examples']}", file=d.train[0].path)
+                        f"{train_stats['error_examples']}", file=d.train[0].label)
     ev, eval_stats = (tokenize_conversations(eval_convs, tokenizer, d, d.num_proc) if eval_convs else (None, None))
     prompts = system_prompts(convs, report["files"] + (eval_report or {}).get("files", []), eval_convs)
     report = {**report, "system_prompts": prompts, "train": train_stats, "eval": eval_stats, "eval_files": eval_report,

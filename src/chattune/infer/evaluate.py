@@ -103,7 +103,7 @@ def load_examples(data, data_cfg: DataConfig | None = None, *, limit: int | None
         else:
             out.append(Example(msgs, None, msgs, c.source, c.row, tools=c.tools))
     if not out:
-        raise DataError("no examples to evaluate", file=as_source(data).path)
+        raise DataError("no examples to evaluate", file=as_source(data).label)
     return out
 
 
@@ -272,7 +272,7 @@ def evaluate(model_path, data_path, *, metrics: Sequence[str] = ("exact",), max_
     timing = {"generation_seconds": round(gen_s, 3), "new_tokens": new_tokens,
               "tokens_per_second": round(new_tokens / gen_s, 2) if gen_s > 0 else None,
               "finished_by_length": sum(c.finish_reason == "length" for c in comps)}
-    doc = {"model": str(model_path) if model_path is not None else gen.name, "data": str(as_source(data_path).path),
+    doc = {"model": str(model_path) if model_path is not None else gen.name, "data": as_source(data_path).label,
            "n": len(rows), "metrics": result, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
            "thinking": gen.thinking, "timing": timing}
     pred_path = met_path = None
