@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .stopping import cut_at_stop, held_back
@@ -42,7 +43,9 @@ class Finisher(Protocol):
     """What `RowStream` needs from a `Generator`."""
 
     tokenizer: Any
-    eos_token_ids: list[int]
+
+    @property
+    def eos_token_ids(self) -> Sequence[int]: ...
 
     def completion(self, new_ids: list[int], prompt_len: int, max_new_tokens: int, stop: list[str] | None,
                    cancelled: bool = False) -> Completion: ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 from ..fsutil import atomic_write_text
@@ -86,8 +87,8 @@ def compare(base_path, tuned_path, data_path, *, out_dir=None, metrics: Sequence
     tuned_gen = Generator.from_path(tuned_path, device=device, dtype=dtype)
     thinking = tuned_gen.thinking
     out = Path(out_dir) if out_dir is not None else None
-    kw = dict(metrics=metrics, max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit,
-              data_cfg=data_cfg, progress=progress, device=device, dtype=dtype)
+    kw: dict[str, Any] = dict(metrics=metrics, max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit,
+                              data_cfg=data_cfg, progress=progress, device=device, dtype=dtype)
     tuned = evaluate(tuned_path, data_path, generator=tuned_gen, out_dir=out / "tuned" if out else None, **kw)
     del tuned_gen
     gc.collect()

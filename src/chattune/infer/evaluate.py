@@ -171,7 +171,7 @@ def reference_nll(gen, conversations: Sequence[list[dict]], *, batch_size: int =
             nll = F.cross_entropy(logits[row].float(), targets[row], ignore_index=IGNORE, reduction="sum")
             totals[i][0] += float(nll)
             totals[i][1] += int((targets[row] != IGNORE).sum())
-    return [(s, n) for s, n in totals]
+    return [(s, int(n)) for s, n in totals]
 
 
 # --------------------------------------------------------------------------------------- evaluate
@@ -245,6 +245,7 @@ def evaluate(model_path, data_path, *, metrics: Sequence[str] = ("exact",), max_
     gen_s = time.perf_counter() - t0
     rows, scores = [], []
     for i, (e, c) in enumerate(zip(examples, comps)):
+        assert e.reference is not None  # load_examples refused rows without one
         try:  # a reference json_fields (or tool_calls) cannot parse is bad data: name its file and row
             calls = _calls_kw(c.content, e.conversation[-1], fmt) if fmt is not None else {}
             s = M.score_row(c.content, e.reference, metrics, **calls)  # the answer, not the think block
@@ -262,8 +263,8 @@ def evaluate(model_path, data_path, *, metrics: Sequence[str] = ("exact",), max_
     if "loss" in metrics:
         nll = reference_nll(gen, [e.conversation for e in examples], batch_size=batch_size,
                             tools=[e.tools for e in examples])
-        for r, (s, n) in zip(rows, nll):
-            r["loss"], r["loss_tokens"] = (s / n if n else None), n
+        for r, (summed, n) in zip(rows, nll):
+            r["loss"], r["loss_tokens"] = (summed / n if n else None), n
         total_n = sum(n for _, n in nll)
         loss = sum(s for s, _ in nll) / total_n if total_n else float("nan")
         result["loss"] = loss

@@ -68,7 +68,7 @@ class Prefill:
         adapters: per-row adapter names for a multi-adapter peft model, else None.
     """
 
-    def __init__(self, model, prompts: Sequence[Sequence[int]], pad: int, adapters: list[str] | None):
+    def __init__(self, model, prompts: Sequence[list[int]], pad: int, adapters: list[str] | None):
         from transformers import DynamicCache
 
         device = next(model.parameters()).device
@@ -108,20 +108,20 @@ class Prefill:
         return logits if end == width else None
 
 
-def shareable_prefix(prompts: Sequence[Sequence[int]], adapters: Sequence[str] | None) -> int:
+def shareable_prefix(prompts: Sequence[list[int]], adapters: Sequence[str] | None) -> int:
     """The prefix `Prefill` computes once for all `prompts`: their `shared_prefix`, unless the rows run
     different adapters (then each row's prefix differs in value)."""
     return shared_prefix(prompts) if adapters is None or len(set(adapters)) == 1 else 0
 
 
-def prefill_cost(prompts: Sequence[Sequence[int]], adapters: Sequence[str] | None) -> int:
+def prefill_cost(prompts: Sequence[list[int]], adapters: Sequence[str] | None) -> int:
     """Token positions `Prefill` computes for `prompts`: the shared prefix once, then every row padded to
     the longest own part (the measure of a prefill chunk's budget)."""
     shared = shareable_prefix(prompts, adapters)
     return shared + len(prompts) * (max(len(p) for p in prompts) - shared)
 
 
-def shared_prefix(prompts: Sequence[Sequence[int]], least: int = 4) -> int:
+def shared_prefix(prompts: Sequence[list[int]], least: int = 4) -> int:
     """Tokens every prompt starts with (0 for one prompt or fewer than `least`); each row keeps at least
     one token of its own, whose logits start its answer."""
     if len(prompts) < 2:

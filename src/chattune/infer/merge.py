@@ -24,10 +24,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ChattuneError, ModelError
 from ..fsutil import atomic_path, disk_full_is_an_error
 from ..rundir.layout import MERGE_REPORT
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +94,8 @@ class _Reference:
 
     prompts: list[list[int]]
     outputs: list[list[int]]
-    tuned: object
-    base: object
+    tuned: torch.Tensor
+    base: torch.Tensor | None
 
 
 def _scored(gen, prompts: list[list[int]], outputs: list[list[int]], keep: int):

@@ -38,11 +38,12 @@ from ..errors import ChattuneError
 _MODE_FIELDS = ("num_beams", "num_beam_groups", "penalty_alpha", "constraints", "force_words_ids",
                 "prompt_lookup_num_tokens", "assistant_early_exit", "use_mtp", "dola_layers")
 # Fields whose effect is outside a row's logits: (field, the value that means "off", what it would do).
-_OUTSIDE_ROW = (("guidance_scale", (None, 1, 1.0), "classifier-free guidance runs a second forward per token"),
-                ("num_return_sequences", (None, 1), "several answers per prompt"),
-                ("max_time", (None,), "a wall-clock limit on each answer"),
-                ("stop_strings", (None, [], ()), "stop strings (send `stop` with the request instead)"),
-                ("token_healing", (None, False), "rewrites the prompt's last tokens"))
+_OUTSIDE_ROW: tuple[tuple[str, tuple, str], ...] = (
+    ("guidance_scale", (None, 1, 1.0), "classifier-free guidance runs a second forward per token"),
+    ("num_return_sequences", (None, 1), "several answers per prompt"),
+    ("max_time", (None,), "a wall-clock limit on each answer"),
+    ("stop_strings", (None, [], ()), "stop strings (send `stop` with the request instead)"),
+    ("token_healing", (None, False), "rewrites the prompt's last tokens"))
 
 
 # generation_config fields that change which token comes next, with the values that leave it unchanged
