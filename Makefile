@@ -14,7 +14,8 @@ BROWSER_PKGS := chromium fonts-wqy-microhei
 .PHONY: setup browser golang vllm lint test test-fast demo clean
 # What mypy checks (typed end to end); grow this list, never shrink it.
 TYPED := src/chattune/config.py src/chattune/config_overrides.py src/chattune/config_doc.py src/chattune/rundir src/chattune/data \
-	src/chattune/infer
+	src/chattune/infer src/chattune/model src/chattune/plan src/chattune/export src/chattune/progress.py \
+	src/chattune/preflight.py src/chattune/errors.py src/chattune/fsutil.py src/chattune/defaults.py src/chattune/report.py
 
 setup: $(VENV)/.setup-done browser golang vllm
 

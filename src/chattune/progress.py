@@ -33,7 +33,8 @@ class ProgressLines:
         self.emit = emit
         self.interval_s = DEFAULT_INTERVAL_S if interval_s is None else interval_s
         self.clock = clock
-        self._last = self._last_done = None
+        self._last: float | None = None  # when it last printed
+        self._last_done: int | None = None  # `done` it last printed
         self._t0 = clock()  # counting starts now; `start` restarts it
         self._done0 = 0
 

@@ -103,7 +103,7 @@ def _metric(facts, cfg, eval_file: Path, generator, gguf: Path, n: int | None) -
                                        max_new_tokens=cfg.eval.max_new_tokens)
 
     def score(preds: list[str]) -> float:
-        return sum(M.score_row(p, e.reference, [name])[name] for p, e in zip(preds, ex)) / len(ex)
+        return sum(M.score_row(p, e.reference or "", [name])[name] for p, e in zip(preds, ex)) / len(ex)
 
     return {"name": name, "n": len(ex), "engine": score(engine), "hf": score(hf), "agreement": par.percent,
             "identical": par.detail["identical"], "ties": par.detail["ties"]}
@@ -148,9 +148,9 @@ def export(run_dir: str | Path, *, to: str, quant: str = "q8_0", out: str | Path
 
         require_converter()  # fail before any merging when llama.cpp is missing
         require_binding()
-    with atomic_path(out) as tmp, tempfile.TemporaryDirectory(prefix=".export-work-", dir=out.parent) as work:
+    with atomic_path(out) as tmp, tempfile.TemporaryDirectory(prefix=".export-work-", dir=out.parent) as work_s:
         tmp.mkdir()
-        work = Path(work)
+        work = Path(work_s)
         if to == "vllm":
             rep = _vllm(facts, tok, tmp, work, lora_only=lora_only, verify=verify, held=held)
         else:

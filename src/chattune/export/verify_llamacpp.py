@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 from .llamacpp import require_binding
 from .stage import RunFacts
@@ -102,7 +103,7 @@ def template_parity(gguf_template: str, tokenizer, facts: RunFacts, prompts: lis
     prepared = [prepare_messages(p, facts.thinking) for p in prompts]
     want = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False, **facts.template_kwargs)
             for m in prepared]
-    got = [fmt(messages=m, **facts.template_kwargs).prompt for m in prepared]
+    got = [fmt(messages=cast(Any, m), **facts.template_kwargs).prompt for m in prepared]  # plain dicts: its TypedDicts
     return text_parity("template (llama.cpp)", "llama.cpp", got, want)
 
 
@@ -177,7 +178,7 @@ def behaviour_parity(gguf: Path, generator, prompts: list[list[dict]], *, max_ne
                 same += 1
                 continue
             k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-            row = {"prompt": i, "hf": decode(want), "llama_cpp": answers[-1], "step": k, "tie": False}
+            row: dict[str, Any] = {"prompt": i, "hf": decode(want), "llama_cpp": answers[-1], "step": k, "tie": False}
             if k < len(got) and k < len(want):  # else one side hit max_new_tokens sooner (cannot happen)
                 lh = _hf_logits(generator, p_ids + want[:k])
                 ll = steps[k]

@@ -118,7 +118,7 @@ def convert_gguf(gguf: Path) -> Path:
 
         log.info("converting %s to safetensors in %s (once)", gguf, target)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # transformers marks GGUF-loaded models as quantized, which blocks training and saving; the
         # weights are already dequantised to fp32, so the marker is simply wrong here.
         model.hf_quantizer = None

@@ -108,7 +108,7 @@ def probe_capabilities(device: str | None = None) -> Capabilities:
 
     dev = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     kind = dev.split(":")[0]
-    common = dict(liger=_has("liger_kernel"), bitsandbytes=_has("bitsandbytes"))
+    common: dict[str, Any] = dict(liger=_has("liger_kernel"), bitsandbytes=_has("bitsandbytes"))
     if kind == "cuda" and torch.cuda.is_available():
         idx = torch.device(dev).index or 0
         props = torch.cuda.get_device_properties(idx)
