@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Config, config_from_dict, deep_merge, load_config, parse_overrides
+from .config import Config, DataSource, config_from_dict, deep_merge, load_config, parse_overrides
 from .demo_tasks import CITY_DATE_RECIPE, DemoTask, demo_task, shown_reference
 from .errors import ChattuneError
 from .fsutil import atomic_write_text
@@ -110,7 +110,8 @@ class _Stages:
     """Times each stage and prints its header, so the user sees where the minutes go."""
 
     def __init__(self, console, total: int):
-        self.console, self.total, self.done = console, total, []
+        self.console, self.total = console, total
+        self.done: list[dict[str, Any]] = []
         self._t0 = time.perf_counter()
 
     def run(self, name: str, fn, *args, **kwargs):
@@ -203,7 +204,7 @@ def _commands(out: Path, model: str, n_train: int, n_test: int, seed: int, confi
 def _machine() -> dict:
     import torch
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu cores": os.cpu_count(),
+    info: dict[str, object] = {"python": platform.python_version(), "torch": torch.__version__, "cpu cores": os.cpu_count(),
             "torch threads": torch.get_num_threads(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
     try:
@@ -267,7 +268,7 @@ def run_demo(*, model: str | None = None, n_train: int | None = None, n_test: in
     _prepare_out(out, console)
     data_dir, run_dir = out / "data", out / "run"
     train_path, test_path = data_dir / "train.jsonl", data_dir / "test.jsonl"
-    cfg.data.train = [{"path": str(train_path), **({"format": t.data_format} if t.data_format else {})}]
+    cfg.data.train = [DataSource(path=str(train_path), **({"format": t.data_format} if t.data_format else {}))]
     cfg.data.eval = []
     cfg.data.eval_ratio = 0.0
     cfg.output_dir = str(run_dir)
@@ -333,8 +334,9 @@ def summary_table(summary: dict):
     unit = summary.get("unit", "sentences")
     table = Table(title=f"{summary['model']}: {summary['n_test']} held-out {unit}, before / after "
                         f"{summary['n_train']} training {unit}")
-    for col, justify in (("metric", "left"), ("base", "right"), ("tuned", "right"), ("change", "right")):
-        table.add_column(col, justify=justify)
+    table.add_column("metric", justify="left")
+    for col in ("base", "tuned", "change"):
+        table.add_column(col, justify="right")
     for _, label, b, tu, c in metric_rows(m["base"], m["tuned"]):
         table.add_row(label, b, tu, c)
     return table

@@ -133,7 +133,7 @@ def read_message(readline, more) -> str | None:
         return None
     text = line.rstrip("\r\n")
     if text.strip() == _PASTE:
-        parts = []
+        parts: list[str] = []
         while True:
             more()
             line = readline()

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -150,7 +151,7 @@ class RichProgressCallback(TrainerCallback):
             self.progress = None
 
 
-def tracker_callbacks(report_to: list[str], run_dir: str | Path, run_name: str, *, resume: bool) -> list:
+def tracker_callbacks(report_to: Sequence[str], run_dir: str | Path, run_name: str, *, resume: bool) -> list:
     """transformers' own tracker callbacks, each logging under `run_dir`.
 
     Args:
@@ -164,7 +165,7 @@ def tracker_callbacks(report_to: list[str], run_dir: str | Path, run_name: str, 
         added behind our back).
     """
     run_dir = Path(run_dir)
-    out = []
+    out: list[TrainerCallback] = []
     names = [r for r in report_to if r != "none"]
     if "tensorboard" in names:
         from torch.utils.tensorboard import SummaryWriter

@@ -148,7 +148,8 @@ def deepspeed_config(value: str | None) -> dict | str:
     Raises:
         ConfigError: the path does not exist.
     """
-    name = (value or "zero2").lower()
+    value = value or "zero2"
+    name = value.lower()
     if name in DEEPSPEED_PRESETS:
         return copy.deepcopy(DEEPSPEED_PRESETS[name])
     path = Path(value)

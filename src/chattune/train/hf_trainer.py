@@ -77,7 +77,7 @@ class ExactTrainer(Trainer):
         from ..rundir.checkpoints import resume_checkpoint
 
         step = self.state.global_step + 1  # the step being computed
-        ckpt = resume_checkpoint(self.args.output_dir)
+        ckpt = resume_checkpoint(self.args.output_dir) if self.args.output_dir else None
         clip = self.args.max_grad_norm
         scaler = getattr(self.accelerator, "scaler", None)
         rows = ", ".join(where[:16]) + (f" and {len(where) - 16} more" if len(where) > 16 else "") if where else "unknown"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import Config, load_config
 from ..errors import ChattuneError, ConfigError
@@ -69,7 +70,7 @@ def training_arguments(cfg: Config, plan: RunPlan, *, run_dir: str | Path, has_e
         raise ConfigError("train.load_best_model_at_end needs an eval set, but data.eval_ratio held out no "
                           "conversation (fewer than 2 in the training data); set data.eval")
     eval_strategy = ("steps" if t.eval_steps else "epoch") if has_eval else "no"
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         output_dir=str(run_dir),
         num_train_epochs=t.epochs, max_steps=t.max_steps,
         learning_rate=t.lr, lr_scheduler_type=t.scheduler, warmup_steps=t.warmup_ratio,
@@ -317,5 +318,9 @@ def train(cfg: Config, *, resume: bool = False, callbacks: list | None = None, c
         run_dir=str(run_dir), train_loss=out.training_loss, steps=state.global_step, epochs=state.epoch,
         tokens_per_s=session_tokens / runtime if runtime else math.nan, train_runtime_s=runtime,
         tokens_seen=state.num_input_tokens_seen, eval_loss=evals[-1] if evals else None,
-        trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        trainable_params=_trainable_params(trainer.model),
         resumed_from=ckpt.name if ckpt else None, plan=plan)
+
+
+def _trainable_params(model) -> int:
+    return sum(int(p.numel()) for p in model.parameters() if p.requires_grad)

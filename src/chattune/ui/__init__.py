@@ -20,13 +20,14 @@ would print.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 DEFAULT_PORT = 7860
 
 
 def run_ui(runs: str | Path = "runs", *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, api_key: str | None = None,
-           roots: list[str | Path] | None = None, max_upload_mb: int = 200) -> None:
+           roots: Sequence[str | Path] | None = None, max_upload_mb: int = 200) -> None:
     """Serve the UI until interrupted.
 
     Args:

@@ -10,8 +10,12 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import ChattuneError
+
+if TYPE_CHECKING:
+    from ..infer.generate import Generator
 
 MAX_LOADED = 2
 
@@ -21,7 +25,7 @@ class ChatModel:
     """A loaded model and what the Chat page needs to know about it."""
 
     key: str
-    generator: object          # chattune.infer.generate.Generator
+    generator: Generator
     lock: threading.Lock
     thinking_supported: bool   # the chat template reads enable_thinking (Qwen3-style)
 

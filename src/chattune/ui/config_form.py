@@ -13,6 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..config import Config, load_config
 from ..errors import ChattuneError, ConfigError, ModelError
@@ -45,7 +46,7 @@ def _jsonable(v):
 
 
 def _annotation(key: str):
-    model = Config
+    model: Any = Config
     *sections, name = key.split(".")
     for part in sections:
         model = model.model_fields[part].annotation

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 from ..errors import ChattuneError
 from .paths import PathError, Roots
@@ -76,7 +77,7 @@ def check_file(roots: Roots, body: dict, user_error) -> dict:
         raise user_error(str(e), which) from None
     except (OSError, ValueError) as e:  # transformers' own "can't load tokenizer" errors
         raise user_error(f"cannot load the tokenizer of {body.get(which)!r}: {e}", which) from None
-    opts = {"fmt": body.get("format") or "auto", "system": body.get("system") or None,
+    opts: dict[str, Any] = {"fmt": body.get("format") or "auto", "system": body.get("system") or None,
             "loss": body.get("loss") or "assistant", "thinking": body.get("thinking") or "off",
             "max_length": int(body["max_length"]) if body.get("max_length") else None}
     try:
