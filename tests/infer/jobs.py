@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from chattune.infer.engine import Job, Sampling, Started
 from chattune.infer.generate import Completion
@@ -11,12 +12,31 @@ def greedy(max_new_tokens: int = 16, stop: tuple[str, ...] = ()) -> Sampling:
     return Sampling(max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, seed=None, stop=stop)
 
 
+@dataclass(eq=False)
+class LeavingJob(Job):
+    """A job whose client leaves as its `leave_after`-th delta is handed over. The cancel is set in the
+    engine's own thread, at that delivery, so the engine meets it at its next check however fast the rest of
+    the answer comes (a client reading deltas in its own loop could be slower than a tiny model's whole
+    answer: then there is nothing left to cancel)."""
+
+    leave_after: int = 1
+    delivered: int = 0
+
+    def deliver(self, item) -> None:
+        super().deliver(item)
+        if isinstance(item, str):
+            self.delivered += 1
+            if self.delivered >= self.leave_after:
+                self.cancel.set()
+
+
 async def collect(engine, model: str, messages: list[dict], *, stream: bool, sampling: Sampling,
                   cancel_after: int | None = None) -> list:
-    """Every item the job receives, up to its Completion/APIError (or, cancelled after `cancel_after`
-    deltas, until nothing more arrives for a second)."""
+    """Every item the job receives, up to its Completion/APIError (or, its client leaving as the
+    `cancel_after`-th delta is handed over (`LeavingJob`), until nothing more arrives for a second)."""
     loop = asyncio.get_running_loop()
-    job = Job(model=model, messages=messages, sampling=sampling, stream=stream, loop=loop, out=asyncio.Queue())
+    common = dict(model=model, messages=messages, sampling=sampling, stream=stream, loop=loop, out=asyncio.Queue())
+    job = Job(**common) if cancel_after is None else LeavingJob(**common, leave_after=cancel_after)
     engine.submit(job)
     items: list = []
     while True:
@@ -25,8 +45,6 @@ async def collect(engine, model: str, messages: list[dict], *, stream: bool, sam
         except asyncio.TimeoutError:
             return items
         items.append(item)
-        if cancel_after is not None and sum(isinstance(i, str) for i in items) >= cancel_after:
-            job.cancel.set()
         if not isinstance(item, (str, Started)):
             return items
 

@@ -338,8 +338,10 @@ class VLLMEngine:
                     raise self._error(500, json.dumps(chunk))
                 ended = False
                 for t in (t for choice in chunk.get("choices", []) for t in choice.get("token_ids") or []):
+                    if job.cancel.is_set():
+                        break  # the rest of a chunk (vLLM merges steps a slow reader has not taken) is moot
                     delta, ended = row.push(t)
-                    if delta and job.stream and not job.cancel.is_set():
+                    if delta and job.stream:
                         job.deliver(delta)
                     if ended:
                         break  # vLLM may send a step more than the answer has (e.g. past a stop string)
