@@ -64,7 +64,6 @@ class HfEngine:
             generators share one model object share a lane; their `Run.adapter` names their adapter.
         serve_cfg: max_queue (jobs waiting before 429), max_batch_size (jobs per model at once) and
             prefill_tokens (prompt tokens per prefill chunk).
-        prefill_tokens: overrides serve_cfg's.
 
     Attributes:
         model_lock: held around every model call (tests hold it to keep requests queued deterministically).
@@ -72,10 +71,8 @@ class HfEngine:
 
     kind = "hf"
 
-    def __init__(self, runs: list[Run] | list[Generator], serve_cfg: ServeConfig,
-                 prefill_tokens: int | None = None):
+    def __init__(self, runs: list[Run] | list[Generator], serve_cfg: ServeConfig):
         runs_ = [r if isinstance(r, Run) else Run(r) for r in runs]
-        prefill_tokens = prefill_tokens or serve_cfg.prefill_tokens
         if not runs_:
             raise ConfigError("nothing to serve")
         self.models: dict[str, ServedModel] = {}
@@ -93,7 +90,7 @@ class HfEngine:
             key = id(run.gen.model)
             if key not in self._lanes:
                 multi = sum(id(r.gen.model) == key for r in runs_) > 1
-                self._lanes[key] = Lane(run.gen.model, run.gen.pad_token_id, multi, prefill_tokens)
+                self._lanes[key] = Lane(run.gen.model, run.gen.pad_token_id, multi, serve_cfg.prefill_tokens)
         self.caps = EngineCaps(continuous_batching=True, tools=True, reasoning=True,
                                lora_switching=any(lane.multi_adapter for lane in self._lanes.values()))
         self.max_queue = serve_cfg.max_queue

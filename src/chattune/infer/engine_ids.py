@@ -53,13 +53,11 @@ def read_source(path: str | Path, name: str | None = None) -> RunSource:
     Raises:
         ModelError: not a run dir or model folder (the message names what is missing).
     """
-    from transformers import GenerationConfig
-
     from ..data.render import inference_thinking
     from ..errors import ModelError
     from ..model.load import resolve_source
     from ..rundir.layout import GENERATION_FILE, is_run_dir
-    from ..rundir.load import read_run_text, stop_token_ids
+    from ..rundir.load import read_generation_config, read_run_text, stop_token_ids
     from .sampling import default_sampling, token_fields
 
     p = Path(path)
@@ -72,7 +70,7 @@ def read_source(path: str | Path, name: str | None = None) -> RunSource:
     base = resolve_source(cfg.model) if is_adapter and cfg is not None else text.source
     # load_run applies the run's generation_config.json over the base's (its EOS list)
     gen_dir = p if (p / GENERATION_FILE).is_file() else Path(base)
-    gen = GenerationConfig.from_pretrained(gen_dir) if (gen_dir / GENERATION_FILE).is_file() else None
+    gen = read_generation_config(gen_dir)
     eos = stop_token_ids(gen, tok)
     renderer = PromptRenderer(tok, name, tuple(eos), thinking=inference_thinking(text.thinking), system=text.system,
                               date=text.date)

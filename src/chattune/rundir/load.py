@@ -69,7 +69,7 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     info: LoadInfo
-    generation_config: Any = None
+    generation_config: Any
 
 
 def stop_token_ids(generation_config, tokenizer) -> list[int]:
@@ -108,13 +108,18 @@ def run_tokenizer(run_dir: Path, model_cfg: ModelConfig):
     return tok
 
 
-def _generation_config(model, folder: Path):
-    """The run's generation config (`folder`'s generation_config.json) for `model`, or None: no such file."""
+def read_generation_config(folder: str | Path):
+    """`folder`'s generation_config.json as a transformers ``GenerationConfig`` (None: the folder has none)."""
     from transformers import GenerationConfig
 
-    if not (folder / GENERATION_FILE).is_file():
+    return GenerationConfig.from_pretrained(folder) if (Path(folder) / GENERATION_FILE).is_file() else None
+
+
+def _generation_config(model, folder: Path):
+    """The run's generation config (`folder`'s generation_config.json) for `model`, or None: no such file."""
+    gc = read_generation_config(folder)
+    if gc is None:
         return None
-    gc = GenerationConfig.from_pretrained(folder)
     pad = model.config.pad_token_id  # chosen by load_model; the file may predate it
     if pad is not None:
         gc.pad_token_id = pad
